@@ -1,0 +1,91 @@
+"""The run-level configuration: which branches, which fusion, which data, where to write."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, ValidationError, field_validator
+
+from .component import ComponentConfig, format_validation_error
+from .errors import ConfigError
+
+
+class RunConfig(ComponentConfig):
+    branches: list[str] = Field(..., min_length=1, description="Branch names, e.g. ['qwen', 'dinov2'].")
+    fusion: str = Field("or", description="Fusion rule applied to the branch scores.")
+    data: str = Field(..., description="A dataset folder (0_real/1_fake or real/fake) or a CSV/JSONL manifest.")
+    preset: str | None = Field(None, description="Preset passed to every branch (e.g. 'tiny' for offline models).")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    batch_size: int | None = Field(None, ge=1, description="Override every branch's batch size.")
+    workers: int = Field(0, ge=0, description="Data loader worker processes (0 decodes in the main process).")
+    out: str | None = Field(None, description="Run directory (default: runs/<run id>).")
+    store: str | None = Field(None, description="SQLite score store (default: $ALIGNCORE_STORE or ~/.aligncore/store.sqlite).")
+    branch_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-branch config overrides: {branch: {field: value}}."
+    )
+    fusion_options: dict[str, Any] = Field(default_factory=dict, description="Fusion config overrides.")
+    explain: bool = Field(False, description="Ask branches that can explain for a short rationale per image.")
+    allow_outside_paths: bool = Field(False, description="Allow manifest paths outside the manifest's folder.")
+    suite: str | None = Field(None, description="Benchmark suite this run belongs to (for the leaderboard).")
+    dataset_name: str | None = Field(None, description="Name of the dataset in the leaderboard (default: folder name).")
+
+    @field_validator("branches", mode="before")
+    @classmethod
+    def _split(cls, v):
+        if isinstance(v, str):
+            v = [b.strip() for b in v.split(",") if b.strip()]
+        return v
+
+    @field_validator("branches")
+    @classmethod
+    def _unique(cls, v):
+        if len(set(v)) != len(v):
+            raise ValueError("a branch is listed twice")
+        return v
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """YAML, TOML or JSON → dict, with a clear error naming the file."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"config file {p} does not exist.")
+    text = p.read_text(encoding="utf-8")
+    try:
+        if p.suffix.lower() == ".toml":
+            import tomllib
+
+            data = tomllib.loads(text)
+        elif p.suffix.lower() == ".json":
+            data = json.loads(text)
+        else:
+            import yaml
+
+            data = yaml.safe_load(text)
+    except Exception as exc:
+        raise ConfigError(f"config file {p} cannot be parsed: {exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {p} must hold a mapping of fields, not {type(data).__name__}.")
+    return data
+
+
+def make_run_config(file: str | Path | None = None, **overrides: Any) -> RunConfig:
+    """File values first, then every override that is not None."""
+    data = read_config_file(file) if file else {}
+    for k, v in overrides.items():
+        if v is None:
+            continue
+        if isinstance(v, dict) and isinstance(data.get(k), dict):
+            merged = dict(data[k])
+            for kk, vv in v.items():
+                merged[kk] = {**merged.get(kk, {}), **vv} if isinstance(vv, dict) and isinstance(merged.get(kk), dict) else vv
+            data[k] = merged
+        else:
+            data[k] = v
+    try:
+        return RunConfig(**data)
+    except ValidationError as err:
+        raise ConfigError(format_validation_error("the run", err)) from None

@@ -1,0 +1,190 @@
+"""Dataset layouts people already use, read into one list of records.
+
+- ``0_real`` / ``1_fake`` folders, possibly nested per generator (CNNDetection, UnivFD,
+  GenImage style: ``ROOT/<generator>/[<subset>/]0_real``); the folders above the label
+  folder give the generator and subset.
+- ``real/`` + ``fake/`` folders; the first folder below ``fake/`` (or ``real/``) names the
+  generator (or the source of the real photos).
+- CSV or JSONL manifests with ``path`` (or ``file``), ``label`` (0/1, real/fake) and
+  optional ``generator`` and ``subset``; paths are relative to the manifest's folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterable
+
+from ..errors import DataError
+
+IMAGE_SUFFIXES = {
+    ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".ppm", ".pgm", ".avif", ".heic",
+}
+REAL_NAMES = {"0_real", "real", "reals", "nature"}
+FAKE_NAMES = {"1_fake", "fake", "fakes", "ai"}
+LABEL_WORDS = {"0": 0, "real": 0, "0_real": 0, "nature": 0, "false": 0, "1": 1, "fake": 1, "1_fake": 1, "ai": 1, "true": 1}
+
+
+@dataclass(frozen=True)
+class Record:
+    path: str
+    label: int | None  # 0 real, 1 fake, None unknown (prediction only)
+    generator: str | None = None
+    subset: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Dataset:
+    root: str
+    layout: str
+    records: list[Record]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def name(self) -> str:
+        p = Path(self.root)
+        return p.stem if p.is_file() else p.name
+
+
+def parse_label(value, where: str) -> int | None:
+    if value is None or str(value).strip() == "":
+        return None
+    key = str(value).strip().lower()
+    if key in LABEL_WORDS:
+        return LABEL_WORDS[key]
+    raise DataError(f"{where}: label {value!r} is not one of 0/1/real/fake.")
+
+
+def load_dataset(source: str | Path, allow_outside: bool = False) -> Dataset:
+    """Read a folder or manifest into records (sorted by path for a stable order)."""
+    src = Path(source).expanduser()
+    if not src.exists():
+        raise DataError(f"{src}: no such file or folder.")
+    if src.is_file():
+        if src.suffix.lower() in (".csv", ".tsv"):
+            recs = _read_csv_manifest(src, allow_outside)
+            layout = "csv-manifest"
+        elif src.suffix.lower() in (".jsonl", ".json", ".ndjson"):
+            recs = _read_jsonl_manifest(src, allow_outside)
+            layout = "jsonl-manifest"
+        elif src.suffix.lower() in IMAGE_SUFFIXES:
+            recs, layout = [Record(str(src.resolve()), None)], "single-image"
+        else:
+            raise DataError(f"{src}: not a manifest (.csv, .jsonl) or an image.")
+        return Dataset(str(src.resolve()), layout, recs)
+    recs, layout = _read_folder(src.resolve())
+    if not recs:
+        raise DataError(f"{src}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
+    return Dataset(str(src.resolve()), layout, recs)
+
+
+def _iter_files(root: Path) -> Iterable[Path]:
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts):
+            yield p
+
+
+def _read_folder(root: Path) -> tuple[list[Record], str]:
+    files = list(_iter_files(root))
+    # any file whose path contains a label folder is labelled by the innermost one
+    labelled: list[Record] = []
+    unlabelled: list[Path] = []
+    layout = "folder"
+    for f in files:
+        parts = f.relative_to(root).parts[:-1]
+        idx = None
+        for i in range(len(parts) - 1, -1, -1):
+            if parts[i].lower() in REAL_NAMES | FAKE_NAMES:
+                idx = i
+                break
+        if idx is None:
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                unlabelled.append(f)
+            continue
+        word = parts[idx].lower()
+        label = 0 if word in REAL_NAMES else 1
+        above, below = parts[:idx], parts[idx + 1 :]
+        if word in ("0_real", "1_fake"):
+            layout = "0_real/1_fake"
+            generator = above[0] if above else None
+            subset = "/".join(above[1:]) or None
+        else:
+            layout = "real/fake" if layout == "folder" else layout
+            generator = below[0] if below else (above[-1] if above else None)
+            subset = "/".join(below[1:]) or None
+        labelled.append(Record(str(f), label, generator, subset))
+    if labelled:
+        # images outside every label folder are not part of a labelled set: leave them out
+        return sorted(labelled, key=lambda r: r.path), layout
+    return [Record(str(f), None) for f in unlabelled], "unlabelled-folder"
+
+
+def _resolve(base: Path, raw: str, where: str, allow_outside: bool) -> str:
+    if not raw or not str(raw).strip():
+        raise DataError(f"{where}: empty path.")
+    p = Path(str(raw).strip()).expanduser()
+    full = (p if p.is_absolute() else base / p).resolve()
+    if not allow_outside and not full.is_relative_to(base.resolve()):
+        raise DataError(
+            f"{where}: path {raw!r} points outside the manifest's folder {base}; "
+            "move the manifest or pass allow_outside=True (--allow-outside-paths)."
+        )
+    return str(full)
+
+
+def _rows_to_records(rows: Iterable[tuple[str, dict]], base: Path, allow_outside: bool) -> list[Record]:
+    seen: dict[str, str] = {}
+    out = []
+    for where, row in rows:
+        raw = row.get("path", row.get("file", row.get("filepath", row.get("image"))))
+        if raw is None:
+            raise DataError(f"{where}: no 'path' (or 'file') column.")
+        path = _resolve(base, raw, where, allow_outside)
+        if path in seen:
+            raise DataError(f"{where}: duplicate path {raw!r} (first at {seen[path]}).")
+        seen[path] = where
+        out.append(
+            Record(
+                path,
+                parse_label(row.get("label"), where),
+                (str(row["generator"]).strip() or None) if row.get("generator") not in (None, "") else None,
+                (str(row["subset"]).strip() or None) if row.get("subset") not in (None, "") else None,
+            )
+        )
+    return out
+
+
+def _read_csv_manifest(path: Path, allow_outside: bool) -> list[Record]:
+    delim = "\t" if path.suffix.lower() == ".tsv" else ","
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f, delimiter=delim)
+            if not reader.fieldnames:
+                raise DataError(f"{path}: empty manifest (no header).")
+            rows = [(f"{path.name} line {i}", row) for i, row in enumerate(reader, start=2)]
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: not a readable CSV manifest ({exc}).") from None
+    return _rows_to_records(rows, path.parent, allow_outside)
+
+
+def _read_jsonl_manifest(path: Path, allow_outside: bool) -> list[Record]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for i, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{path.name} line {i}: not valid JSON ({exc.msg}).") from None
+            if not isinstance(obj, dict):
+                raise DataError(f"{path.name} line {i}: expected a JSON object.")
+            rows.append((f"{path.name} line {i}", obj))
+    return _rows_to_records(rows, path.parent, allow_outside)

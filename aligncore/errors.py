@@ -1,0 +1,54 @@
+"""Errors the core raises. The CLI turns each into a one-paragraph message."""
+
+from __future__ import annotations
+
+import difflib
+
+
+class AlignCoreError(Exception):
+    """Base class for errors a user can act on (bad names, configs, inputs)."""
+
+
+class UnknownComponentError(AlignCoreError, KeyError):
+    """An unknown branch, fusion or builder name; lists the known names and close matches."""
+
+    def __init__(self, kind: str, name: str, known: list[str]):
+        self.kind, self.name, self.known = kind, name, sorted(known)
+        close = difflib.get_close_matches(name, self.known, n=3, cutoff=0.5)
+        hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        listed = ", ".join(self.known) or "(none registered)"
+        super().__init__(f"Unknown {kind} {name!r}.{hint} Known {kind}s: {listed}.")
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return self.args[0]
+
+
+class PluginError(AlignCoreError):
+    """A plugin failed to import or raised inside a hook."""
+
+
+class ModelUnavailableError(AlignCoreError):
+    """Pretrained weights are not available locally and cannot be downloaded."""
+
+    def __init__(self, model_id: str, how: str = "", cause: BaseException | None = None):
+        self.model_id = model_id
+        msg = (
+            f"Model {model_id!r} is not available: it is not a local directory and could not be "
+            f"fetched from the Hugging Face Hub (offline or not cached). "
+            f"Provide it by downloading it where you have network access "
+            f"(`huggingface-cli download {model_id} --local-dir DIR`) and passing the directory "
+            f"instead of the id, or by pre-filling the Hugging Face cache (HF_HOME)."
+        )
+        if how:
+            msg += " " + how
+        if cause is not None:
+            msg += f" (underlying error: {type(cause).__name__}: {str(cause).splitlines()[0][:200]})"
+        super().__init__(msg)
+
+
+class ConfigError(AlignCoreError):
+    """An invalid configuration; the message names the field."""
+
+
+class DataError(AlignCoreError):
+    """A dataset or manifest that cannot be read; the message names the file and line."""

@@ -1,0 +1,209 @@
+"""The score store: one SQLite file (WAL mode) shared by runs, re-fusions and leaderboards.
+
+Scores are keyed by (image content sha256, branch fingerprint), so a re-run, a
+re-fusion or a resumed run scores only what is missing, whatever the file is called.
+Several processes may write at once: every write is a short transaction and waits on
+a busy timeout instead of failing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .errors import AlignCoreError
+
+STORE_ENV = "ALIGNCORE_STORE"
+HOME_ENV = "ALIGNCORE_HOME"
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS scores (
+    sha256      TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    branch      TEXT NOT NULL,
+    score       REAL,
+    explanation TEXT,
+    error       TEXT,
+    created     REAL NOT NULL,
+    PRIMARY KEY (sha256, fingerprint)
+);
+CREATE TABLE IF NOT EXISTS runs (
+    run_id   TEXT PRIMARY KEY,
+    created  REAL NOT NULL,
+    kind     TEXT NOT NULL,
+    out_dir  TEXT,
+    config   TEXT NOT NULL,
+    summary  TEXT
+);
+CREATE TABLE IF NOT EXISTS leaderboard (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id      TEXT NOT NULL,
+    created     REAL NOT NULL,
+    suite       TEXT,
+    dataset     TEXT NOT NULL,
+    branches    TEXT NOT NULL,
+    checkpoints TEXT,
+    fusion      TEXT NOT NULL,
+    fusion_config TEXT,
+    perturb     TEXT,
+    n_images    INTEGER,
+    accuracy    REAL,
+    real_accuracy REAL,
+    fake_accuracy REAL,
+    balanced_accuracy REAL,
+    ap          REAL,
+    auc         REAL,
+    tpr_at_1fpr REAL,
+    tpr_at_5fpr REAL,
+    metrics     TEXT
+);
+"""
+
+LEADERBOARD_METRICS = (
+    "accuracy", "real_accuracy", "fake_accuracy", "balanced_accuracy", "ap", "auc", "tpr_at_1fpr", "tpr_at_5fpr",
+)
+
+
+def default_store_path() -> Path:
+    if os.environ.get(STORE_ENV):
+        return Path(os.environ[STORE_ENV]).expanduser()
+    home = Path(os.environ.get(HOME_ENV, Path.home() / ".aligncore")).expanduser()
+    return home / "store.sqlite"
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class ScoreStore:
+    def __init__(self, path: str | Path | None = None, timeout: float = 60.0):
+        self.path = Path(path).expanduser() if path else default_store_path()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False)
+            self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            self.conn.execute("PRAGMA journal_mode = WAL")
+            self.conn.execute("PRAGMA synchronous = NORMAL")
+            with self.transaction():
+                for stmt in _statements(SCHEMA):
+                    self.conn.execute(stmt)
+        except (sqlite3.Error, OSError) as exc:
+            raise AlignCoreError(
+                f"cannot open the score store {self.path}: {exc}. Check that its folder is writable and has space, "
+                f"or choose another with --store or {STORE_ENV}."
+            ) from None
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> "ScoreStore":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        else:
+            self.conn.execute("COMMIT")
+
+    # ------------------------------------------------------------------ scores
+    def known(self, fingerprint: str, hashes: Iterable[str]) -> set[str]:
+        """The subset of ``hashes`` that already have a score (or a recorded error) for ``fingerprint``."""
+        hs = list(dict.fromkeys(hashes))
+        found: set[str] = set()
+        for i in range(0, len(hs), 900):
+            chunk = hs[i : i + 900]
+            q = f"SELECT sha256 FROM scores WHERE fingerprint = ? AND sha256 IN ({','.join('?' * len(chunk))})"
+            found.update(r[0] for r in self.conn.execute(q, [fingerprint, *chunk]))
+        return found
+
+    def put_scores(self, fingerprint: str, branch: str, rows: Iterable[tuple]) -> int:
+        """Insert ``(sha256, score, explanation, error)`` rows; an existing key is kept (first writer wins)."""
+        now = time.time()
+        data = [(r[0], fingerprint, branch, r[1], r[2] if len(r) > 2 else None, r[3] if len(r) > 3 else None, now) for r in rows]
+        with self.transaction() as c:
+            cur = c.executemany(
+                "INSERT OR IGNORE INTO scores (sha256, fingerprint, branch, score, explanation, error, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                data,
+            )
+        return cur.rowcount
+
+    def get_scores(self, fingerprint: str, hashes: Iterable[str]) -> dict[str, tuple[float | None, str | None, str | None]]:
+        hs = list(dict.fromkeys(hashes))
+        out: dict[str, tuple] = {}
+        for i in range(0, len(hs), 900):
+            chunk = hs[i : i + 900]
+            q = (
+                "SELECT sha256, score, explanation, error FROM scores WHERE fingerprint = ? "
+                f"AND sha256 IN ({','.join('?' * len(chunk))})"
+            )
+            for sha, score, expl, err in self.conn.execute(q, [fingerprint, *chunk]):
+                out[sha] = (score, expl, err)
+        return out
+
+    def count(self, fingerprint: str | None = None) -> int:
+        if fingerprint is None:
+            return self.conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+        return self.conn.execute("SELECT COUNT(*) FROM scores WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
+
+    # ------------------------------------------------------------------ runs and leaderboard
+    def add_run(self, run_id: str, kind: str, out_dir: str | None, config: dict, summary: dict | None = None) -> None:
+        with self.transaction() as c:
+            c.execute(
+                "INSERT OR REPLACE INTO runs (run_id, created, kind, out_dir, config, summary) VALUES (?, ?, ?, ?, ?, ?)",
+                (run_id, time.time(), kind, out_dir, json.dumps(config, sort_keys=True, default=str),
+                 json.dumps(summary or {}, sort_keys=True, default=str)),
+            )
+
+    def get_run(self, run_id: str) -> dict | None:
+        row = self.conn.execute("SELECT run_id, created, kind, out_dir, config, summary FROM runs WHERE run_id = ?", (run_id,)).fetchone()
+        if row is None:
+            return None
+        return {"run_id": row[0], "created": row[1], "kind": row[2], "out_dir": row[3],
+                "config": json.loads(row[4]), "summary": json.loads(row[5] or "{}")}
+
+    def add_leaderboard_row(self, *, run_id: str, dataset: str, branches: list[str], fusion: str, metrics: dict,
+                            checkpoints: dict | None = None, fusion_config: dict | None = None,
+                            suite: str | None = None, perturb: str | None = None) -> None:
+        overall = metrics.get("overall", metrics)
+        vals = [overall.get(k) for k in LEADERBOARD_METRICS]
+        with self.transaction() as c:
+            c.execute(
+                "INSERT INTO leaderboard (run_id, created, suite, dataset, branches, checkpoints, fusion, fusion_config, "
+                "perturb, n_images, " + ", ".join(LEADERBOARD_METRICS) + ", metrics) VALUES (" + ", ".join("?" * 19) + ")",
+                (run_id, time.time(), suite, dataset, ",".join(branches), json.dumps(checkpoints or {}, sort_keys=True),
+                 fusion, json.dumps(fusion_config or {}, sort_keys=True), perturb, overall.get("n"), *vals,
+                 json.dumps(metrics, sort_keys=True, default=str)),
+            )
+
+    def leaderboard_rows(self, suite: str | None = None) -> list[dict]:
+        q = "SELECT * FROM leaderboard"
+        args: tuple = ()
+        if suite is not None:
+            q += " WHERE suite = ?"
+            args = (suite,)
+        cur = self.conn.execute(q + " ORDER BY id", args)
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+
+def _statements(script: str) -> list[str]:
+    return [s.strip() for s in script.split(";") if s.strip()]

@@ -1,0 +1,168 @@
+"""SupervisionBuilder: turn source images into a labelled training set, resumably.
+
+A builder plans work items with stable keys, processes each one into manifest rows,
+and journals finished items so that a re-run (after a crash or a kill) skips them.
+The final ``manifest.csv`` is written from the journal in key order, with no
+timestamps, so the same inputs and seed give a byte-identical manifest.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Iterable, Sequence
+
+from pydantic import Field
+
+from .component import Component, ComponentConfig
+
+MANIFEST_NAME = "manifest.csv"
+JOURNAL_NAME = "journal.jsonl"
+PROVENANCE_NAME = "provenance.json"
+
+
+class BuilderConfig(ComponentConfig):
+    seed: int = Field(0, description="Seed for every random choice; the same seed gives the same set.")
+    format: str = Field("png", pattern="^(png|jpeg)$", description="Output format for both classes: png or jpeg.")
+    jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality when format is jpeg (same for both classes).")
+    limit: int | None = Field(None, ge=1, description="Use at most this many source images (sorted order).")
+
+
+@dataclass
+class WorkItem:
+    """One unit of work: ``key`` is stable across runs and unique in the set."""
+
+    key: str
+    source: Path
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def item_seed(seed: int, key: str) -> int:
+    """A per-item seed that does not depend on processing order (so resumed runs match)."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little")
+
+
+class SupervisionBuilder(Component):
+    """Base class. Subclasses implement :meth:`plan` and :meth:`process`."""
+
+    config_class: ClassVar[type[BuilderConfig]] = BuilderConfig
+    config: BuilderConfig
+
+    @classmethod
+    def kind_name(cls) -> str:
+        return "builder"
+
+    # ---------------------------------------------------------------- to implement
+    def plan(self, sources: Sequence[Path]) -> list[WorkItem]:
+        raise NotImplementedError
+
+    def process(self, item: WorkItem, out_dir: Path) -> list[dict[str, Any]]:
+        """Produce the files for one item; return manifest rows (``path`` relative to ``out_dir``)."""
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        """Load models once before the first item (only called when work remains)."""
+
+    def provenance(self) -> dict[str, Any]:
+        """Extra provenance recorded in ``provenance.json`` (model ids, digests)."""
+        return {}
+
+    # ---------------------------------------------------------------- template
+    def build(
+        self,
+        sources: Iterable[str | Path],
+        out_dir: str | Path,
+        progress: Callable[[int, int], None] | bool = True,
+    ) -> Path:
+        """Build (or finish building) the set in ``out_dir``; returns the manifest path."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        srcs = [Path(s) for s in sources]
+        items = self.plan(srcs)
+        if self.config.limit:
+            items = items[: self.config.limit]
+        keys = [it.key for it in items]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"builder {self.name!r} planned duplicate item keys")
+        journal = out / JOURNAL_NAME
+        done = read_journal(journal)
+        todo = [it for it in items if it.key not in done]
+        if todo:
+            self.setup()
+            bar = _progress_bar(len(items), len(items) - len(todo), f"build {self.name}") if progress is True else None
+            with open(journal, "a", encoding="utf-8") as jf:
+                for i, it in enumerate(todo):
+                    rows = self.process(it, out)
+                    jf.write(json.dumps({"key": it.key, "rows": rows}, sort_keys=True) + "\n")
+                    jf.flush()
+                    os.fsync(jf.fileno())
+                    done[it.key] = rows
+                    if bar is not None:
+                        bar.update(1)
+                    elif callable(progress):
+                        progress(len(items) - len(todo) + i + 1, len(items))
+            if bar is not None:
+                bar.close()
+        rows = [r for k in sorted(keys) for r in done[k]]
+        manifest = out / MANIFEST_NAME
+        write_manifest(manifest, rows)
+        prov = {
+            "builder": self.name,
+            "config": self.config.model_dump(mode="json"),
+            "sources": [str(s) for s in srcs],
+            "items": len(items),
+            "rows": len(rows),
+            **self.provenance(),
+        }
+        (out / PROVENANCE_NAME).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
+        return manifest
+
+
+def read_journal(path: Path) -> dict[str, list[dict]]:
+    """Finished items; a torn last line (killed mid-write) is ignored and redone."""
+    done: dict[str, list[dict]] = {}
+    if not path.exists():
+        return done
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            done[rec["key"]] = rec["rows"]
+    return done
+
+
+CORE_COLUMNS = ["path", "label", "generator", "subset"]
+
+
+def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
+    """CSV with the core columns first, then every extra column in sorted order; atomic replace."""
+    extra = sorted({k for r in rows for k in r} - set(CORE_COLUMNS))
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=CORE_COLUMNS + extra, lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: _cell(r.get(k)) for k in CORE_COLUMNS + extra})
+    os.replace(tmp, path)
+
+
+def _cell(v: Any) -> Any:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, (dict, list)):
+        return json.dumps(v, sort_keys=True)
+    return v
+
+
+def _progress_bar(total: int, initial: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="img", dynamic_ncols=True, leave=False)

@@ -1,0 +1,70 @@
+"""Built-in fusion rules: ``or`` (the paper's rule) and ``weighted``."""
+
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+from pydantic import Field
+
+from aligncore import hookimpl
+from aligncore.fusion import Fusion, FusionConfig, FusionOutput, rescale_at_threshold, stack_scores
+
+
+class OrFusionConfig(FusionConfig):
+    thresholds: dict[str, float] = Field(
+        default_factory=dict, description="Per-branch thresholds {branch: t}; branches not listed use default_threshold."
+    )
+    default_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Threshold for branches without their own.")
+
+
+class OrFusion(Fusion):
+    """Fake if any branch's score reaches its threshold (logical OR, as in AlignGemini)."""
+
+    name = "or"
+    help = "Logical OR: fake if any branch's score is at or above its own threshold."
+    config_class = OrFusionConfig
+    config: OrFusionConfig
+
+    def predict(self, scores: Mapping[str, np.ndarray]) -> FusionOutput:
+        names, mat = stack_scores(scores)
+        # Each branch's score is mapped so its own threshold lands on 0.5; the fused score is the
+        # largest of these, so "fused >= 0.5" is exactly "some branch reached its threshold" and
+        # the fused score stays continuous for AP/AUC.
+        cols = [rescale_at_threshold(mat[:, j], self.config.thresholds.get(n, self.config.default_threshold))
+                for j, n in enumerate(names)]
+        rescaled = np.column_stack(cols)
+        all_nan = np.isnan(rescaled).all(axis=1)
+        fused = np.where(all_nan, np.nan, np.nanmax(np.where(np.isnan(rescaled), -np.inf, rescaled), axis=1))
+        return FusionOutput(fused, np.nan_to_num(fused, nan=0.0) >= 0.5)
+
+
+class WeightedFusionConfig(FusionConfig):
+    weights: dict[str, float] = Field(
+        default_factory=dict, description="Per-branch weights {branch: w}; branches not listed get weight 1."
+    )
+
+
+class WeightedFusion(Fusion):
+    """Weighted mean of branch scores against one threshold."""
+
+    name = "weighted"
+    help = "Weighted mean of the branch scores, fake at or above the threshold."
+    config_class = WeightedFusionConfig
+    config: WeightedFusionConfig
+
+    def predict(self, scores: Mapping[str, np.ndarray]) -> FusionOutput:
+        names, mat = stack_scores(scores)
+        w = np.array([self.config.weights.get(n, 1.0) for n in names], dtype=float)
+        if (w < 0).any() or w.sum() <= 0:
+            raise ValueError("weighted fusion needs non-negative weights with a positive sum")
+        present = ~np.isnan(mat)
+        wsum = (present * w).sum(axis=1)
+        fused = np.where(wsum > 0, np.nansum(mat * w, axis=1) / np.where(wsum > 0, wsum, 1.0), np.nan)
+        return FusionOutput(fused, np.nan_to_num(fused, nan=0.0) >= self.config.threshold)
+
+
+@hookimpl
+def register_fusions(register):
+    register(OrFusion)
+    register(WeightedFusion)
