@@ -1,0 +1,51 @@
+"""Re-fusing a finished run from the score store vs scoring it again.
+
+Builds a synthetic 0_real/1_fake set of N images, runs `alignctl run` once (scores every
+image into a fresh store), then times `alignctl fuse RUN --fusion weighted` (no model,
+stored scores) and a second full scoring pass with a different fingerprint (what a
+re-fusion would cost without the store). Prints both wall times and their ratio.
+
+    python benchmarks/refuse_speed.py --n 1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+def timed(cmd, env) -> float:
+    t = time.perf_counter()
+    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=1000, help="images (half real, half fake)")
+    args = ap.parse_args()
+    from aligncore.testing import make_image_folder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        data = make_image_folder(tmp / "ds", n_real=args.n // 2, n_fake=args.n - args.n // 2, size=(96, 96))
+        env = {**os.environ, "ALIGNCORE_STORE": str(tmp / "store.sqlite")}
+        cli = [sys.executable, "-m", "aligncore"]
+        first = timed(cli + ["run", "--branches", "fake", "--data", str(data), "--out", str(tmp / "run"), "-q"], env)
+        fuse = timed(cli + ["fuse", str(tmp / "run"), "--fusion", "weighted"], env)
+        rescore = timed(cli + ["run", "--branches", "fake", "--data", str(data), "--out", str(tmp / "run2"), "-q",
+                               "-o", "scale=1.01"], env)
+        print(f"images: {args.n}")
+        print(f"first run (score + fuse):        {first:6.2f} s")
+        print(f"alignctl fuse (stored scores):   {fuse:6.2f} s")
+        print(f"re-scoring with a new config:    {rescore:6.2f} s")
+        print(f"re-scoring / re-fusion ratio:    {rescore / fuse:6.1f}x")
+
+
+if __name__ == "__main__":
+    main()
