@@ -197,12 +197,26 @@ def _print_metrics(metrics: dict) -> None:
 @click.option("--explain", is_flag=True, default=None, help="Store a short rationale from branches that can explain.")
 @click.option("--allow-outside-paths", is_flag=True, default=None, help="Allow manifest paths outside its folder.")
 @click.option("--suite", help="Benchmark suite name recorded with the leaderboard row.")
+@click.option("--num-processes", type=int, default=1, show_default=True,
+              help="Shard scoring across N processes (GPUs, or CPU ranks) with accelerate launch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def run_cmd(branches, fusion, data, config_file, preset, device, batch_size, workers, out, store, checkpoints,
-            options, fusion_options, explain, allow_outside_paths, suite, quiet) -> None:
+            options, fusion_options, explain, allow_outside_paths, suite, num_processes, quiet) -> None:
     """Score a dataset with one or more branches, fuse, and write predictions and metrics."""
     from .config import make_run_config
-    from .runner import run
+    from .runner import make_run_id, run
+
+    if num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        from .distributed import launch
+
+        argv = _strip_option(sys.argv[1:], "--num-processes")
+        if not out:
+            out = os.path.join("runs", make_run_id(make_run_config(config_file, branches=branches, data=data or "-")))
+            argv += ["--out", out]
+        rc = launch(argv, num_processes, device)
+        if rc != 0:
+            raise click.ClickException(f"distributed run failed (exit code {rc}); re-run the same command to resume.")
+        return
 
     names = [b.strip() for b in branches.split(",")] if branches else None
     bopts = parse_branch_options(options, names)
@@ -221,6 +235,8 @@ def run_cmd(branches, fusion, data, config_file, preset, device, batch_size, wor
         allow_outside_paths=allow_outside_paths, suite=suite,
     )
     result = run(cfg, progress=not quiet, log=None if quiet else echo_err)
+    if not result.metrics:  # a non-zero rank of a distributed run: rank 0 reports
+        return
     for name, st in result.branches.items():
         click.echo(f"branch {name}: scored {st.scored}, reused from store {st.reused}, failed {st.failed}  [{st.fingerprint}]")
     if result.skipped:
@@ -229,6 +245,21 @@ def run_cmd(branches, fusion, data, config_file, preset, device, batch_size, wor
             click.echo(f"  {path}: {why}")
     _print_metrics(result.metrics)
     click.echo(f"run {result.run_id} written to {result.out_dir}")
+
+
+def _strip_option(argv: list[str], name: str) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == name:
+            skip = True
+            continue
+        if a.startswith(name + "="):
+            continue
+        out.append(a)
+    return out
 
 
 @cli.command("fuse")

@@ -25,6 +25,7 @@ from .data.images import ImageLoadError, load_image
 from .errors import AlignCoreError
 from .metrics import compute_metrics
 from .registry import get_registry
+from .distributed import DistContext, merge_shards
 from .store import ScoreStore, sha256_file
 
 PREDICTIONS = "predictions.csv"
@@ -157,8 +158,14 @@ def hash_records(records: Sequence[Record]) -> tuple[list[str | None], list[tupl
 
 
 def score_branch(branch, records: Sequence[Record], hashes: Sequence[str | None], store: ScoreStore,
-                 workers: int = 0, explain: bool = False, progress: bool = True) -> tuple[BranchStats, dict[str, str]]:
-    """Score every image whose (hash, fingerprint) is not in the store; returns stats and load errors by hash."""
+                 workers: int = 0, explain: bool = False, progress: bool = True,
+                 write_store: ScoreStore | None = None, shard: tuple[int, int] = (0, 1),
+                 ) -> tuple[BranchStats, dict[str, str]]:
+    """Score every image whose (hash, fingerprint) is not in the store; returns stats and load errors by hash.
+
+    With ``shard=(rank, world)`` this process takes every ``world``-th missing image and
+    writes to ``write_store`` (its shard); the missing list is the same on every rank.
+    """
     import torch
 
     fp = branch.fingerprint()
@@ -168,8 +175,14 @@ def score_branch(branch, records: Sequence[Record], hashes: Sequence[str | None]
         if h is not None and h not in unique:
             unique[h] = i
     have = store.known(fp, unique)
-    todo = [(i, records[i].path) for h, i in unique.items() if h not in have]
-    stats.reused = len(unique) - len(todo)
+    missing = [(i, records[i].path) for h, i in unique.items() if h not in have]
+    stats.reused = len(unique) - len(missing)
+    rank, world = shard
+    todo = missing[rank::world]
+    if write_store is not None and write_store is not store:
+        done_here = write_store.known(fp, [hashes[i] for i, _ in todo])  # a resumed rank's own earlier work
+        todo = [(i, p) for i, p in todo if hashes[i] not in done_here]
+    target = write_store or store
     load_errors: dict[str, str] = {}
     if not todo:
         return stats, load_errors
@@ -197,7 +210,7 @@ def score_branch(branch, records: Sequence[Record], hashes: Sequence[str | None]
                         load_errors[hashes[i]] = f"branch {branch.name!r} failed: {errs[k]}"  # type: ignore[index]
                         stats.failed += 1
             if rows:
-                store.put_scores(fp, branch.name, rows)
+                target.put_scores(fp, branch.name, rows)
             if bar is not None:
                 bar.update(len(idxs) + len(errors))
     if bar is not None:
@@ -214,22 +227,45 @@ def run(config: RunConfig, progress: bool = True, log: Callable[[str], None] | N
     fusion = reg.create("fusion", config.fusion, config.fusion_options)
     branches = [reg.create("branch", b, None, **branch_overrides(config, b)) for b in config.branches]
     dataset = load_dataset(config.data, allow_outside=config.allow_outside_paths)
-    run_id = make_run_id(config)
-    out = Path(config.out or Path("runs") / run_id)
-    _prepare_out_dir(out)
+    dist = DistContext.from_env()
+    if dist.enabled and not config.out:
+        raise AlignCoreError("a distributed run needs --out (alignctl run --num-processes sets it for you).")
+    out = Path(config.out or Path("runs") / make_run_id(config))
+    # every rank must agree on the id, so a distributed run is named after its directory
+    run_id = make_run_id(config) if (config.out and not dist.enabled) else out.name
+    if dist.is_main:
+        _prepare_out_dir(out)
     records = dataset.records
     hashes, unreadable = hash_records(records)
     store = ScoreStore(config.store)
+    shard_dir = out / "shards"
+    rank_store = None
     try:
+        if dist.enabled:
+            if dist.is_main:
+                merge_shards(shard_dir, store)  # what a killed earlier attempt left behind
+                shard_dir.mkdir(parents=True, exist_ok=True)
+            dist.barrier()
+            rank_store = ScoreStore(shard_dir / f"rank{dist.rank}.sqlite")
         stats: dict[str, BranchStats] = {}
         errors_by_hash: dict[str, dict[str, str]] = {}
         for br in branches:
-            if log:
+            if log and dist.is_main:
                 log(f"branch {br.name}: fingerprint {br.fingerprint()}")
-            st, errs = score_branch(br, records, hashes, store, config.workers, config.explain, progress)
+            st, errs = score_branch(br, records, hashes, store, config.workers, config.explain,
+                                    progress and dist.is_main, rank_store, (dist.rank, dist.world))
             stats[br.name] = st
             for h, e in errs.items():
                 errors_by_hash.setdefault(h, {})[br.name] = e
+        if dist.enabled:
+            rank_store.close()  # type: ignore[union-attr]
+            _write_json(shard_dir / f"rank{dist.rank}.json",
+                        {"stats": {k: vars(v) for k, v in stats.items()}, "errors": errors_by_hash})
+            dist.barrier()
+            if not dist.is_main:
+                return RunResult(run_id, out, {}, stats, [], [])
+            stats, errors_by_hash = _gather_rank_reports(shard_dir, stats)
+            merge_shards(shard_dir, store)
         fingerprints = {b.name: stats[b.name].fingerprint for b in branches}
         resolved = config.model_dump(mode="json")
         resolved.update(
@@ -253,6 +289,21 @@ def run(config: RunConfig, progress: bool = True, log: Callable[[str], None] | N
         return RunResult(run_id, out, metrics, stats, table["skipped"], table["rows"])
     finally:
         store.close()
+
+
+def _gather_rank_reports(shard_dir: Path, mine: dict[str, BranchStats]) -> tuple[dict[str, BranchStats], dict]:
+    """Sum every rank's counts and collect every rank's per-image errors (rank 0 only)."""
+    total = {k: BranchStats(v.fingerprint, 0, v.reused, 0) for k, v in mine.items()}
+    errors: dict[str, dict[str, str]] = {}
+    for rep in sorted(shard_dir.glob("rank*.json")):
+        data = json.loads(rep.read_text())
+        for name, st in data["stats"].items():
+            total[name].scored += st["scored"]
+            total[name].failed += st["failed"]
+        for h, errs in data["errors"].items():
+            errors.setdefault(h, {}).update(errs)
+        rep.unlink()
+    return total, errors
 
 
 def build_score_table(records, hashes, store: ScoreStore, fingerprints: dict[str, str],

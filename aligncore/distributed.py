@@ -1,0 +1,90 @@
+"""Distributed scoring on accelerate: shard the work across ranks, merge per-rank stores.
+
+``alignctl run --num-processes N`` re-launches itself under ``accelerate launch`` (so
+torch.distributed, NCCL/gloo and multi-node set-up are accelerate's, not ours). Inside,
+every rank computes the same list of missing (image, branch) scores from the main store,
+takes every N-th item, and writes its scores to its own shard store
+``RUN/shards/rank<r>.sqlite`` (SQLite over a network file system is unsafe, a local
+shard file is not). Rank 0 merges the shards into the main store, fuses and reports.
+Shards left by a killed run are merged first on the next start, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from .store import ScoreStore
+
+
+@dataclass
+class DistContext:
+    rank: int = 0
+    world: int = 1
+    _state: object = None
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world > 1
+
+    def barrier(self) -> None:
+        if self.enabled:
+            self._state.wait_for_everyone()  # type: ignore[union-attr]
+
+    @classmethod
+    def from_env(cls) -> "DistContext":
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        import torch
+        from accelerate import PartialState
+
+        # without a GPU (or when asked), the ranks talk over gloo on the CPU
+        cpu = os.environ.get("ALIGNCORE_DIST_CPU") == "1" or not torch.cuda.is_available()
+        state = PartialState(cpu=cpu)
+        return cls(state.process_index, state.num_processes, state)
+
+
+def merge_shards(shard_dir: Path, store: ScoreStore) -> int:
+    """Copy every shard's scores into ``store`` (existing keys win), then delete the shard files."""
+    added = 0
+    if not shard_dir.is_dir():
+        return 0
+    for shard in sorted(shard_dir.glob("rank*.sqlite")):
+        src = ScoreStore(shard)
+        try:
+            rows = src.conn.execute("SELECT sha256, fingerprint, branch, score, explanation, error FROM scores").fetchall()
+        finally:
+            src.close()
+        by_fp: dict[tuple[str, str], list[tuple]] = {}
+        for sha, fp, branch, score, expl, err in rows:
+            by_fp.setdefault((fp, branch), []).append((sha, score, expl, err))
+        for (fp, branch), rs in by_fp.items():
+            added += store.put_scores(fp, branch, rs)
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(shard) + suffix).unlink(missing_ok=True)
+    return added
+
+
+def launch(argv: list[str], num_processes: int, device: str | None) -> int:
+    """Re-run ``alignctl`` with ``argv`` under ``accelerate launch`` on ``num_processes`` ranks."""
+    import torch
+
+    use_gpu = device != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() >= num_processes
+    # accelerate's torchrun-based launcher (--multi_gpu) also serves CPU ranks: each rank then
+    # builds a gloo process group (its --cpu path would need MPI for more than one process)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--module", "aligncore", *argv]
+    env = dict(os.environ)
+    if not use_gpu:
+        env["ALIGNCORE_DIST_CPU"] = "1"
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
+    return subprocess.call(cmd, env=env)
