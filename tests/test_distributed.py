@@ -43,13 +43,31 @@ def dataset(tmp_path):
     return make_image_folder(tmp_path / "ds", n_real=12, n_fake=12, generators=("g1", "g2"))
 
 
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs" / "accelerate").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
+def test_accelerate_parses_every_config(path):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    cfg = load_config_from_file(str(path))
+    assert cfg.num_processes >= 1 and cfg.num_machines >= 1
+    if "zero" in path.name:
+        assert str(cfg.distributed_type) == "DistributedType.DEEPSPEED"
+        assert cfg.deepspeed_config["zero_stage"] == int(path.name[4])
+
+
 def test_two_cpu_ranks_equal_one_process(dataset, tmp_path):
+    """Launched by accelerate itself with the shipped CPU config, as users launch multi-GPU runs."""
     env1 = {**os.environ, "ALIGNCORE_STORE": str(tmp_path / "one.sqlite")}
     subprocess.run(ALIGNCTL + ["run", "--branches", "fake", "--data", str(dataset), "--out", str(tmp_path / "one"), "-q"],
                    env=env1, check=True, capture_output=True)
     env2 = {**os.environ, "ALIGNCORE_STORE": str(tmp_path / "two.sqlite")}
-    out = subprocess.run(ALIGNCTL + ["run", "--branches", "fake", "--data", str(dataset), "--out", str(tmp_path / "two"),
-                                     "-q", "--num-processes", "2", "--device", "cpu"], env=env2, capture_output=True, text=True)
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+              str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"), "-m", "aligncore"]
+    out = subprocess.run(launch + ["run", "--branches", "fake", "--data", str(dataset), "--out", str(tmp_path / "two"), "-q"],
+                         env=env2, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "branch fake: scored 24, reused from store 0" in out.stdout  # both ranks' counts, summed on rank 0
     assert _preds(tmp_path / "two") == _preds(tmp_path / "one")
