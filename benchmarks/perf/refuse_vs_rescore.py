@@ -5,7 +5,7 @@ image into a fresh store), then times `alignctl fuse RUN --fusion weighted` (no 
 stored scores) and a second full scoring pass with a different fingerprint (what a
 re-fusion would cost without the store). Prints both wall times and their ratio.
 
-    python benchmarks/refuse_speed.py --n 1000
+    python benchmarks/perf/refuse_vs_rescore.py --n 1000
 """
 
 from __future__ import annotations
