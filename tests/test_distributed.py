@@ -80,7 +80,7 @@ def test_killing_one_rank_loses_nothing(dataset, tmp_path):
     store = tmp_path / "k.sqlite"
     env = {**os.environ, "ALIGNCORE_STORE": str(store)}
     cmd = ALIGNCTL + ["run", "--branches", "fake", "--data", str(dataset), "--out", str(tmp_path / "k"), "-q",
-                      "--num-processes", "2", "--device", "cpu", "--batch-size", "1", "-o", "delay_s=0.25"]
+                      "--num-processes", "2", "--device", "cpu", "--batch-size", "1", "-o", "delay_s=0.5"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     shard1 = tmp_path / "k" / "shards" / "rank1.sqlite"
     deadline, killed = time.time() + 90, False
