@@ -383,8 +383,18 @@ def _prepare_out_dir(out: Path) -> None:
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise AlignCoreError(
+            f"cannot write {path}: {exc.strerror or exc}. Free disk space or choose another --out; "
+            "the scores are already in the store, so a re-run only rewrites the reports."
+        ) from None
 
 
 def _write_json(path: Path, obj: Any) -> None:

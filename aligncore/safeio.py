@@ -10,7 +10,8 @@ run any code the file names. So:
 - a peft adapter folder is checked the same way before peft touches it.
 
 Call :func:`load_state_dict` (files or folders), :func:`safe_torch_load` (a torch file that
-holds more than a flat state dict, e.g. a trainer state) or :func:`load_peft_adapter`.
+holds more than a flat state dict, e.g. a trainer state) or :func:`load_peft_adapter`; write
+checkpoints with :func:`save_state_dict` (atomic, so a kill never leaves a torn file).
 Never call ``torch.load`` / ``pickle.load`` directly (``tests/test_safeio.py`` greps for it),
 and never pass ``trust_remote_code=True`` to Hugging Face loaders by default.
 """
@@ -156,3 +157,27 @@ def load_peft_adapter(model: Any, folder: str | Path, **kwargs: Any) -> Any:
     check_adapter_dir(folder)
     kwargs.setdefault("is_trainable", False)
     return PeftModel.from_pretrained(model, str(folder), **kwargs)
+
+
+def save_state_dict(state_dict: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors as safetensors atomically (temp file, fsync, rename): a kill mid-save leaves the old file.
+
+    Trainers should save every checkpoint through this, so a resumed run never meets a torn file.
+    """
+    import os
+
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise AlignCoreError(f"cannot write checkpoint {p}: {exc.strerror or exc}. Free disk space or choose another --out.") from None
+    return p
