@@ -17,7 +17,8 @@ class UnknownComponentError(AlignCoreError, KeyError):
         close = difflib.get_close_matches(name, self.known, n=3, cutoff=0.5)
         hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         listed = ", ".join(self.known) or "(none registered)"
-        super().__init__(f"Unknown {kind} {name!r}.{hint} Known {kind}s: {listed}.")
+        plural = {"branch": "branches"}.get(kind, kind + "s")
+        super().__init__(f"Unknown {kind} {name!r}.{hint} Known {plural}: {listed}.")
 
     def __str__(self) -> str:  # KeyError would quote the message
         return self.args[0]

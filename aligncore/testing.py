@@ -155,7 +155,7 @@ class FakePairBuilder(SupervisionBuilder):
             rel = f"{sub}/{stem}.{ext}"
             _save_atomic(im, out_dir / rel, self.config.format, self.config.jpeg_quality)
             rows.append({"path": rel, "label": label, "generator": None if label == 0 else self.name,
-                         "subset": None, "source": item.key})
+                         "subset": None, "source": item.key, "noise_seed": item_seed(self.config.seed, item.key)})
         return rows
 
 
@@ -180,12 +180,14 @@ def registered_plugin(plugin: object, name: str = "test-plugin") -> Iterator[obj
     visible to ``create_branch`` / ``alignctl`` inside the block only. Unregistered in
     ``finally`` even when the block raises.
     """
-    from .plugins import get_plugin_manager, get_plugin_state
+    from .plugins import PluginInfo, get_plugin_manager, get_plugin_state
     from .registry import reset_registry
 
     pm = get_plugin_manager()
     state = get_plugin_state()
     pm.register(plugin, name=name)
+    state.infos[name] = PluginInfo(name=name, module=type(plugin).__module__, builtin=False, distribution="(test)",
+                                   hooks=sorted(h.name for h in pm.get_hookcallers(plugin) or []))
     reset_registry()
     try:
         yield plugin
