@@ -124,7 +124,7 @@ def test_manifest_paths_resolve_against_its_folder_and_escapes_need_the_flag(ds,
 
 
 class FlakyBranch(FakeBranch):
-    """The fake branch, except that any batch holding a 13-pixel-wide image raises."""
+    """The fake branch, except that a batch holding a 13-pixel-wide image raises and 14-pixel-wide images score NaN."""
 
     name = "flaky"
     help = "Test branch that fails on 13-pixel-wide images."
@@ -136,7 +136,8 @@ class FlakyBranch(FakeBranch):
         widths = np.atleast_2d(np.asarray(batch))[:, -1]
         if (widths == 13).any():
             raise ValueError("cannot score a 13-pixel-wide image")
-        return super().score_batch(np.atleast_2d(np.asarray(batch))[:, :-1])
+        scores = super().score_batch(np.atleast_2d(np.asarray(batch))[:, :-1])
+        return [float("nan") if w == 14 else s for w, s in zip(widths, scores)]  # a silent numerical failure
 
 
 class FlakyPlugin:
@@ -157,17 +158,19 @@ class BrokenPlugin:
 
 def test_a_failing_batch_falls_back_to_per_image_scoring(ds, tmp_path):
     Image.new("RGB", (13, 20), (120, 30, 200)).save(ds / "genA" / "1_fake" / "poison.png")
+    Image.new("RGB", (14, 20), (20, 130, 200)).save(ds / "genA" / "0_real" / "nan.png")
     with registered_plugin(FlakyPlugin(), "flaky-plugin"):
         res = run(make_run_config(branches=["flaky", "fake"], data=str(ds), out=str(tmp_path / "run"), batch_size=4),
                   progress=False)
     assert "flaky" not in get_registry().names("branch"), "the test plugin is unregistered afterwards"
     st = res.branches["flaky"]
-    assert (st.scored, st.failed) == (6, 1)
+    assert (st.scored, st.failed) == (6, 2)
     rows = {Path(r["path"]).name: r for r in csv.DictReader(open(tmp_path / "run" / "predictions.csv"))}
-    assert len(rows) == 7  # the fake branch scored the poison image, so it stays in the run
+    assert len(rows) == 8  # the fake branch scored both bad images, so they stay in the run
     assert rows["poison.png"]["score_flaky"] == "" and "cannot score a 13-pixel-wide image" in rows["poison.png"]["error"]
+    assert rows["nan.png"]["score_flaky"] == "" and "invalid score nan" in rows["nan.png"]["error"]
     for name, r in rows.items():
-        if name != "poison.png":  # the batch-mates of the poison image got the scores they get alone
+        if name not in ("poison.png", "nan.png"):  # the batch-mates of the poison image got the scores they get alone
             assert r["score_flaky"] == r["score_fake"] and r["error"] == ""
 
 
