@@ -6,7 +6,6 @@ so the fingerprint is the same with and without it); building uses the ``fake-pa
 
 from __future__ import annotations
 
-import os
 import re
 import resource
 import signal
