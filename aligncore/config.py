@@ -64,7 +64,13 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
     except Exception as exc:
-        raise ConfigError(f"config file {p} cannot be parsed: {exc}") from None
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        if hasattr(exc, "lineno"):  # json / tomllib
+            where = f" at line {exc.lineno}, column {getattr(exc, 'colno', '?')}"
+        what = getattr(exc, "problem", None) or getattr(exc, "msg", None) or str(exc)
+        what = " ".join(str(what).split())  # one paragraph: YAML's messages span several lines
+        raise ConfigError(f"config file {p} cannot be parsed{where}: {what}.") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -88,4 +94,4 @@ def make_run_config(file: str | Path | None = None, **overrides: Any) -> RunConf
     try:
         return RunConfig(**data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error("the run", err)) from None
+        raise ConfigError(format_validation_error(f"the run (config file {file})" if file else "the run", err)) from None

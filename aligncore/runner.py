@@ -106,12 +106,15 @@ def iter_batches(branch, items: Sequence[tuple[int, str]], batch_size: int, work
 
 
 def score_with_fallback(branch, xs: list, batch) -> tuple[list[float | None], list[str | None]]:
-    """Score a batch; if the batch raises, score image by image so one bad image fails alone."""
+    """Score a batch; if the batch raises, score image by image so one bad image fails alone.
+
+    A score that is not a number in [0, 1] (NaN, inf, a logit) is that image's error, never stored.
+    """
     try:
         scores = [float(s) for s in branch.score_batch(batch)]
         if len(scores) != len(xs):
             raise AlignCoreError(f"branch {branch.name!r} returned {len(scores)} scores for {len(xs)} images")
-        return scores, [None] * len(xs)
+        return _checked(scores, [None] * len(xs))
     except Exception as batch_exc:
         if len(xs) == 1:
             return [None], [f"{type(batch_exc).__name__}: {batch_exc}"]
@@ -124,7 +127,14 @@ def score_with_fallback(branch, xs: list, batch) -> tuple[list[float | None], li
             except Exception as exc:
                 out_s.append(None)
                 out_e.append(f"{type(exc).__name__}: {exc}")
-        return out_s, out_e
+        return _checked(out_s, out_e)
+
+
+def _checked(scores: list[float | None], errors: list[str | None]) -> tuple[list[float | None], list[str | None]]:
+    for k, s in enumerate(scores):
+        if s is not None and not (math.isfinite(s) and 0.0 <= s <= 1.0):
+            scores[k], errors[k] = None, f"invalid score {s!r} (a branch must return P(fake) in [0, 1])"
+    return scores, errors
 
 
 # ---------------------------------------------------------------------- the run
@@ -434,8 +444,18 @@ def _prepare_out_dir(out: Path) -> None:
 
 def _atomic_write(path: Path, text: str) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise AlignCoreError(
+            f"cannot write {path}: {exc.strerror or exc}. Free disk space or choose another --out; "
+            "the scores are already in the store, so a re-run only rewrites the reports."
+        ) from None
 
 
 def _write_json(path: Path, obj: Any) -> None:

@@ -114,14 +114,26 @@ class ScoreStore:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
+        """One short write transaction; a failed write (full disk, read-only file) is an AlignCoreError."""
         try:
-            yield self.conn
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        else:
-            self.conn.execute("COMMIT")
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.conn
+            except BaseException:
+                if self.conn.in_transaction:
+                    try:
+                        self.conn.execute("ROLLBACK")
+                    except sqlite3.Error:
+                        pass  # SQLite already rolled back (e.g. after SQLITE_FULL)
+                raise
+            else:
+                self.conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            raise AlignCoreError(
+                f"cannot write to the score store {self.path}: {exc}. Free disk space or make it writable "
+                f"(or choose another with --store or {STORE_ENV}); everything written before is kept, and "
+                "a re-run scores only what is missing."
+            ) from None
 
     # ------------------------------------------------------------------ scores
     def known(self, fingerprint: str, hashes: Iterable[str]) -> set[str]:

@@ -19,6 +19,7 @@ from typing import Any, Callable, ClassVar, Iterable, Sequence
 from pydantic import Field
 
 from .component import Component, ComponentConfig
+from .errors import AlignCoreError
 
 MANIFEST_NAME = "manifest.csv"
 JOURNAL_NAME = "journal.jsonl"
@@ -80,7 +81,10 @@ class SupervisionBuilder(Component):
     ) -> Path:
         """Build (or finish building) the set in ``out_dir``; returns the manifest path."""
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise AlignCoreError(f"cannot create the output folder {out}: {exc.strerror or exc}. Choose another --out.") from None
         srcs = [Path(s) for s in sources]
         items = self.plan(srcs)
         if self.config.limit:

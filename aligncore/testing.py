@@ -6,15 +6,19 @@ run (store, fusion, metrics, reports) can be exercised in milliseconds.
 
 from __future__ import annotations
 
+import hashlib
 import math
+import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Iterator, Literal, Sequence
 
 import numpy as np
 from pydantic import Field
 
 from .branch import Branch, BranchConfig
+from .supervision import BuilderConfig, SupervisionBuilder, WorkItem, item_seed
 
 
 class FakeBranchConfig(BranchConfig):
@@ -97,3 +101,97 @@ def check_branch_contract(branch: Branch, images: Sequence) -> list[float]:
     fp = branch.fingerprint()
     assert isinstance(fp, str) and fp == branch.fingerprint(), "fingerprint must be stable"
     return scores
+
+
+# ---------------------------------------------------------------------- a model-free builder
+
+
+class FakePairBuilderConfig(BuilderConfig):
+    size: int = Field(32, ge=4, le=512, description="Side of the square centre crop written for both classes.")
+    noise: float = Field(4.0, ge=0, description="Std of the seeded noise added to the smoothed 'fake' copy.")
+    delay_s: float = Field(0.0, ge=0, description="Sleep per item (to test interruption); does not change outputs.")
+
+
+class FakePairBuilder(SupervisionBuilder):
+    """No model: pairs each real image with a smoothed, seeded-noise copy (tests, plumbing checks)."""
+
+    name = "fake-pairs"
+    help = "No model: real crop + smoothed copy with seeded noise, per source image (tests, plumbing checks)."
+    config_class = FakePairBuilderConfig
+    config: FakePairBuilderConfig
+
+    def plan(self, sources: Sequence[Path]) -> list[WorkItem]:
+        from .data import load_dataset
+
+        items = []
+        for src in sources:
+            ds = load_dataset(src)
+            root = Path(ds.root) if Path(ds.root).is_dir() else Path(ds.root).parent
+            for r in ds.records:
+                if r.label == 1:
+                    continue  # only real photos are paired
+                rel = Path(r.path).resolve().relative_to(root.resolve()).as_posix()
+                items.append(WorkItem(f"{Path(src).name}/{rel}", Path(r.path)))
+        return sorted(items, key=lambda it: it.key)
+
+    def process(self, item: WorkItem, out_dir: Path) -> list[dict]:
+        from PIL import Image, ImageFilter
+
+        from .data.images import load_image
+
+        if self.config.delay_s:
+            time.sleep(self.config.delay_s)
+        img = load_image(item.source)
+        s = min(self.config.size, *img.size)
+        left, top = (img.width - s) // 2, (img.height - s) // 2
+        real = img.crop((left, top, left + s, top + s))
+        rng = np.random.default_rng(item_seed(self.config.seed, item.key))
+        smooth = np.asarray(real.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.float64)
+        fake = Image.fromarray(np.clip(smooth + rng.normal(0, self.config.noise, smooth.shape), 0, 255).astype(np.uint8))
+        stem = hashlib.sha256(item.key.encode()).hexdigest()[:16]
+        ext = "png" if self.config.format == "png" else "jpg"
+        rows = []
+        for label, im, sub in ((0, real, "real"), (1, fake, "fake")):
+            rel = f"{sub}/{stem}.{ext}"
+            _save_atomic(im, out_dir / rel, self.config.format, self.config.jpeg_quality)
+            rows.append({"path": rel, "label": label, "generator": None if label == 0 else self.name,
+                         "subset": None, "source": item.key, "noise_seed": item_seed(self.config.seed, item.key)})
+        return rows
+
+
+def _save_atomic(img, path: Path, fmt: str, quality: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    if fmt == "png":
+        img.save(tmp, format="PNG")
+    else:
+        img.save(tmp, format="JPEG", quality=quality)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------- test-defined plugins
+
+
+@contextmanager
+def registered_plugin(plugin: object, name: str = "test-plugin") -> Iterator[object]:
+    """Register ``plugin`` (a module or any object with @hookimpl functions) for the duration of a block.
+
+    The registry is rebuilt on entry and on exit, so components the plugin registers are
+    visible to ``create_branch`` / ``alignctl`` inside the block only. Unregistered in
+    ``finally`` even when the block raises.
+    """
+    from .plugins import PluginInfo, get_plugin_manager, get_plugin_state
+    from .registry import reset_registry
+
+    pm = get_plugin_manager()
+    state = get_plugin_state()
+    pm.register(plugin, name=name)
+    state.infos[name] = PluginInfo(name=name, module=type(plugin).__module__, builtin=False, distribution="(test)",
+                                   hooks=sorted(h.name for h in pm.get_hookcallers(plugin) or []))
+    reset_registry()
+    try:
+        yield plugin
+    finally:
+        pm.unregister(plugin)
+        state.infos.pop(name, None)
+        reset_registry()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
@@ -142,11 +143,14 @@ def _resolve(base: Path, raw: str, where: str, allow_outside: bool) -> str:
 def _rows_to_records(rows: Iterable[tuple[str, dict]], base: Path, allow_outside: bool) -> list[Record]:
     seen: dict[str, str] = {}
     out = []
+    missing: list[str] = []
     for where, row in rows:
         raw = row.get("path", row.get("file", row.get("filepath", row.get("image"))))
         if raw is None:
             raise DataError(f"{where}: no 'path' (or 'file') column.")
         path = _resolve(base, raw, where, allow_outside)
+        if not os.path.isfile(path):
+            missing.append(f"{where} ({str(raw).strip()!r})")
         if path in seen:
             raise DataError(f"{where}: duplicate path {raw!r} (first at {seen[path]}).")
         seen[path] = where
@@ -157,6 +161,12 @@ def _rows_to_records(rows: Iterable[tuple[str, dict]], base: Path, allow_outside
                 (str(row["generator"]).strip() or None) if row.get("generator") not in (None, "") else None,
                 (str(row["subset"]).strip() or None) if row.get("subset") not in (None, "") else None,
             )
+        )
+    if missing:
+        more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DataError(
+            f"{len(missing)} of {len(out)} manifest rows name files that do not exist (relative paths are read from "
+            f"the manifest's folder {base}): {'; '.join(missing[:5])}{more}."
         )
     return out
 

@@ -1,0 +1,183 @@
+"""The one way aligncore loads weights: safetensors, peft adapter folders, or weights-only torch files.
+
+Checkpoints come from strangers. A ``.pt``/``.bin`` file is a pickle, and unpickling can
+run any code the file names. So:
+
+- ``*.safetensors`` is read with safetensors (no code, just tensors);
+- a pickle-based file goes through ``torch.load(..., weights_only=True)``, whose unpickler
+  only rebuilds tensors and plain containers; anything else (``os.system``, ``builtins.open``,
+  a custom class) is refused with :class:`UnsafeCheckpointError` naming what it asked for;
+- a peft adapter folder is checked the same way before peft touches it.
+
+Call :func:`load_state_dict` (files or folders), :func:`safe_torch_load` (a torch file that
+holds more than a flat state dict, e.g. a trainer state) or :func:`load_peft_adapter`; write
+checkpoints with :func:`save_state_dict` (atomic, so a kill never leaves a torn file).
+Never call ``torch.load`` / ``pickle.load`` directly (``tests/test_safeio.py`` greps for it),
+and never pass ``trust_remote_code=True`` to Hugging Face loaders by default.
+"""
+
+from __future__ import annotations
+
+import pickletools
+import re
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from .errors import AlignCoreError
+
+SAFE_SUFFIXES = (".safetensors",)
+PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".pkl", ".pickle")
+#: file names looked for, in order, when a folder is given
+WEIGHT_FILES = (
+    "adapter_model.safetensors", "model.safetensors", "weights.safetensors",
+    "adapter_model.bin", "pytorch_model.bin", "model.pt", "model.pth", "weights.pt",
+)
+#: Hugging Face loaders must never run code shipped with a model unless a user asks by name
+TRUST_REMOTE_CODE = False
+
+
+class UnsafeCheckpointError(AlignCoreError):
+    """A checkpoint would run code (or is not a weights file) and was refused unopened."""
+
+
+def pickle_globals(path: str | Path) -> list[str]:
+    """Names of the callables/classes a pickle (or torch zip checkpoint) imports, read without unpickling."""
+    p = Path(path)
+    blobs: list[bytes] = []
+    if zipfile.is_zipfile(p):
+        with zipfile.ZipFile(p) as zf:
+            blobs = [zf.read(n) for n in zf.namelist() if n.endswith(".pkl")]
+    else:
+        blobs = [p.read_bytes()]
+    found: list[str] = []
+    for blob in blobs:
+        strings: list[str] = []
+        try:
+            for op, arg, _ in pickletools.genops(blob):
+                if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                    strings.append(str(arg))
+                elif op.name in ("GLOBAL", "INST"):
+                    found.append(str(arg).replace(" ", "."))
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+        except Exception:  # legacy torch files hold several pickles and raw storage bytes: stop at the end of the first
+            pass
+    return list(dict.fromkeys(found))
+
+
+def _is_torch_safe(name: str) -> bool:
+    return name.startswith(("torch.", "collections.OrderedDict", "_codecs.encode", "numpy.core.multiarray._reconstruct",
+                            "numpy.dtype", "numpy.ndarray", "builtins.set", "builtins.frozenset", "builtins.bytearray",
+                            "builtins.slice", "builtins.complex"))
+
+
+def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)``, with a refusal that says what the file tried to import."""
+    import pickle
+
+    import torch
+
+    p = Path(path)
+    if not p.is_file():
+        raise AlignCoreError(f"checkpoint file {p} does not exist.")
+    try:
+        return torch.load(p, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, ModuleNotFoundError, TypeError) as exc:
+        text = str(exc)
+        if not isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" not in text:
+            raise AlignCoreError(f"checkpoint {p} cannot be read: {type(exc).__name__}: {text.splitlines()[0][:300]}") from None
+        names = [n for n in pickle_globals(p) if not _is_torch_safe(n)]
+        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        if not names and m:
+            names = [m.group(1)]
+        what = ", ".join(names[:5]) or "objects other than tensors"
+        raise UnsafeCheckpointError(
+            f"refused to load {p}: it is a pickle that would import {what} while loading, which could run code "
+            "on this machine. aligncore only loads tensors (safetensors, or torch files that pass "
+            "torch.load(weights_only=True)). If you trust its author, convert it once in a sandbox: "
+            "load it there and save the state dict with safetensors.torch.save_file."
+        ) from None
+
+
+def find_weights_file(folder: str | Path) -> Path:
+    """The weights file of a checkpoint folder (safetensors preferred)."""
+    d = Path(folder)
+    for name in WEIGHT_FILES:
+        if (d / name).is_file():
+            return d / name
+    for pattern in ("*.safetensors", *(f"*{s}" for s in PICKLE_SUFFIXES)):
+        hits = sorted(d.glob(pattern))
+        if len(hits) == 1:
+            return hits[0]
+        if len(hits) > 1:
+            raise AlignCoreError(f"checkpoint folder {d} holds several weight files ({', '.join(h.name for h in hits[:5])}); "
+                                 "pass the file itself.")
+    raise AlignCoreError(f"checkpoint folder {d} holds no weights (looked for {', '.join(WEIGHT_FILES)}).")
+
+
+def load_state_dict(path: str | Path, map_location: str = "cpu") -> dict[str, Any]:
+    """Tensors from a ``.safetensors`` file, a weights-only torch file, or a folder holding one of them."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise AlignCoreError(f"checkpoint {p} does not exist.")
+    if p.is_dir():
+        p = find_weights_file(p)
+    if p.suffix.lower() in SAFE_SUFFIXES:
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return load_file(str(p), device=str(map_location))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise AlignCoreError(f"checkpoint {p} is not a readable safetensors file: {exc}") from None
+    obj = safe_torch_load(p, map_location)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise AlignCoreError(f"checkpoint {p} holds a {type(obj).__name__}, not a state dict of tensors.")
+    return obj
+
+
+def check_adapter_dir(folder: str | Path) -> Path:
+    """Check a peft adapter folder before peft reads it; returns its weights file."""
+    d = Path(folder)
+    if not (d / "adapter_config.json").is_file():
+        raise AlignCoreError(f"{d} is not a peft adapter folder (no adapter_config.json).")
+    weights = find_weights_file(d)
+    if weights.suffix.lower() not in SAFE_SUFFIXES:
+        safe_torch_load(weights)  # refuses code-running pickles before peft sees them
+    return weights
+
+
+def load_peft_adapter(model: Any, folder: str | Path, **kwargs: Any) -> Any:
+    """``PeftModel.from_pretrained(model, folder)`` after :func:`check_adapter_dir`."""
+    from peft import PeftModel
+
+    check_adapter_dir(folder)
+    kwargs.setdefault("is_trainable", False)
+    return PeftModel.from_pretrained(model, str(folder), **kwargs)
+
+
+def save_state_dict(state_dict: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write tensors as safetensors atomically (temp file, fsync, rename): a kill mid-save leaves the old file.
+
+    Trainers should save every checkpoint through this, so a resumed run never meets a torn file.
+    """
+    import os
+
+    from safetensors.torch import save_file
+
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    try:
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+        save_file(tensors, str(tmp), metadata=metadata)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise AlignCoreError(f"cannot write checkpoint {p}: {exc.strerror or exc}. Free disk space or choose another --out.") from None
+    return p
