@@ -24,6 +24,19 @@ def _short_checkpoints(raw: str | None) -> str:
     return ",".join(f"{b}={p}" for b, p in sorted(ck.items())) or "-"
 
 
+def _fusion_label(name: str, raw_config: str | None) -> str:
+    """``max`` or, when its config differs from the defaults, ``max(threshold=0.99)``."""
+    cfg = json.loads(raw_config or "{}")
+    try:
+        from .registry import create_fusion
+
+        default = create_fusion(name).config.model_dump(mode="json")
+    except Exception:  # a fusion whose plugin is gone: show the whole config
+        default = {}
+    diff = {k: v for k, v in cfg.items() if default.get(k, object()) != v}
+    return name + ("(" + ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(diff.items())) + ")" if diff else "")
+
+
 def leaderboard(store: ScoreStore, suite: str | None = None, metric: str = "accuracy",
                 sort: str | None = None, descending: bool = True) -> tuple[list[str], list[dict]]:
     """(dataset names, rows); each row has branches, checkpoints, fusion, perturb, one column per dataset,
@@ -38,7 +51,7 @@ def leaderboard(store: ScoreStore, suite: str | None = None, metric: str = "accu
         if r["dataset"] not in datasets:
             datasets.append(r["dataset"])
         row = table.setdefault(key, {
-            "branches": r["branches"], "checkpoints": _short_checkpoints(r["checkpoints"]), "fusion": r["fusion"],
+            "branches": r["branches"], "checkpoints": _short_checkpoints(r["checkpoints"]), "fusion": _fusion_label(r["fusion"], r["fusion_config"]),
             "fusion_config": r["fusion_config"] or "{}", "perturb": r["perturb"] or "none", "_cells": {}, "_runs": {},
         })
         row["_cells"][r["dataset"]] = r[metric]
