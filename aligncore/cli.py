@@ -197,11 +197,15 @@ def _print_metrics(metrics: dict) -> None:
 @click.option("--explain", is_flag=True, default=None, help="Store a short rationale from branches that can explain.")
 @click.option("--allow-outside-paths", is_flag=True, default=None, help="Allow manifest paths outside its folder.")
 @click.option("--suite", help="Benchmark suite name recorded with the leaderboard row.")
+@click.option("--perturb", help="Perturb every image before scoring: jpeg:75, webp:80, blur:1.0, resize:0.5, crop:0.8 (chain with +).")
+@click.option("--fusion-state", "fusion_state", type=click.Path(exists=True, dir_okay=False),
+              help="JSON state of a fitted fusion (written by alignctl ablate), e.g. for --fusion learned.")
 @click.option("--num-processes", type=int, default=1, show_default=True,
               help="Shard scoring across N processes (GPUs, or CPU ranks) with accelerate launch.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bars.")
 def run_cmd(branches, fusion, data, config_file, preset, device, batch_size, workers, out, store, checkpoints,
-            options, fusion_options, explain, allow_outside_paths, suite, num_processes, quiet) -> None:
+            options, fusion_options, explain, allow_outside_paths, suite, perturb, fusion_state, num_processes,
+            quiet) -> None:
     """Score a dataset with one or more branches, fuse, and write predictions and metrics."""
     from .config import make_run_config
     from .runner import make_run_id, run
@@ -232,7 +236,8 @@ def run_cmd(branches, fusion, data, config_file, preset, device, batch_size, wor
         config_file, branches=names, fusion=fusion, data=data, preset=preset, device=device,
         batch_size=batch_size, workers=workers, out=out, store=store, branch_options=bopts or None,
         fusion_options=parse_kv(fusion_options, "--fusion-option") or None, explain=explain,
-        allow_outside_paths=allow_outside_paths, suite=suite,
+        allow_outside_paths=allow_outside_paths, suite=suite, perturb=perturb,
+        fusion_state=_read_fusion_state(fusion_state),
     )
     result = run(cfg, progress=not quiet, log=None if quiet else echo_err)
     if not result.metrics:  # a non-zero rank of a distributed run: rank 0 reports
@@ -262,16 +267,28 @@ def _strip_option(argv: list[str], name: str) -> list[str]:
     return out
 
 
+def _read_fusion_state(path: str | None) -> dict | None:
+    """A fusion state file: either the bare state or ablate's {"name", "config", "state"} entry."""
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        obj = json.load(f)
+    return obj.get("state", obj) if isinstance(obj, dict) else None
+
+
 @cli.command("fuse")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--fusion", required=True, help="Fusion rule to apply to the stored scores.")
 @click.option("--fusion-option", "fusion_options", multiple=True, help="Fusion option KEY=VALUE.")
+@click.option("--fusion-state", "fusion_state", type=click.Path(exists=True, dir_okay=False),
+              help="JSON state of a fitted fusion (written by alignctl ablate).")
 @click.option("--store", type=click.Path(dir_okay=False), help="Score store (default: the run's).")
-def fuse_cmd(run_dir, fusion, fusion_options, store) -> None:
+def fuse_cmd(run_dir, fusion, fusion_options, fusion_state, store) -> None:
     """Re-fuse a finished run from its stored scores; no model is loaded."""
     from .runner import refuse
 
-    out, metrics = refuse(run_dir, fusion, parse_kv(fusion_options, "--fusion-option"), store)
+    out, metrics = refuse(run_dir, fusion, parse_kv(fusion_options, "--fusion-option"), store,
+                          _read_fusion_state(fusion_state))
     _print_metrics(metrics)
     click.echo(f"fusion {fusion} written to {out}")
 

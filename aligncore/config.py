@@ -30,6 +30,23 @@ class RunConfig(ComponentConfig):
     allow_outside_paths: bool = Field(False, description="Allow manifest paths outside the manifest's folder.")
     suite: str | None = Field(None, description="Benchmark suite this run belongs to (for the leaderboard).")
     dataset_name: str | None = Field(None, description="Name of the dataset in the leaderboard (default: folder name).")
+    perturb: str | None = Field(
+        None, description="Deterministic perturbation applied to every image before branch preprocessing, "
+        "e.g. jpeg:75, webp:80, blur:1.0, resize:0.5, crop:0.8 (chain with '+')."
+    )
+    fusion_state: dict[str, Any] | None = Field(
+        None, description="Fitted state of a learned fusion (as written by alignctl ablate)."
+    )
+
+    @field_validator("perturb")
+    @classmethod
+    def _perturb(cls, v):
+        from .perturb import normalize_perturb
+
+        try:
+            return normalize_perturb(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("branches", mode="before")
     @classmethod

@@ -49,6 +49,15 @@ class Fusion(Component):
     def predict(self, scores: Mapping[str, np.ndarray]) -> FusionOutput:
         raise NotImplementedError
 
+    def calibrate(self, scores: Mapping[str, np.ndarray], labels: np.ndarray, target_fpr: float) -> "Fusion":
+        """Pick thresholds on a labelled calibration split so that at most ``target_fpr`` of its reals
+        are called fake. Default: one threshold on the fused score; rules with per-branch thresholds
+        override this."""
+        labels = np.asarray(labels, dtype=int)
+        fused = self.predict(scores).score
+        self.config.threshold = threshold_for_fpr(fused[labels == 0], target_fpr)
+        return self
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable fitted state (saved with the run)."""
         return {}
@@ -70,3 +79,17 @@ def rescale_at_threshold(s: np.ndarray, t: float) -> np.ndarray:
     """Piecewise-linear map of [0, 1] onto [0, 1] sending ``t`` to 0.5, so thresholds compare across branches."""
     t = min(max(t, 1e-6), 1 - 1e-6)
     return np.where(s < t, s / (2 * t), 0.5 + (s - t) / (2 * (1 - t)))
+
+
+def threshold_for_fpr(real_scores: np.ndarray, target_fpr: float) -> float:
+    """Lowest threshold t in [0, 1] with mean(real >= t) <= target_fpr on these real scores (NaN ignored).
+
+    Ties are respected: if several reals share the score at the cut, all of them fall below t.
+    """
+    r = np.sort(np.asarray(real_scores, dtype=float)[~np.isnan(np.asarray(real_scores, dtype=float))])[::-1]
+    if len(r) == 0:
+        raise ValueError("threshold calibration needs scored real images in the calibration split")
+    allowed = int(np.floor(target_fpr * len(r) + 1e-9))
+    if allowed >= len(r):
+        return 0.0
+    return float(min(np.nextafter(r[allowed], np.inf), 1.0))

@@ -24,6 +24,8 @@ DISABLE_ENV = "ALIGNCORE_DISABLE_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "fake",
     "fusions",
+    "learned_fusion",
+    "studies",
 )
 
 

@@ -58,9 +58,10 @@ class RunResult:
 class _ImageDataset:
     """(index, path) items → (index, preprocessed input or None, error or None). Never raises."""
 
-    def __init__(self, items: Sequence[tuple[int, str]], preprocess: Callable):
+    def __init__(self, items: Sequence[tuple[int, str]], preprocess: Callable, perturb: Callable | None = None):
         self.items = list(items)
         self.preprocess = preprocess
+        self.perturb = perturb
 
     def __len__(self) -> int:
         return len(self.items)
@@ -71,6 +72,11 @@ class _ImageDataset:
             img = load_image(path)
         except ImageLoadError as exc:
             return idx, None, exc.reason
+        try:
+            if self.perturb is not None:
+                img = self.perturb(img)
+        except Exception as exc:
+            return idx, None, f"perturbation failed: {type(exc).__name__}: {exc}"
         try:
             return idx, self.preprocess(img), None
         except Exception as exc:
@@ -88,11 +94,12 @@ class _Collate:
         return [i for i, _ in ok], xs, (self.collate(xs) if xs else None), errors
 
 
-def iter_batches(branch, items: Sequence[tuple[int, str]], batch_size: int, workers: int, pin: bool):
+def iter_batches(branch, items: Sequence[tuple[int, str]], batch_size: int, workers: int, pin: bool,
+                 perturb: Callable | None = None):
     """Yield (indices, raw items, collated batch, [(index, error)]) through a torch DataLoader."""
     from torch.utils.data import DataLoader
 
-    ds = _ImageDataset(items, branch.preprocess)
+    ds = _ImageDataset(items, branch.preprocess, perturb)
     loader = DataLoader(
         ds,  # type: ignore[arg-type]
         batch_size=batch_size,
@@ -169,16 +176,21 @@ def hash_records(records: Sequence[Record]) -> tuple[list[str | None], list[tupl
 
 def score_branch(branch, records: Sequence[Record], hashes: Sequence[str | None], store: ScoreStore,
                  workers: int = 0, explain: bool = False, progress: bool = True,
-                 write_store: ScoreStore | None = None, shard: tuple[int, int] = (0, 1),
-                 ) -> tuple[BranchStats, dict[str, str]]:
+                 perturb: str | None = None, write_store: ScoreStore | None = None,
+                 shard: tuple[int, int] = (0, 1)) -> tuple[BranchStats, dict[str, str]]:
     """Score every image whose (hash, fingerprint) is not in the store; returns stats and load errors by hash.
 
+    With ``perturb`` (a spec such as ``jpeg:75``) every image is perturbed before preprocessing and
+    the scores are stored under the fingerprint plus the spec, never mixed with clean scores.
     With ``shard=(rank, world)`` this process takes every ``world``-th missing image and
     writes to ``write_store`` (its shard); the missing list is the same on every rank.
     """
     import torch
 
-    fp = branch.fingerprint()
+    from .perturb import parse_perturb, perturbed_fingerprint
+
+    chain = parse_perturb(perturb)
+    fp = perturbed_fingerprint(branch.fingerprint(), chain.spec if chain else None)
     stats = BranchStats(fp)
     unique: dict[str, int] = {}
     for i, h in enumerate(hashes):
@@ -205,7 +217,7 @@ def score_branch(branch, records: Sequence[Record], hashes: Sequence[str | None]
         bar = tqdm(total=len(todo), desc=f"score {branch.name}", unit="img", dynamic_ncols=True, leave=False)
     want_explain = explain and getattr(branch, "supports_explain", False)
     with torch.inference_mode():
-        for idxs, xs, batch, errors in iter_batches(branch, todo, branch.config.batch_size, workers, pin):
+        for idxs, xs, batch, errors in iter_batches(branch, todo, branch.config.batch_size, workers, pin, chain):
             for i, err in errors:
                 load_errors[hashes[i]] = err  # type: ignore[index]
             rows = []
@@ -263,7 +275,7 @@ def run(config: RunConfig, progress: bool = True, log: Callable[[str], None] | N
             if log and dist.is_main:
                 log(f"branch {br.name}: fingerprint {br.fingerprint()}")
             st, errs = score_branch(br, records, hashes, store, config.workers, config.explain,
-                                    progress and dist.is_main, rank_store, (dist.rank, dist.world))
+                                    progress and dist.is_main, config.perturb, rank_store, (dist.rank, dist.world))
             stats[br.name] = st
             for h, e in errs.items():
                 errors_by_hash.setdefault(h, {})[br.name] = e
@@ -397,7 +409,7 @@ def fuse_and_report(table: dict, fusion, out: Path, resolved: dict, store: Score
 
 
 def refuse(run_dir: str | Path, fusion_name: str, fusion_options: dict | None = None,
-           store_path: str | None = None) -> tuple[Path, dict]:
+           store_path: str | None = None, fusion_state: dict | None = None) -> tuple[Path, dict]:
     """Re-fuse a finished run from its stored scores (no model is loaded); writes RUN/fusions/<name>/."""
     run_dir = Path(run_dir)
     info_path = run_dir / RUN_INFO
@@ -420,7 +432,7 @@ def refuse(run_dir: str | Path, fusion_name: str, fusion_options: dict | None = 
         table["skipped"] = [(r["path"], r["reason"]) for r in _read_csv(run_dir / SKIPPED)] if (run_dir / SKIPPED).exists() else []
         out = run_dir / "fusions" / fusion_name
         out.mkdir(parents=True, exist_ok=True)
-        resolved.update(fusion=fusion_name, fusion_options=fusion_options or {})
+        resolved.update(fusion=fusion_name, fusion_options=fusion_options or {}, fusion_state=fusion_state)
         sub_id = f"{info['run_id']}+{fusion_name}"
         metrics = fuse_and_report(table, fusion, out, resolved, store, sub_id)
         store.add_run(sub_id, "fuse", str(out), resolved)

@@ -1,4 +1,4 @@
-"""Built-in fusion rules: ``or`` (the paper's rule) and ``weighted``."""
+"""Built-in fusion rules: ``or`` (the paper's rule), ``and``, ``max`` and ``weighted``."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import numpy as np
 from pydantic import Field
 
 from aligncore import hookimpl
-from aligncore.fusion import Fusion, FusionConfig, FusionOutput, rescale_at_threshold, stack_scores
+from aligncore.fusion import (Fusion, FusionConfig, FusionOutput, rescale_at_threshold, stack_scores,
+                              threshold_for_fpr)
 
 
 class OrFusionConfig(FusionConfig):
@@ -37,6 +38,67 @@ class OrFusion(Fusion):
         all_nan = np.isnan(rescaled).all(axis=1)
         fused = np.where(all_nan, np.nan, np.nanmax(np.where(np.isnan(rescaled), -np.inf, rescaled), axis=1))
         return FusionOutput(fused, np.nan_to_num(fused, nan=0.0) >= 0.5)
+
+    def calibrate(self, scores: Mapping[str, np.ndarray], labels: np.ndarray, target_fpr: float) -> "OrFusion":
+        """Per-branch thresholds: each branch is cut at the same real-FPR level q, the largest q for
+        which the combined rule stays within ``target_fpr`` on the calibration reals."""
+        self.config.thresholds = calibrate_per_branch(self, scores, labels, target_fpr)
+        return self
+
+
+def calibrate_per_branch(fusion, scores: Mapping[str, np.ndarray], labels: np.ndarray, target_fpr: float) -> dict[str, float]:
+    labels = np.asarray(labels, dtype=int)
+    names, mat = stack_scores(scores)
+    reals = mat[labels == 0]
+
+    def thresholds_at(q: float) -> dict[str, float]:
+        return {n: threshold_for_fpr(reals[:, j], q) for j, n in enumerate(names)}
+
+    def fpr_at(q: float) -> float:
+        fusion.config.thresholds = thresholds_at(q)
+        return float(fusion.predict({n: reals[:, j] for j, n in enumerate(names)}).verdict.mean())
+
+    lo, hi = 0.0, 1.0  # fpr_at is non-decreasing in q for OR and AND alike
+    if fpr_at(hi) <= target_fpr:
+        lo = hi
+    else:
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if fpr_at(mid) <= target_fpr:
+                lo = mid
+            else:
+                hi = mid
+    return thresholds_at(lo)
+
+
+class AndFusion(OrFusion):
+    """Fake only if every branch that scored the image reaches its threshold."""
+
+    name = "and"
+    help = "Logical AND: fake only if every branch's score is at or above its own threshold."
+
+    def predict(self, scores: Mapping[str, np.ndarray]) -> FusionOutput:
+        names, mat = stack_scores(scores)
+        cols = [rescale_at_threshold(mat[:, j], self.config.thresholds.get(n, self.config.default_threshold))
+                for j, n in enumerate(names)]
+        rescaled = np.column_stack(cols)
+        all_nan = np.isnan(rescaled).all(axis=1)
+        # the smallest rescaled score: ">= 0.5" is exactly "every scoring branch reached its threshold"
+        fused = np.where(all_nan, np.nan, np.nanmin(np.where(np.isnan(rescaled), np.inf, rescaled), axis=1))
+        return FusionOutput(fused, np.nan_to_num(fused, nan=0.0) >= 0.5)
+
+
+class MaxFusion(Fusion):
+    """The largest raw branch score against one threshold (OR without per-branch thresholds)."""
+
+    name = "max"
+    help = "Largest branch score, fake at or above one shared threshold."
+
+    def predict(self, scores: Mapping[str, np.ndarray]) -> FusionOutput:
+        names, mat = stack_scores(scores)
+        all_nan = np.isnan(mat).all(axis=1)
+        fused = np.where(all_nan, np.nan, np.nanmax(np.where(np.isnan(mat), -np.inf, mat), axis=1))
+        return FusionOutput(fused, np.nan_to_num(fused, nan=0.0) >= self.config.threshold)
 
 
 class WeightedFusionConfig(FusionConfig):
@@ -67,4 +129,6 @@ class WeightedFusion(Fusion):
 @hookimpl
 def register_fusions(register):
     register(OrFusion)
+    register(AndFusion)
+    register(MaxFusion)
     register(WeightedFusion)

@@ -1,0 +1,273 @@
+"""Fusion ablation on stored scores: every fusion rule, and every branch alone, side by side.
+
+Nothing here loads a model or imports torch: the per-branch scores come from the run's
+``predictions.csv`` (written from the score store). Each run's images are split by a
+hash of their content into a calibration part (learned fusions are fitted there, and
+thresholds picked there for ``target_fpr``) and a disjoint evaluation part on which every
+row of the table is measured. Identical files always fall on the same side, so a
+duplicated image can never leak from calibration into evaluation.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import AlignCoreError
+from .fusion import threshold_for_fpr
+from .metrics import binary_metrics
+from .registry import get_registry
+
+DEFAULT_FUSIONS = ("or", "and", "max", "weighted", "learned")
+TABLE_METRICS = ("accuracy", "real_accuracy", "fake_accuracy", "balanced_accuracy", "ap", "auc", "tpr_at_5fpr")
+METRIC_TITLES = {"accuracy": "acc", "real_accuracy": "real acc", "fake_accuracy": "fake acc",
+                 "balanced_accuracy": "bal acc", "ap": "AP", "auc": "AUC", "tpr_at_5fpr": "TPR@5%FPR"}
+
+
+@dataclass
+class RunScores:
+    """A finished run's per-image branch scores, read without loading any model."""
+
+    run_id: str
+    run_dir: Path
+    dataset: str
+    branches: list[str]
+    paths: list[str]
+    sha256: list[str]
+    labels: np.ndarray  # int, -1 unlabelled
+    generators: np.ndarray  # object
+    subsets: np.ndarray  # object
+    scores: dict[str, np.ndarray]  # branch → (n,) float, NaN = not scored
+    perturb: str | None = None
+
+    def subset(self, mask: np.ndarray) -> "RunScores":
+        idx = np.flatnonzero(mask)
+        return RunScores(self.run_id, self.run_dir, self.dataset, self.branches,
+                         [self.paths[i] for i in idx], [self.sha256[i] for i in idx], self.labels[idx],
+                         self.generators[idx], self.subsets[idx], {b: s[idx] for b, s in self.scores.items()},
+                         self.perturb)
+
+
+def load_run_scores(run_dir: str | Path) -> RunScores:
+    run_dir = Path(run_dir)
+    info_path, pred_path = run_dir / "run.json", run_dir / "predictions.csv"
+    if not info_path.exists() or not pred_path.exists():
+        raise AlignCoreError(f"{run_dir} is not a finished run directory (needs run.json and predictions.csv); "
+                             "make one with alignctl run.")
+    info = json.loads(info_path.read_text(encoding="utf-8"))
+    cfg = info.get("config", {})
+    branches = list(cfg.get("fingerprints") or cfg.get("branches") or [])
+    with open(pred_path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    missing = [b for b in branches if rows and f"score_{b}" not in rows[0]]
+    if missing:
+        raise AlignCoreError(f"{pred_path} has no score column for branch(es) {missing}.")
+
+    def num(v: str) -> float:
+        return math.nan if v == "" else float(v)
+
+    dataset = cfg.get("dataset_name") or Path((cfg.get("dataset") or {}).get("root", run_dir.name)).name
+    return RunScores(
+        run_id=info.get("run_id", run_dir.name), run_dir=run_dir, dataset=dataset, branches=branches,
+        paths=[r["path"] for r in rows], sha256=[r["sha256"] for r in rows],
+        labels=np.array([int(r["label"]) if r["label"] != "" else -1 for r in rows], dtype=int),
+        generators=np.array([r["generator"] for r in rows], dtype=object),
+        subsets=np.array([r["subset"] for r in rows], dtype=object),
+        scores={b: np.array([num(r[f"score_{b}"]) for r in rows], dtype=float) for b in branches},
+        perturb=cfg.get("perturb"),
+    )
+
+
+def calibration_mask(sha256: Sequence[str], fraction: float, seed: int = 0) -> np.ndarray:
+    """True for images in the calibration split: a content-hash draw, so duplicates share a side."""
+    if not 0.0 < fraction < 1.0:
+        raise AlignCoreError(f"--cal-fraction must lie strictly between 0 and 1, not {fraction}.")
+    out = np.empty(len(sha256), dtype=bool)
+    for i, h in enumerate(sha256):
+        d = hashlib.sha256(f"{seed}:{h}".encode()).digest()
+        out[i] = int.from_bytes(d[:8], "big") / 2**64 < fraction
+    return out
+
+
+@dataclass
+class AblationResult:
+    rows: list[dict]
+    fitted: dict[str, dict[str, dict]]  # dataset → method → {"name", "config", "state"}
+    splits: dict[str, dict[str, list[str]]]  # dataset → {"calibration": [sha256], "evaluation": [sha256]}
+    target_fpr: float | None
+    cal_fraction: float
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _groups(rs: RunScores) -> list[tuple[str, str, np.ndarray]]:
+    """(scope, group, mask): the whole dataset, then each generator of fakes.
+
+    A generator whose folder holds its own reals (GenImage / UnivFD layouts) is measured on
+    them; a generator with fakes only (real/fake layouts) is measured against all the reals.
+    """
+    lab = rs.labels
+    out = [("dataset", "all", lab >= 0)]
+    for g in sorted({str(x) for x in rs.generators[lab == 1] if x}):
+        gm = rs.generators == g
+        if ((lab == 0) & gm).any():
+            out.append(("generator", g, gm & (lab >= 0)))
+        else:
+            out.append(("generator", g, (gm & (lab == 1)) | (lab == 0)))
+    return out
+
+
+def ablate_run(rs: RunScores, fusions: Sequence[str] = DEFAULT_FUSIONS, target_fpr: float | None = None,
+               cal_fraction: float = 0.3, seed: int = 0, fusion_options: dict[str, dict] | None = None,
+               include_branches: bool = True) -> tuple[list[dict], dict[str, dict], dict[str, list[str]]]:
+    reg = get_registry()
+    labelled = rs.labels >= 0
+    if not labelled.any():
+        raise AlignCoreError(f"run {rs.run_id} has no labelled images; an ablation needs labels.")
+    cal = calibration_mask(rs.sha256, cal_fraction, seed) & labelled
+    ev = ~calibration_mask(rs.sha256, cal_fraction, seed) & labelled
+    c, e = rs.subset(cal), rs.subset(ev)
+    for part, name in ((c, "calibration"), (e, "evaluation")):
+        if not ((part.labels == 0).any() and (part.labels == 1).any()):
+            raise AlignCoreError(
+                f"dataset {rs.dataset}: the {name} split has {(part.labels == 0).sum()} real and "
+                f"{(part.labels == 1).sum()} fake images; both classes are needed. Use more images or change --cal-fraction."
+            )
+    methods: list[tuple[str, Any]] = []  # (row label, callable giving (score, verdict) on a RunScores)
+    fitted: dict[str, dict] = {}
+    for name in fusions:
+        fusion = reg.create("fusion", name, (fusion_options or {}).get(name, {}))
+        if fusion.needs_fit:
+            fusion.fit(c.scores, c.labels)
+        if target_fpr is not None:
+            fusion.calibrate(c.scores, c.labels, target_fpr)
+        fitted[f"fusion:{name}"] = {"name": name, "config": fusion.config.model_dump(mode="json"),
+                                   "state": fusion.state_dict()}
+        methods.append((f"fusion:{name}", lambda part, f=fusion: _fused(f, part)))
+    if include_branches:
+        for b in rs.branches:
+            t = 0.5 if target_fpr is None else threshold_for_fpr(c.scores[b][c.labels == 0], target_fpr)
+            fitted[f"branch:{b}"] = {"name": b, "config": {"threshold": t}, "state": {}}
+            methods.append((f"branch:{b}", lambda part, b=b, t=t: (part.scores[b], np.nan_to_num(part.scores[b], nan=-1) >= t)))
+    rows = []
+    outputs = [(label, *fn(e)) for label, fn in methods]
+    for scope, group, mask in _groups(e):
+        for label, score, verdict in outputs:
+            m = binary_metrics(e.labels[mask], score[mask], verdict[mask])
+            row = {"dataset": rs.dataset, "run_id": rs.run_id, "scope": scope, "group": group, "method": label,
+                   "n": m["n"], "n_real": m["n_real"], "n_fake": m["n_fake"]}
+            row.update({k: m.get(k) for k in TABLE_METRICS})
+            rows.append(row)
+    split = {"calibration": list(c.sha256), "evaluation": list(e.sha256)}
+    return rows, fitted, split
+
+
+def _fused(fusion, part: RunScores) -> tuple[np.ndarray, np.ndarray]:
+    out = fusion.predict(part.scores)
+    return out.score, out.verdict
+
+
+def ablate(run_dirs: Sequence[str | Path], fusions: Sequence[str] = DEFAULT_FUSIONS, target_fpr: float | None = None,
+           cal_fraction: float = 0.3, seed: int = 0, fusion_options: dict[str, dict] | None = None,
+           out_dir: str | Path | None = None) -> AblationResult:
+    """Run the ablation over one or more finished runs (one dataset each) and write CSV, Markdown and JSON."""
+    if target_fpr is not None and not 0.0 <= target_fpr < 1.0:
+        raise AlignCoreError(f"--target-fpr must lie in [0, 1), not {target_fpr}.")
+    reg = get_registry()
+    for name in fusions:
+        reg.get("fusion", name)  # unknown names fail before any work
+    all_rows: list[dict] = []
+    fitted: dict[str, dict] = {}
+    splits: dict[str, dict] = {}
+    for rd in run_dirs:
+        rs = load_run_scores(rd)
+        key = rs.dataset if rs.dataset not in fitted else f"{rs.dataset}#{rs.run_id}"
+        rows, fit, split = ablate_run(rs, fusions, target_fpr, cal_fraction, seed, fusion_options)
+        for r in rows:
+            r["dataset"] = key
+        all_rows += rows
+        fitted[key] = fit
+        splits[key] = split
+    result = AblationResult(all_rows, fitted, splits, target_fpr, cal_fraction)
+    out = Path(out_dir) if out_dir else Path(run_dirs[0]) / "ablation"
+    out.mkdir(parents=True, exist_ok=True)
+    result.files = {
+        "csv": _write(out / "ablation.csv", to_csv(all_rows)),
+        "md": _write(out / "ablation.md", to_markdown(all_rows, target_fpr, cal_fraction)),
+        "fusions": _write(out / "fusions.json", json.dumps(fitted, indent=2, sort_keys=True) + "\n"),
+        "split": _write(out / "split.json", json.dumps(
+            {"cal_fraction": cal_fraction, "seed": seed, "splits": splits}, indent=1, sort_keys=True) + "\n"),
+    }
+    for ds, fit in fitted.items():  # one file per fitted fusion, ready for --fusion-state
+        for method, entry in fit.items():
+            if method.startswith("fusion:") and entry["state"]:
+                safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ds)
+                result.files[f"state:{ds}:{entry['name']}"] = _write(
+                    out / f"{entry['name']}-{safe}.state.json", json.dumps(entry, indent=2, sort_keys=True) + "\n")
+    return result
+
+
+# ---------------------------------------------------------------------- formatting
+
+COLUMNS = ("dataset", "scope", "group", "method", "n", "n_real", "n_fake", *TABLE_METRICS)
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def to_csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=[*COLUMNS, "run_id"], lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in [*COLUMNS, "run_id"]})
+    return buf.getvalue()
+
+
+def to_markdown(rows: list[dict], target_fpr: float | None = None, cal_fraction: float | None = None) -> str:
+    head = ["dataset", "group", "method", "n (real/fake)", *[METRIC_TITLES[k] for k in TABLE_METRICS]]
+    lines = []
+    if cal_fraction is not None:
+        thr = f"thresholds calibrated to {target_fpr:.0%} FPR on the calibration reals" if target_fpr is not None \
+            else "configured thresholds (0.5 unless set)"
+        lines.append(f"Evaluation split only ({1 - cal_fraction:.0%} of images by content hash); learned fusions "
+                     f"fitted on the disjoint calibration split; {thr}.\n")
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "---|" * len(head))
+    for r in rows:
+        vals = [r["dataset"], r["group"], r["method"], f"{r['n']} ({r['n_real']}/{r['n_fake']})",
+                *[_fmt(r.get(k)) for k in TABLE_METRICS]]
+        lines.append("| " + " | ".join(vals) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def to_text(rows: list[dict]) -> str:
+    head = ["dataset", "group", "method", "n", *[METRIC_TITLES[k] for k in TABLE_METRICS]]
+    body = [[r["dataset"], r["group"], r["method"], str(r["n"]), *[_fmt(r.get(k)) for k in TABLE_METRICS]] for r in rows]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
+    out.append("  ".join("-" * w for w in widths))
+    prev = None
+    for r, vals in zip(rows, body):
+        if prev is not None and (r["dataset"], r["group"]) != prev:
+            out.append("")
+        prev = (r["dataset"], r["group"])
+        out.append("  ".join(v.ljust(w) for v, w in zip(vals, widths)))
+    return "\n".join(out)
+
+
+def _write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path

@@ -1,0 +1,120 @@
+"""The leaderboard: one row per detector configuration, datasets as columns, from the score store.
+
+A configuration is (branches, checkpoints, fusion, perturbation). For each configuration and
+dataset the latest result counts; the average is over the datasets that configuration has.
+Every row carries the run ids that produced its numbers, so it can be reproduced or inspected.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import io
+import json
+from typing import Sequence
+
+from .errors import AlignCoreError
+from .store import LEADERBOARD_METRICS, ScoreStore
+
+FORMATS = ("table", "md", "csv", "json", "html")
+
+
+def _short_checkpoints(raw: str | None) -> str:
+    ck = json.loads(raw or "{}")
+    return ",".join(f"{b}={p}" for b, p in sorted(ck.items())) or "-"
+
+
+def _fusion_label(name: str, raw_config: str | None) -> str:
+    """``max`` or, when its config differs from the defaults, ``max(threshold=0.99)``."""
+    cfg = json.loads(raw_config or "{}")
+    try:
+        from .registry import create_fusion
+
+        default = create_fusion(name).config.model_dump(mode="json")
+    except Exception:  # a fusion whose plugin is gone: show the whole config
+        default = {}
+    diff = {k: v for k, v in cfg.items() if default.get(k, object()) != v}
+    return name + ("(" + ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(diff.items())) + ")" if diff else "")
+
+
+def leaderboard(store: ScoreStore, suite: str | None = None, metric: str = "accuracy",
+                sort: str | None = None, descending: bool = True) -> tuple[list[str], list[dict]]:
+    """(dataset names, rows); each row has branches, checkpoints, fusion, perturb, one column per dataset,
+    ``average``, ``n_datasets`` and ``run_ids``."""
+    if metric not in LEADERBOARD_METRICS:
+        raise AlignCoreError(f"--metric {metric!r} is not one of {', '.join(LEADERBOARD_METRICS)}.")
+    raw = store.leaderboard_rows(suite)
+    datasets: list[str] = []
+    table: dict[tuple, dict] = {}
+    for r in raw:  # ordered by id: a later result for the same (config, dataset) replaces an earlier one
+        key = (r["branches"], r["checkpoints"] or "{}", r["fusion"], r["fusion_config"] or "{}", r["perturb"] or "")
+        if r["dataset"] not in datasets:
+            datasets.append(r["dataset"])
+        row = table.setdefault(key, {
+            "branches": r["branches"], "checkpoints": _short_checkpoints(r["checkpoints"]), "fusion": _fusion_label(r["fusion"], r["fusion_config"]),
+            "fusion_config": r["fusion_config"] or "{}", "perturb": r["perturb"] or "none", "_cells": {}, "_runs": {},
+        })
+        row["_cells"][r["dataset"]] = r[metric]
+        row["_runs"][r["dataset"]] = r["run_id"]
+    datasets.sort()
+    rows = []
+    for row in table.values():
+        cells, runs = row.pop("_cells"), row.pop("_runs")
+        vals = [cells[d] for d in datasets if cells.get(d) is not None]
+        for d in datasets:
+            row[d] = cells.get(d)
+        row["average"] = sum(vals) / len(vals) if vals else None
+        row["n_datasets"] = len(cells)
+        row["run_ids"] = " ".join(runs[d] for d in datasets if d in runs)
+        rows.append(row)
+    col = sort or "average"
+    if rows and col not in rows[0]:
+        raise AlignCoreError(f"--sort {col!r}: choose one of {', '.join(k for k in rows[0] if k != 'fusion_config')}.")
+    present = [r for r in rows if r.get(col) is not None]
+    absent = [r for r in rows if r.get(col) is None]
+    present.sort(key=lambda r: r[col], reverse=descending)
+    return datasets, present + absent
+
+
+def render(datasets: Sequence[str], rows: list[dict], fmt: str = "table", metric: str = "accuracy",
+           suite: str | None = None) -> str:
+    cols = ["branches", "checkpoints", "fusion", "perturb", *datasets, "average", "run_ids"]
+    if fmt == "json":
+        return json.dumps({"suite": suite, "metric": metric, "datasets": list(datasets), "rows": rows}, indent=2) + "\n"
+
+    def cell(v) -> str:
+        if v is None:
+            return "-"
+        return f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    if fmt == "csv":
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(cols)
+        for r in rows:
+            w.writerow(["" if r.get(c) is None else r.get(c) for c in cols])
+        return buf.getvalue()
+    if fmt == "md":
+        out = [f"Leaderboard ({metric}{', suite ' + suite if suite else ''})\n",
+               "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+        out += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
+        return "\n".join(out) + "\n"
+    if fmt == "html":
+        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+        title = html.escape(f"aligncore leaderboard: {metric}" + (f", suite {suite}" if suite else ""))
+        return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
+                "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
+                "padding:3px 8px;font-size:13px}</style></head>"
+                f"<body><h1>{title}</h1><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></body></html>\n")
+    if fmt != "table":
+        raise AlignCoreError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}.")
+    short = [c for c in cols if c != "run_ids"]
+    body = [[cell(r.get(c)) for c in short] for r in rows]
+    widths = [max(len(x) for x in colv) for colv in zip(short, *body)] if rows else [len(c) for c in short]
+    lines = [f"metric: {metric}" + (f"   suite: {suite}" if suite else ""),
+             "  ".join(c.ljust(w) for c, w in zip(short, widths)), "  ".join("-" * w for w in widths)]
+    for r, vals in zip(rows, body):
+        lines.append("  ".join(v.ljust(w) for v, w in zip(vals, widths)))
+        lines.append(f"    runs: {r['run_ids']}")
+    return "\n".join(lines) + "\n"
