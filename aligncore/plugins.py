@@ -24,6 +24,7 @@ DISABLE_ENV = "ALIGNCORE_DISABLE_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "fake",
     "fusions",
+    "vae_sets",
 )
 
 
