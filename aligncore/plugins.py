@@ -26,6 +26,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "fusions",
     "learned_fusion",
     "studies",
+    "vae_sets",
 )
 
 
