@@ -294,6 +294,9 @@ def build_cmd(builder, sources, out, config_file, options, quiet) -> None:
     cfg.update(parse_kv(options, "--option"))
     b = create_builder(builder, cfg)
     manifest = b.build(sources, out, progress=not quiet)
+    line = b.summary()
+    if line:
+        click.echo(line)
     click.echo(f"manifest written to {manifest}")
 
 

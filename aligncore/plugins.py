@@ -27,6 +27,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "dinov2",
     "npr",
     "spectrum",
+    "vae_sets",
 )
 
 
