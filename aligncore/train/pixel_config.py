@@ -22,6 +22,7 @@ class PixelTrainConfig(ComponentConfig):
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs for the LR schedule).")
     max_minutes: float | None = Field(
         None, gt=0, description="Wall-clock budget; training stops at the next step boundary, saves and evaluates. "
+        "The cosine schedule then decays over whichever ends first, the steps or the budget. "
         "A time-limited run is not bit-reproducible (where it stops depends on the machine)."
     )
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate (dinov2 defaults to 1e-4).")

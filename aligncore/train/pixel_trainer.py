@@ -124,7 +124,7 @@ class PixelTrainer:
                 if state["global_step"] >= total_steps:
                     stopped = "max_steps"
                     break
-                lr = self._lr(state["global_step"], total_steps)
+                lr = self._lr(state["global_step"], total_steps, time.monotonic() - t_start)
                 for g in opt.param_groups:
                     g["lr"] = lr
                 self._opt_lr = lr
@@ -162,7 +162,8 @@ class PixelTrainer:
         return out / "best"
 
     # ------------------------------------------------------------------ one step
-    def _lr(self, step: int, total: int) -> float:
+    def _lr(self, step: int, total: int, elapsed_s: float = 0.0) -> float:
+        """Warm-up, then cosine over the planned steps — or over the time budget when that ends first."""
         cfg = self.config
         if cfg.warmup_steps and step < cfg.warmup_steps:
             return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -170,6 +171,8 @@ class PixelTrainer:
             return cfg.lr
         span = max(1, total - cfg.warmup_steps)
         t = min(1.0, (step - cfg.warmup_steps) / span)
+        if cfg.max_minutes:
+            t = max(t, min(1.0, elapsed_s / (cfg.max_minutes * 60)))
         return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
 
     def make_batch(self, slots, cache: ImageCache, epoch: int, step: int):
