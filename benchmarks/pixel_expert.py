@@ -111,7 +111,7 @@ def metrics(labels, scores) -> dict:
 
 
 def model_specs(args) -> dict[str, dict]:
-    npr_branch = {"crop_size": 128, "width": 16, "inference_crops": 8, "device": "cpu"}
+    npr_branch = {"crop_size": 128, "width": 16, "device": "cpu"}
     npr_train = {"epochs": 1000, "max_minutes": args.npr_minutes, "lr": 2e-3, "batch_size": 16, "val_fraction": 0.15,
                  "warmup_steps": 20, "seed": args.seed, "save_every_steps": 50}
     return {

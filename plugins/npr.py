@@ -19,6 +19,7 @@ from aligncore.pixel import NeuralPixelBranch, PixelBranchConfig
 
 class NPRConfig(PixelBranchConfig):
     crop_size: int = Field(128, ge=8, description="Side of the square window cut at native resolution (even; no resizing).")
+    inference_crops: int = Field(16, ge=1, description="Windows averaged per image when scoring: 1 = centre crop, more = an even grid.")
     width: int = Field(16, ge=4, description="Channels of the first stage (later stages use 2× and 4×).")
 
 

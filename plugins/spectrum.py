@@ -10,6 +10,7 @@ Classifier: standardisation + scikit-learn logistic regression, fitted in second
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -27,7 +28,7 @@ WEIGHTS = "spectrum.safetensors"
 
 class SpectrumConfig(PixelBranchConfig):
     tile: int = Field(64, ge=8, description="FFT window side at native resolution.")
-    max_tiles: int = Field(16, ge=1, description="Windows averaged per image (even grid; small images are padded).")
+    max_tiles: int = Field(64, ge=1, description="Windows averaged per image (an even grid; they overlap on small images, and an image smaller than a tile is padded).")
     crop_size: int = Field(64, ge=8, description="Unused by this branch (its window is `tile`); kept for the shared crop settings.")
 
 
@@ -135,7 +136,8 @@ class SpectrumBranch(PixelBranch):
                 arr = np.asarray(load_image(r.path), dtype=np.uint8)
                 if augment and cfg.jpeg_aug_prob:
                     # one draw per group: both images of a pair get the same quality (format-aligned)
-                    rng = np.random.default_rng([cfg.seed, int.from_bytes(r.group.encode()[-8:].rjust(8, b"\0"), "little")])
+                    key = int.from_bytes(hashlib.sha256(r.group.encode()).digest()[:8], "little")
+                    rng = np.random.default_rng([cfg.seed, key])
                     if rng.random() < cfg.jpeg_aug_prob:
                         arr = jpeg_roundtrip(arr, int(rng.integers(cfg.jpeg_quality_min, cfg.jpeg_quality_max + 1)))
                 rows.append(spectrum_features(arr, c.tile, c.max_tiles, c.crop_align, c.pad_mode))

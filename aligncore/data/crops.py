@@ -13,6 +13,7 @@ any particular branch.
 from __future__ import annotations
 
 import io
+import math
 from typing import Literal
 
 import numpy as np
@@ -62,27 +63,23 @@ def random_position(h: int, w: int, size: int, rng: np.random.Generator, align: 
 
 
 def grid_positions(h: int, w: int, size: int, n: int, align: int = 8) -> list[tuple[int, int]]:
-    """Up to ``n`` deterministic window positions spread evenly over the image (centre first when n == 1)."""
+    """Up to ``n`` deterministic window positions on an even rows×cols grid over the image
+    (rows/cols follow the aspect ratio; windows overlap when the image is small; centre when n == 1)."""
     if n <= 1:
         return [center_position(h, w, size, align)]
-    rows = max(1, min(int(np.ceil(np.sqrt(n))), max(1, h // size)))
-    cols = max(1, min(int(np.ceil(n / rows)), max(1, w // size)))
     th, tw = _span(h, size, align), _span(w, size, align)
+    step = max(1, align)
+    rows = min(n, max(1, round(math.sqrt(n * h / max(1, w)))))
+    cols = max(1, n // rows)
+    rows, cols = min(rows, th // step + 1), min(cols, tw // step + 1)  # no more than the distinct positions
 
     def spread(span: int, k: int) -> list[int]:
         if k == 1:
             off = span // 2
-            return [off - off % align if align > 1 else off]
-        vals = [round(i * span / (k - 1)) for i in range(k)]
-        return [v - v % align if align > 1 else v for v in vals]
+            return [off - off % step]
+        return [v - v % step for v in (round(i * span / (k - 1)) for i in range(k))]
 
-    out = [(t, l) for t in spread(th, rows) for l in spread(tw, cols)]
-    seen, uniq = set(), []
-    for p in out:
-        if p not in seen:
-            seen.add(p)
-            uniq.append(p)
-    return uniq[:n]
+    return [(t, l) for t in spread(th, rows) for l in spread(tw, cols)]
 
 
 def jpeg_roundtrip(arr: np.ndarray, quality: int) -> np.ndarray:
