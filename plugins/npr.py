@@ -60,6 +60,7 @@ class NPRBranch(NeuralPixelBranch):
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(0)  # a tiny preset scores the same in every process
                 self.model = NPRNet(width)
+        self.model.gradient_checkpointing = gradient_checkpointing
 
     def normalize(self, x):
         return x.float() / 255.0

@@ -38,8 +38,14 @@ class NPRNet(nn.Module):
             _block(2 * w, 4 * w, 2), _block(4 * w, 4 * w, 1),
         )
         self.head = nn.Linear(4 * w, 1)
+        self.gradient_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         r = npr_residual(x) * 4.0  # residuals of [0, 1] pixels are small; a fixed gain helps the first BN start
-        f = self.features(r).mean(dim=(2, 3))
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint_sequential
+
+            f = checkpoint_sequential(self.features, 3, r, use_reentrant=False).mean(dim=(2, 3))
+        else:
+            f = self.features(r).mean(dim=(2, 3))
         return self.head(f).squeeze(-1)

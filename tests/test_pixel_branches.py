@@ -259,3 +259,23 @@ def test_plugins_listed_and_import_light():
     out = _cli(["branches"])
     for name in ("dinov2", "npr", "spectrum"):
         assert name in out
+
+
+def test_npr_gradient_checkpointing_gives_the_same_gradients():
+    import torch
+
+    br = create_branch("npr", preset="tiny")
+    torch.manual_seed(0)
+    br.build_model(for_training=True)
+    plain = br.model
+    torch.manual_seed(0)
+    br.build_model(for_training=True, gradient_checkpointing=True)
+    ckpt = br.model
+    assert ckpt.gradient_checkpointing and not plain.gradient_checkpointing
+    x = torch.rand(4, 3, 32, 32)
+    grads = []
+    for m in (plain, ckpt):
+        m.train()
+        m(x).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in m.parameters()]))
+    assert torch.allclose(grads[0], grads[1], atol=1e-6)
