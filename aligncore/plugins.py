@@ -26,6 +26,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "fusions",
     "learned_fusion",
     "studies",
+    "dinov2",
+    "npr",
+    "spectrum",
     "vae_sets",
 )
 
