@@ -323,7 +323,8 @@ def train_cmd(branch, train_set, out, config_file, preset, device, options, bran
         bov["device"] = device
     br = create_branch(branch, None, **bov)
     ckpt = br.train(train_set, out, tcfg)
-    click.echo(f"checkpoint written to {ckpt}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch, rank 0 reports
+        click.echo(f"checkpoint written to {ckpt}")
 
 
 @cli.command("build")
