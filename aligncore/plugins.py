@@ -24,6 +24,9 @@ DISABLE_ENV = "ALIGNCORE_DISABLE_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "fake",
     "fusions",
+    "qwen",
+    "semantic_set",
+    "leakage",
 )
 
 
