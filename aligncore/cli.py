@@ -257,13 +257,17 @@ def fuse_cmd(run_dir, fusion, fusion_options, store) -> None:
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
 @click.option("-o", "--option", "options", multiple=True, help="Training option KEY=VALUE (overrides --config).")
 @click.option("-b", "--branch-option", "branch_options", multiple=True, help="Branch option KEY=VALUE.")
-def train_cmd(branch, train_set, out, config_file, preset, device, options, branch_options) -> None:
+@click.option("--from-scratch", is_flag=True, default=False,
+              help="Train every weight from random initialisation (same as -o from_scratch=true; for branches that support it).")
+def train_cmd(branch, train_set, out, config_file, preset, device, options, branch_options, from_scratch) -> None:
     """Train BRANCH on a labelled set and write a checkpoint that `run --checkpoint` reloads."""
     from .config import read_config_file
     from .registry import create_branch
 
     tcfg = read_config_file(config_file) if config_file else {}
     tcfg.update(parse_kv(options, "--option"))
+    if from_scratch:
+        tcfg["from_scratch"] = True
     bov = parse_kv(branch_options, "--branch-option")
     if preset is not None:
         bov["preset"] = preset
@@ -290,6 +294,9 @@ def build_cmd(builder, sources, out, config_file, options, quiet) -> None:
     cfg.update(parse_kv(options, "--option"))
     b = create_builder(builder, cfg)
     manifest = b.build(sources, out, progress=not quiet)
+    line = b.summary()
+    if line:
+        click.echo(line)
     click.echo(f"manifest written to {manifest}")
 
 

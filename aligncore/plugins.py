@@ -24,6 +24,10 @@ DISABLE_ENV = "ALIGNCORE_DISABLE_PLUGINS"
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "fake",
     "fusions",
+    "dinov2",
+    "npr",
+    "spectrum",
+    "vae_sets",
     "qwen",
     "semantic_set",
     "leakage",

@@ -64,6 +64,18 @@ class SupervisionBuilder(Component):
         """Produce the files for one item; return manifest rows (``path`` relative to ``out_dir``)."""
         raise NotImplementedError
 
+    def process_batch(self, items: Sequence[WorkItem], out_dir: Path) -> list[list[dict[str, Any]]]:
+        """Several items at once (builders that batch model calls override this); rows per item, in order."""
+        return [self.process(it, out_dir) for it in items]
+
+    def batch_items(self) -> int:
+        """How many items :meth:`build` hands to :meth:`process_batch` at a time (journalled after each batch)."""
+        return 1
+
+    def summary(self) -> str | None:
+        """One line the CLI prints after a build (e.g. a quality figure); None prints nothing."""
+        return None
+
     def setup(self) -> None:
         """Load models once before the first item (only called when work remains)."""
 
@@ -94,17 +106,23 @@ class SupervisionBuilder(Component):
         if todo:
             self.setup()
             bar = _progress_bar(len(items), len(items) - len(todo), f"build {self.name}") if progress is True else None
+            _end_torn_line(journal)
+            step = max(1, int(self.batch_items()))
             with open(journal, "a", encoding="utf-8") as jf:
-                for i, it in enumerate(todo):
-                    rows = self.process(it, out)
-                    jf.write(json.dumps({"key": it.key, "rows": rows}, sort_keys=True) + "\n")
+                for start in range(0, len(todo), step):
+                    chunk = todo[start : start + step]
+                    results = self.process_batch(chunk, out)
+                    if len(results) != len(chunk):
+                        raise ValueError(f"builder {self.name!r}: process_batch returned {len(results)} results for {len(chunk)} items")
+                    for it, rows in zip(chunk, results):
+                        jf.write(json.dumps({"key": it.key, "rows": rows}, sort_keys=True) + "\n")
+                        done[it.key] = rows
                     jf.flush()
                     os.fsync(jf.fileno())
-                    done[it.key] = rows
                     if bar is not None:
-                        bar.update(1)
+                        bar.update(len(chunk))
                     elif callable(progress):
-                        progress(len(items) - len(todo) + i + 1, len(items))
+                        progress(len(items) - len(todo) + start + len(chunk), len(items))
             if bar is not None:
                 bar.close()
         rows = [r for k in sorted(keys) for r in done[k]]
@@ -135,6 +153,17 @@ def read_journal(path: Path) -> dict[str, list[dict]]:
                 continue
             done[rec["key"]] = rec["rows"]
     return done
+
+
+def _end_torn_line(path: Path) -> None:
+    """Terminate a torn last line (killed mid-write) so the next record does not merge into it."""
+    if path.exists() and path.stat().st_size:
+        with open(path, "rb") as f:
+            f.seek(-1, os.SEEK_END)
+            last = f.read(1)
+        if last != b"\n":
+            with open(path, "ab") as f:
+                f.write(b"\n")
 
 
 CORE_COLUMNS = ["path", "label", "generator", "subset"]

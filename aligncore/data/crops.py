@@ -1,0 +1,92 @@
+"""Crops at native resolution: the only geometric operation pixel branches allow.
+
+Resizing an image interpolates away the high-frequency traces a decoder leaves, so
+pixel experts never resample: they cut windows out of the image as it is, and pad
+(never stretch) an image smaller than the window. Positions are snapped to a grid
+(``align``, default 8 pixels) so a crop keeps the phase of JPEG blocks and of a
+decoder's 8-pixel upsampling pattern; the same grid is used for training and scoring.
+
+Everything here works on ``uint8`` arrays of shape (H, W, 3) and knows nothing about
+any particular branch.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Literal
+
+import numpy as np
+
+PadMode = Literal["reflect", "constant"]
+
+
+def pad_to(arr: np.ndarray, size: int, mode: PadMode = "reflect") -> np.ndarray:
+    """Pad bottom/right so both sides are at least ``size`` (reflect, or constant zeros); never resample."""
+    h, w = arr.shape[:2]
+    ph, pw = max(0, size - h), max(0, size - w)
+    if not ph and not pw:
+        return arr
+    if mode == "reflect":
+        # numpy reflects repeatedly when the pad exceeds the side; a 1-pixel side is repeated
+        return np.pad(arr, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > 1 else "edge")
+    return np.pad(arr, ((0, ph), (0, pw), (0, 0)), mode="constant", constant_values=0)
+
+
+def crop(arr: np.ndarray, top: int, left: int, size: int, pad_mode: PadMode = "reflect") -> np.ndarray:
+    """The ``size``×``size`` window at (top, left), padding first when the image is smaller."""
+    arr = pad_to(arr, size, pad_mode)
+    return np.ascontiguousarray(arr[top : top + size, left : left + size])
+
+
+def _span(length: int, size: int, align: int) -> int:
+    """Largest aligned offset that keeps the window inside the (padded) image."""
+    free = max(0, length - size)
+    return free - free % align if align > 1 else free
+
+
+def center_position(h: int, w: int, size: int, align: int = 8) -> tuple[int, int]:
+    def c(length: int) -> int:
+        off = max(0, (length - size) // 2)
+        return off - off % align if align > 1 else off
+
+    return c(h), c(w)
+
+
+def random_position(h: int, w: int, size: int, rng: np.random.Generator, align: int = 8) -> tuple[int, int]:
+    """A uniformly random aligned window position inside an h×w image."""
+    th, tw = _span(h, size, align), _span(w, size, align)
+    step = max(1, align)
+    top = int(rng.integers(0, th // step + 1)) * step
+    left = int(rng.integers(0, tw // step + 1)) * step
+    return top, left
+
+
+def grid_positions(h: int, w: int, size: int, n: int, align: int = 8) -> list[tuple[int, int]]:
+    """Up to ``n`` deterministic window positions on an even rows×cols grid over the image
+    (rows/cols follow the aspect ratio; windows overlap when the image is small; centre when n == 1)."""
+    if n <= 1:
+        return [center_position(h, w, size, align)]
+    th, tw = _span(h, size, align), _span(w, size, align)
+    step = max(1, align)
+    rows = min(n, max(1, round(math.sqrt(n * h / max(1, w)))))
+    cols = max(1, n // rows)
+    rows, cols = min(rows, th // step + 1), min(cols, tw // step + 1)  # no more than the distinct positions
+
+    def spread(span: int, k: int) -> list[int]:
+        if k == 1:
+            off = span // 2
+            return [off - off % step]
+        return [v - v % step for v in (round(i * span / (k - 1)) for i in range(k))]
+
+    return [(t, l) for t in spread(th, rows) for l in spread(tw, cols)]
+
+
+def jpeg_roundtrip(arr: np.ndarray, quality: int) -> np.ndarray:
+    """Encode as JPEG at ``quality`` (4:2:0, as cameras and sites do) and decode again."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    return np.asarray(Image.open(buf).convert("RGB"))

@@ -1,0 +1,185 @@
+"""Base classes for pixel experts: branches that look at pixels at native resolution.
+
+A pixel branch never resamples. Its preprocessing cuts ``inference_crops`` windows of
+``crop_size`` pixels out of the image as it is (a centre crop for one, an even grid for
+more; images smaller than the window are padded by ``pad_mode``), and its score is the
+mean logit over those windows. Training takes one random window per image at the same
+size (see :mod:`aligncore.train.pixel_trainer`).
+
+:class:`NeuralPixelBranch` adds what the shared trainer needs from a torch model: a
+``model`` that maps a normalised (N, 3, S, S) batch to N logits, the parameters to
+train, and save/load of the trainable weights as safetensors beside a ``branch.json``
+that records the architecture, so ``checkpoint=DIR`` alone rebuilds the right model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pydantic import Field
+
+from .branch import Branch, BranchConfig
+from .data.crops import crop, grid_positions
+from .errors import AlignCoreError
+
+BRANCH_FILE = "branch.json"
+
+
+class PixelBranchConfig(BranchConfig):
+    crop_size: int = Field(128, ge=8, description="Side of the square window cut at native resolution (no resizing).")
+    inference_crops: int = Field(
+        4, ge=1, description="Windows averaged per image when scoring: 1 = centre crop, more = an even grid over the image."
+    )
+    crop_align: int = Field(
+        8, ge=1, description="Window positions are multiples of this (keeps JPEG-block and decoder-upsampling phase)."
+    )
+    pad_mode: Literal["reflect", "constant"] = Field(
+        "reflect", description="How an image smaller than the window is padded (bottom/right): mirror or zeros."
+    )
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A trainer's output folder → its ``best/`` weights; a weights folder → itself."""
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise AlignCoreError(f"checkpoint {p} does not exist; train one with `alignctl train BRANCH --set SET --out DIR`.")
+    if (p / BRANCH_FILE).exists():
+        return p
+    for sub in ("best", "last"):
+        if (p / sub / BRANCH_FILE).exists():
+            return p / sub
+    raise AlignCoreError(f"{p} holds no trained weights ({BRANCH_FILE} missing in it, best/ and last/).")
+
+
+def digest_files(folder: Path, names: list[str]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(names):
+        f = folder / name
+        if f.exists():
+            h.update(name.encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+class PixelBranch(Branch):
+    """Native-resolution multi-crop preprocessing shared by every pixel expert."""
+
+    config_class: ClassVar[type[PixelBranchConfig]] = PixelBranchConfig
+    #: config fields a checkpoint decides (copied from its branch.json when ``checkpoint`` is set)
+    architecture_fields: ClassVar[tuple[str, ...]] = ("crop_size", "crop_align")
+    #: files of a checkpoint folder whose bytes decide scores
+    weight_files: ClassVar[tuple[str, ...]] = (BRANCH_FILE,)
+    config: PixelBranchConfig
+
+    def __init__(self, config=None, **overrides: Any):
+        super().__init__(config, **overrides)
+        if self.config.checkpoint:
+            self.adopt_checkpoint_architecture()
+
+    # ------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        return resolve_checkpoint(self.config.checkpoint) if self.config.checkpoint else None
+
+    def adopt_checkpoint_architecture(self) -> None:
+        """Take the architecture a checkpoint was trained with (so `--checkpoint DIR` alone is enough)."""
+        info = json.loads((self.checkpoint_dir / BRANCH_FILE).read_text())
+        if info.get("branch") not in (None, self.name):
+            raise AlignCoreError(f"{self.checkpoint_dir} was written by branch {info.get('branch')!r}, not {self.name!r}.")
+        for k, v in info.get("architecture", {}).items():
+            if k in self.architecture_fields and getattr(self.config, k) != v:
+                setattr(self.config, k, v)
+
+    def architecture(self) -> dict:
+        return {k: getattr(self.config, k) for k in self.architecture_fields}
+
+    def write_branch_file(self, out_dir: Path, extra: dict | None = None) -> None:
+        info = {"branch": self.name, "version": self.version, "architecture": self.architecture(), **(extra or {})}
+        (out_dir / BRANCH_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+    def weights_digest(self) -> str:
+        if not self.config.checkpoint:
+            return ""
+        folder = self.checkpoint_dir
+        return digest_files(folder, [f for f in self.weight_files if (folder / f).exists()])
+
+    # ------------------------------------------------------------------ preprocessing
+    def crops(self, image) -> np.ndarray:
+        """PIL RGB (or uint8 H×W×3 array) → uint8 array (K, S, S, 3): ``inference_crops`` windows at native resolution."""
+        arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
+        c = self.config
+        h, w = arr.shape[:2]
+        pos = grid_positions(h, w, c.crop_size, c.inference_crops, c.crop_align)
+        pos = [pos[i % len(pos)] for i in range(c.inference_crops)]  # a small image repeats its windows
+        return np.stack([crop(arr, t, l, c.crop_size, c.pad_mode) for t, l in pos])
+
+
+class NeuralPixelBranch(PixelBranch):
+    """A pixel branch with a torch model the shared pixel trainer can train.
+
+    Subclasses implement :meth:`build_model` (sets ``self.model``), :meth:`normalize`,
+    :meth:`trainable_state_dict` / :meth:`load_trainable_state_dict` and may override
+    :meth:`default_train_config` (e.g. a learning rate).
+    """
+
+    weight_files = (BRANCH_FILE, "model.safetensors", "head.safetensors", "adapter_model.safetensors", "adapter_config.json")
+    model: Any = None
+
+    def preprocess(self, image):
+        import torch
+
+        return torch.from_numpy(self.crops(image)).permute(0, 3, 1, 2).contiguous()  # (K, 3, S, S) uint8
+
+    def normalize(self, x):
+        """uint8 (N, 3, S, S) on the model's device → the float input the model expects."""
+        raise NotImplementedError
+
+    def logits(self, x_uint8):
+        """uint8 (N, 3, S, S) → (N,) logits."""
+        return self.model(self.normalize(x_uint8)).reshape(-1)
+
+    def score_batch(self, batch) -> list[float]:
+        import torch
+
+        self.model.eval()
+        b, k = batch.shape[:2]
+        x = batch.reshape(b * k, *batch.shape[2:]).to(self.device)
+        z = self.logits(x).float().reshape(b, k).mean(dim=1)  # average the windows' logits
+        return torch.sigmoid(z).cpu().tolist()
+
+    # ------------------------------------------------------------------ training hooks
+    def build_model(self, for_training: bool = False) -> None:
+        raise NotImplementedError
+
+    def load(self) -> None:
+        self.build_model()
+        if self.config.checkpoint:
+            self.load_weights(self.checkpoint_dir)
+        self.model.to(self.device).eval()
+
+    def trainable_parameters(self):
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def trainable_state_dict(self) -> dict:
+        raise NotImplementedError
+
+    def load_weights(self, folder: Path) -> None:
+        raise NotImplementedError
+
+    def save(self, out_dir) -> Path:
+        """Write the trainable weights + branch.json; ``checkpoint=out_dir`` reloads them."""
+        raise NotImplementedError
+
+    def default_train_config(self) -> dict:
+        return {}
+
+    def train(self, supervision, out_dir, train_config: dict | None = None, **kwargs) -> Path:
+        from .train.pixel_config import PixelTrainConfig
+        from .train.pixel_trainer import PixelTrainer
+
+        cfg = PixelTrainConfig.from_dict({**self.default_train_config(), **(train_config or {})})
+        return PixelTrainer(self, cfg, **kwargs).train(supervision, out_dir)

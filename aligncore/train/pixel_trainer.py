@@ -1,0 +1,367 @@
+"""The one training loop for neural pixel experts (``dinov2``, ``npr``).
+
+- Batches: paired (a real crop and its reconstruction cut at the SAME position, with the
+  same JPEG quality when format-aligned JPEG augmentation fires) when the set has
+  ``pair_id``; otherwise class-balanced. Windows are cut at native resolution.
+- Validation on held-out pairs / source photos each epoch, scored the way the branch
+  scores at inference (multi-crop logit average); a row per epoch in ``metrics.csv``.
+- ``OUT/best`` and ``OUT/last`` hold the trainable weights (safetensors / peft adapter)
+  + ``branch.json``; ``OUT/state`` holds what resuming needs (weights, AdamW state, torch
+  RNG, counters). Data order, crop positions and JPEG qualities are drawn from generators
+  seeded by (seed, epoch, step, slot), so a resumed run sees exactly the data an
+  uninterrupted one would and, on CPU, ends with the same weights and metrics.
+- The loop uses ``accelerate.Accelerator`` (mixed precision on GPU, gradient sync and
+  batch sharding under ``accelerate launch``); a one-process CPU run behaves as plain torch.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import time
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..data.crops import crop, jpeg_roundtrip, random_position
+from ..errors import AlignCoreError
+from .pixel_config import PixelTrainConfig
+from .pixel_data import EpochPlan, ImageCache, TrainRecord, load_training_set, split_by_group
+
+METRICS_FILE = "metrics.csv"
+METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_auc", "val_ap", "val_balanced_accuracy", "lr", "elapsed_s", "stopped"]
+
+
+class PixelTrainer:
+    """Train ``branch`` (a :class:`aligncore.pixel.NeuralPixelBranch`) with ``config``.
+
+    ``on_step(global_step)`` is called after every optimizer step (progress hooks; tests
+    raise from it to simulate a killed run).
+    """
+
+    def __init__(self, branch, config: PixelTrainConfig, on_step: Callable[[int], None] | None = None,
+                 progress: bool = True):
+        self.branch, self.config, self.on_step, self.progress = branch, config, on_step, progress
+
+    # ------------------------------------------------------------------ public
+    def train(self, supervision, out_dir) -> Path:
+        import torch
+        from accelerate import Accelerator
+
+        cfg, br = self.config, self.branch
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        records = load_training_set(supervision)
+        train_recs, val_recs = split_by_group(records, cfg.val_fraction, cfg.seed)
+        has_pairs = any(r.pair_id for r in train_recs)
+        paired = has_pairs if cfg.paired == "auto" else cfg.paired == "yes"
+        if cfg.crop_size:
+            br.config.crop_size = cfg.crop_size
+        if cfg.from_scratch:
+            if "from_scratch" not in type(br.config).model_fields:
+                raise AlignCoreError(f"branch {br.name!r} has no from-scratch mode.")
+            br.config.from_scratch = True
+        plan = EpochPlan(train_recs, cfg.batch_size, cfg.seed, paired)
+
+        device = br.device
+        mp = cfg.mixed_precision
+        if mp == "auto":
+            mp = "bf16" if device.startswith("cuda") else "no"
+        if not device.startswith("cuda"):
+            mp = "no"
+        acc = Accelerator(cpu=not device.startswith("cuda"), mixed_precision=mp)
+        self.acc = acc
+
+        torch.manual_seed(cfg.seed)  # initialisation of heads / LoRA / scratch weights
+        br.build_model(for_training=True, gradient_checkpointing=cfg.gradient_checkpointing)
+        br.model.to(acc.device)
+        params = br.trainable_parameters()
+        if not params:
+            raise AlignCoreError(f"branch {br.name!r} has no trainable parameters.")
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        model, opt = acc.prepare(br.model, opt)
+        raw_model = br.model
+        br.model = model
+
+        total_steps = plan.steps * cfg.epochs
+        if cfg.max_steps:
+            total_steps = min(total_steps, cfg.max_steps)
+        state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "loss_sum": 0.0, "loss_n": 0,
+                 "best_auc": None, "best_epoch": None, "elapsed_s": 0.0}
+        state_dir = out / "state"
+        if cfg.resume and (state_dir / "trainer_state.json").exists():
+            state = self._load_state(state_dir, raw_model, opt)
+            _truncate_metrics(out / METRICS_FILE, state["epoch"])
+        elif (out / METRICS_FILE).exists():
+            (out / METRICS_FILE).unlink()
+        if acc.is_main_process:
+            (out / "train_config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+            (out / "split.json").write_text(json.dumps({
+                "paired": paired, "n_train": len(train_recs), "n_val": len(val_recs),
+                "val_groups": sorted({r.group for r in val_recs}),
+            }, indent=2) + "\n")
+
+        cache = ImageCache(cfg.cache_images)
+        loss_fn = torch.nn.BCEWithLogitsLoss()
+        t_start = time.monotonic() - state["elapsed_s"]
+        stopped = ""
+        bar = None
+        if self.progress and acc.is_main_process:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=total_steps, initial=state["global_step"], desc=f"train {br.name}", unit="step",
+                       dynamic_ncols=True, leave=False)
+        while state["epoch"] < cfg.epochs and not stopped:
+            epoch = state["epoch"]
+            batches = plan.batches(epoch)
+            model.train()
+            for s in range(state["step_in_epoch"], len(batches)):
+                if state["global_step"] >= total_steps:
+                    stopped = "max_steps"
+                    break
+                lr = self._lr(state["global_step"], total_steps, time.monotonic() - t_start)
+                for g in opt.param_groups:
+                    g["lr"] = lr
+                self._opt_lr = lr
+                loss_val = self._step(model, opt, loss_fn, batches[s], cache, epoch, s)
+                state["global_step"] += 1
+                state["step_in_epoch"] = s + 1
+                state["loss_sum"] += loss_val
+                state["loss_n"] += 1
+                state["elapsed_s"] = time.monotonic() - t_start
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{state['loss_sum'] / state['loss_n']:.4f}", epoch=epoch)
+                if cfg.max_minutes and state["elapsed_s"] >= cfg.max_minutes * 60:
+                    stopped = "max_minutes"
+                if cfg.save_every_steps and state["global_step"] % cfg.save_every_steps == 0 and s + 1 < len(batches):
+                    self._save_state(state_dir, raw_model, opt, state)
+                if self.on_step is not None:
+                    self.on_step(state["global_step"])
+                if stopped:
+                    break
+            if state["global_step"] >= total_steps and not stopped:
+                stopped = "max_steps" if state["step_in_epoch"] < len(batches) or epoch + 1 < cfg.epochs else ""
+            self._end_epoch(out, raw_model, val_recs, cache, state, stopped)
+            if not stopped or state["step_in_epoch"] >= len(batches):
+                state["epoch"] = epoch + 1
+                state["step_in_epoch"] = 0
+                state["loss_sum"], state["loss_n"] = 0.0, 0
+            self._save_state(state_dir, raw_model, opt, state)
+        if bar is not None:
+            bar.close()
+        br.model = raw_model
+        br.model.eval()
+        br._loaded = True  # the branch now holds the last weights and can score directly
+        acc.wait_for_everyone()
+        return out / "best"
+
+    # ------------------------------------------------------------------ one step
+    def _lr(self, step: int, total: int, elapsed_s: float = 0.0) -> float:
+        """Warm-up, then cosine over the planned steps — or over the time budget when that ends first."""
+        cfg = self.config
+        if cfg.warmup_steps and step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        if cfg.scheduler == "constant":
+            return cfg.lr
+        span = max(1, total - cfg.warmup_steps)
+        t = min(1.0, (step - cfg.warmup_steps) / span)
+        if cfg.max_minutes:
+            t = max(t, min(1.0, elapsed_s / (cfg.max_minutes * 60)))
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * t))
+
+    def make_batch(self, slots, cache: ImageCache, epoch: int, step: int):
+        """Slots → (uint8 tensor (N, 3, S, S), float labels). Pair-mates share position and JPEG quality."""
+        import torch
+
+        cfg, size, align = self.config, self.branch.config.crop_size, self.branch.config.crop_align
+        pad = self.branch.config.pad_mode
+        crops: list[np.ndarray | None] = [None] * len(slots)
+        for i, slot in enumerate(slots):
+            if crops[i] is not None:
+                continue
+            rng = np.random.default_rng([cfg.seed, epoch, step, i, 11])
+            arr = cache.get(slot.record.path)
+            mate = slot.partner if slot.partner >= 0 else None
+            arr2 = cache.get(slots[mate].record.path) if mate is not None else None
+            h, w = arr.shape[:2]
+            if arr2 is not None:
+                h, w = min(h, arr2.shape[0]), min(w, arr2.shape[1])
+            top, left = random_position(h, w, size, rng, align)
+            q = None
+            if cfg.jpeg_aug_prob and rng.random() < cfg.jpeg_aug_prob:
+                q = int(rng.integers(cfg.jpeg_quality_min, cfg.jpeg_quality_max + 1))
+            for j, a in ((i, arr), (mate, arr2)):
+                if j is None:
+                    continue
+                c = crop(a[:h, :w], top, left, size, pad)
+                crops[j] = jpeg_roundtrip(c, q) if q is not None else c
+        x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
+        y = torch.tensor([float(s.record.label) for s in slots])
+        return x, y
+
+    def _step(self, model, opt, loss_fn, slots, cache, epoch: int, step: int) -> float:
+        import torch
+
+        acc, cfg = self.acc, self.config
+        x, y = self.make_batch(slots, cache, epoch, step)
+        # shard across processes (pairs stay together: slots are laid out pair by pair)
+        n = len(slots)
+        if acc.num_processes > 1:
+            chunk = n // acc.num_processes
+            lo = acc.process_index * chunk
+            x, y = x[lo : lo + chunk], y[lo : lo + chunk]
+        micro = max(1, len(y) // cfg.grad_accum_steps)
+        total = 0.0
+        opt.zero_grad(set_to_none=True)
+        parts = [(i, min(i + micro, len(y))) for i in range(0, len(y), micro)][: cfg.grad_accum_steps]
+        for k, (lo, hi) in enumerate(parts):
+            last = k == len(parts) - 1
+            ctx = acc.no_sync(model) if (acc.num_processes > 1 and not last) else nullcontext()
+            with ctx, acc.autocast():
+                xb = x[lo:hi].to(acc.device)
+                logits = self.branch.logits(xb).float()
+                loss = loss_fn(logits, y[lo:hi].to(acc.device)) * (hi - lo) / len(y)
+                acc.backward(loss)
+            total += float(loss.detach())
+        if cfg.max_grad_norm:
+            acc.clip_grad_norm_(self.branch.trainable_parameters(), cfg.max_grad_norm)
+        opt.step()
+        return total
+
+    # ------------------------------------------------------------------ evaluation and saving
+    @contextmanager
+    def _unwrapped(self, raw_model):
+        wrapped = self.branch.model
+        self.branch.model = raw_model
+        try:
+            yield
+        finally:
+            self.branch.model = wrapped
+
+    def evaluate(self, records: list[TrainRecord], cache: ImageCache) -> dict:
+        """Score held-out images as inference does; loss, AUC, AP, balanced accuracy."""
+        import torch
+
+        from ..metrics import binary_metrics
+
+        br = self.branch
+        if not records:
+            return {}
+        br.model.eval()
+        zs: list[float] = []
+        with torch.inference_mode():
+            for i in range(0, len(records), self.config.eval_batch_size):
+                chunk = records[i : i + self.config.eval_batch_size]
+                batch = torch.stack([torch.from_numpy(br.crops(cache.get(r.path))).permute(0, 3, 1, 2) for r in chunk])
+                b, k = batch.shape[:2]
+                with self.acc.autocast():
+                    z = br.logits(batch.reshape(b * k, *batch.shape[2:]).to(self.acc.device)).float()
+                zs += z.reshape(b, k).mean(dim=1).cpu().tolist()
+        y = np.array([r.label for r in records], dtype=float)
+        z = np.array(zs)
+        loss = float(np.mean(np.logaddexp(0, z) - y * z))  # BCE with logits
+        p = 1 / (1 + np.exp(-z))
+        m = binary_metrics(y.astype(int), p, p >= 0.5)
+        br.model.train()
+        return {"val_loss": loss, "val_auc": m.get("auc"), "val_ap": m.get("ap"),
+                "val_balanced_accuracy": m.get("balanced_accuracy")}
+
+    def _end_epoch(self, out: Path, raw_model, val_recs, cache, state: dict, stopped: str) -> None:
+        acc = self.acc
+        with self._unwrapped(raw_model):
+            m = self.evaluate(val_recs, cache)
+            if acc.is_main_process:
+                _replace_dir(out / "last", self.branch.save)
+                auc = m.get("val_auc")
+                best = state["best_auc"]
+                if best is None or (auc is not None and auc > best) or not (out / "best").exists():
+                    state["best_auc"], state["best_epoch"] = auc, state["epoch"]
+                    _replace_dir(out / "best", self.branch.save)
+        row = {
+            "epoch": state["epoch"], "step": state["global_step"],
+            "train_loss": state["loss_sum"] / max(1, state["loss_n"]),
+            "lr": getattr(self, "_opt_lr", float("nan")),
+            "elapsed_s": round(state["elapsed_s"], 1), "stopped": stopped, **m,
+        }
+        if acc.is_main_process:
+            _append_metrics(out / METRICS_FILE, row)
+        self.last_metrics = row
+
+    def _save_state(self, state_dir: Path, raw_model, opt, state: dict) -> None:
+        import torch
+        from safetensors.torch import save_file
+
+        if not self.acc.is_main_process:
+            return
+
+        def write(tmp: Path) -> None:
+            with self._unwrapped(raw_model):
+                sd = {k: v.detach().cpu().contiguous() for k, v in self.branch.trainable_state_dict().items()}
+            save_file(sd, str(tmp / "weights.safetensors"))
+            torch.save(opt.state_dict(), tmp / "optimizer.pt")
+            torch.save({"torch": torch.get_rng_state(),
+                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "rng.pt")
+            (tmp / "trainer_state.json").write_text(json.dumps(state, indent=2, sort_keys=True) + "\n")
+
+        _replace_dir(state_dir, write)
+
+    def _load_state(self, state_dir: Path, raw_model, opt) -> dict:
+        import torch
+        from safetensors.torch import load_file
+
+        with self._unwrapped(raw_model):
+            self.branch.load_trainable_state_dict(load_file(str(state_dir / "weights.safetensors")))
+        opt.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True, map_location="cpu"))
+        rng = torch.load(state_dir / "rng.pt", weights_only=True)
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        return json.loads((state_dir / "trainer_state.json").read_text())
+
+
+def _replace_dir(target: Path, write: Callable[[Path], object]) -> None:
+    """Write into a temporary sibling, then swap it in (a kill never leaves a half-written folder)."""
+    tmp = target.with_name(target.name + ".tmp")
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(tmp, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _append_metrics(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
+        if new:
+            w.writeheader()
+        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in METRIC_COLUMNS})
+
+
+def _truncate_metrics(path: Path, epoch: int) -> None:
+    """Drop rows of epochs not yet complete in the saved state (written just before a kill)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
+    path.unlink()
+    for r in rows:
+        _append_metrics(path, r)
+
+
+def read_metrics(out_dir) -> list[dict]:
+    p = Path(out_dir) / METRICS_FILE
+    if not p.exists():
+        return []
+    with open(p, newline="") as f:
+        return list(csv.DictReader(f))

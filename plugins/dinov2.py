@@ -1,0 +1,147 @@
+"""Built-in plugin: the ``dinov2`` pixel expert (the paper's DINOv2 ViT-L/14 + LoRA r=8, BCE).
+
+Preprocessing never resamples: ``crop_size`` windows (default 336, a multiple of the
+14-pixel patch) are cut at native resolution — centre crop by default, an even grid
+averaged with ``inference_crops`` > 1, a random window in training; images smaller
+than the window are padded by reflection (``pad_mode``). Pretrained weights come from
+a local file (``weights``) or the Hugging Face cache; nothing is downloaded unless
+``allow_download``. ``preset="tiny"`` builds a 2-block DINOv2-architecture ViT offline.
+Torch, timm and peft are imported only when the model is built (``dinov2_model``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pydantic import Field
+
+from aligncore import hookimpl
+from aligncore.errors import AlignCoreError
+from aligncore.pixel import NeuralPixelBranch, PixelBranchConfig
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINOv2's (timm's IMAGENET_DEFAULT_MEAN/STD)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class DINOv2Config(PixelBranchConfig):
+    model: str = Field("vit_large_patch14_dinov2.lvd142m", description="timm DINOv2 model name (e.g. vit_small_patch14_dinov2.lvd142m, "
+                       "vit_base_patch14_dinov2.lvd142m, vit_large_patch14_dinov2.lvd142m).")
+    weights: str | None = Field(None, description="Local pretrained weights (a model.safetensors / .bin file or a folder "
+                                "holding one) for `model`; default: the Hugging Face cache.")
+    allow_download: bool = Field(False, description="Download missing pretrained weights from the Hub (never by default: "
+                                 "a missing model fails at once instead of hanging).")
+    crop_size: int = Field(336, ge=14, description="Window side at native resolution (a multiple of 14; no resizing).")
+    inference_crops: int = Field(1, ge=1, description="Windows averaged per image when scoring: 1 = centre crop, more = an even grid.")
+    lora_r: int = Field(8, ge=1, description="LoRA rank on the attention projections (qkv, proj).")
+    lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input in training.")
+    from_scratch: bool = Field(False, description="Random initialisation, every weight trained and saved (no pretrained weights; no LoRA).")
+
+
+class DINOv2Branch(NeuralPixelBranch):
+    """DINOv2 ViT (timm) + LoRA + linear head on native-resolution windows."""
+
+    name = "dinov2"
+    help = "Pixel expert: DINOv2 ViT (default ViT-L/14 at 336) + LoRA r=8 + linear head, native-resolution crops."
+    config_class = DINOv2Config
+    architecture_fields = ("crop_size", "crop_align", "model", "preset", "lora_r", "lora_alpha", "from_scratch")
+    nonscoring_fields = NeuralPixelBranch.nonscoring_fields | {"allow_download", "lora_dropout"}
+    config: DINOv2Config
+
+    def __init__(self, config=None, **overrides):
+        super().__init__(config, **overrides)
+        if self.config.preset == "tiny" and "crop_size" not in self.config.model_fields_set:
+            self.config.crop_size = 28  # two 14-pixel patches a side
+        if self.config.crop_size % 14:
+            raise AlignCoreError(f"dinov2 crop_size must be a multiple of the 14-pixel patch, got {self.config.crop_size}.")
+
+    @property
+    def tiny(self) -> bool:
+        return self.config.preset == "tiny"
+
+    def build_model(self, for_training: bool = False, gradient_checkpointing: bool = False, pretrained: bool = True) -> None:
+        import torch
+
+        from . import dinov2_model as dm
+
+        c = self.config
+        full_weights = c.from_scratch  # a from-scratch checkpoint holds every weight
+        pretrained_file = None
+        if pretrained and not self.tiny and not c.from_scratch:
+            pretrained_file = dm.find_pretrained_file(c.model, c.weights, c.allow_download)
+        with torch.random.fork_rng(devices=[]):
+            if not for_training:
+                torch.manual_seed(0)  # a tiny / untrained model scores the same in every process
+            backbone = dm.build_backbone(c.model, c.crop_size, self.tiny, pretrained_file)
+            model = dm.DinoClassifier(backbone)
+            if not full_weights:
+                model = dm.add_lora(model, c.lora_r, c.lora_alpha, c.lora_dropout)
+        if gradient_checkpointing:
+            model.backbone.set_grad_checkpointing(True)
+        self.model = model
+
+    def normalize(self, x):
+        import torch
+
+        mean = torch.tensor(IMAGENET_MEAN, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=x.device).view(1, 3, 1, 1)
+        return (x.float() / 255.0 - mean) / std
+
+    # ------------------------------------------------------------------ weights
+    def trainable_state_dict(self) -> dict:
+        from . import dinov2_model as dm
+
+        if self.config.from_scratch:
+            return dict(self.model.state_dict())
+        sd = {f"backbone.{k}": v for k, v in dm.adapter_state_dict(self.model).items()}
+        sd.update({f"head.{k}": v for k, v in self.model.head.state_dict().items()})
+        return sd
+
+    def load_trainable_state_dict(self, sd: dict) -> None:
+        from . import dinov2_model as dm
+
+        if self.config.from_scratch:
+            self.model.load_state_dict(sd, strict=True)
+            return
+        dm.load_adapter_state_dict(self.model, {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")})
+        self.model.head.load_state_dict({k[len("head."):]: v for k, v in sd.items() if k.startswith("head.")}, strict=True)
+
+    def load_weights(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        from . import dinov2_model as dm
+
+        if self.config.from_scratch:
+            self.model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+            return
+        dm.load_adapter_state_dict(self.model, load_file(str(folder / "adapter_model.safetensors")))
+        self.model.head.load_state_dict(load_file(str(folder / "head.safetensors")), strict=True)
+
+    def save(self, out_dir) -> Path:
+        """peft adapter (adapter_model.safetensors + adapter_config.json) + head.safetensors + branch.json."""
+        from safetensors.torch import save_file
+
+        from . import dinov2_model as dm
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        cpu = lambda sd: {k: v.detach().cpu().contiguous() for k, v in sd.items()}  # noqa: E731
+        if self.config.from_scratch:
+            save_file(cpu(self.model.state_dict()), str(out / "model.safetensors"))
+        else:
+            save_file(cpu(dm.adapter_state_dict(self.model)), str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+            cfg = dm.lora_config(self.config.lora_r, self.config.lora_alpha, self.config.lora_dropout).to_dict()
+            cfg["base_model_name_or_path"] = self.config.model
+            (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
+            save_file(cpu(self.model.head.state_dict()), str(out / "head.safetensors"))
+        self.write_branch_file(out)
+        return out
+
+    def default_train_config(self) -> dict:
+        return {"lr": 1e-4}
+
+
+@hookimpl
+def register_branches(register):
+    register(DINOv2Branch)

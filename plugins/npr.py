@@ -1,0 +1,93 @@
+"""Built-in plugin: the ``npr`` pixel expert (a compact CNN on the neighbouring-pixel residual).
+
+Trainable from scratch on a CPU in minutes, so it is the offline default pixel expert;
+there are no pretrained weights: score with ``--checkpoint DIR`` from ``alignctl train
+npr`` (or ``--preset tiny`` for a random-weight model in tests). Torch is imported only
+when the model is built (``npr_model``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field
+
+from aligncore import hookimpl
+from aligncore.errors import AlignCoreError
+from aligncore.pixel import NeuralPixelBranch, PixelBranchConfig
+
+
+class NPRConfig(PixelBranchConfig):
+    crop_size: int = Field(128, ge=8, description="Side of the square window cut at native resolution (even; no resizing).")
+    inference_crops: int = Field(16, ge=1, description="Windows averaged per image when scoring: 1 = centre crop, more = an even grid.")
+    width: int = Field(16, ge=4, description="Channels of the first stage (later stages use 2× and 4×).")
+
+
+class NPRBranch(NeuralPixelBranch):
+    """CNN on x − nearest_up(x[::2, ::2]) at native resolution; multi-crop logit average when scoring."""
+
+    name = "npr"
+    help = "Pixel expert: compact CNN on the neighbouring-pixel residual (NPR, CVPR 2024); CPU-trainable."
+    config_class = NPRConfig
+    architecture_fields = ("crop_size", "crop_align", "width")
+    config: NPRConfig
+
+    def __init__(self, config=None, **overrides):
+        super().__init__(config, **overrides)
+        if self.config.preset == "tiny" and not self.config.checkpoint:
+            # a small model for tests and demos, unless the user chose the sizes
+            if "width" not in self.config.model_fields_set:
+                self.config.width = 8
+            if "crop_size" not in self.config.model_fields_set:
+                self.config.crop_size = 32
+
+    def build_model(self, for_training: bool = False, gradient_checkpointing: bool = False) -> None:
+        import torch
+
+        from .npr_model import NPRNet
+
+        if self.config.crop_size % 2:
+            raise AlignCoreError("npr needs an even crop_size (the residual works on 2×2 cells).")
+        if not for_training and not self.config.checkpoint and self.config.preset != "tiny":
+            raise AlignCoreError(
+                "npr has no pretrained weights: train it (`alignctl train npr --set SET --out DIR`) and score with "
+                "--checkpoint DIR, or use --preset tiny for a random-weight model."
+            )
+        width = self.config.width
+        if for_training:
+            self.model = NPRNet(width)  # initialised from the trainer's seed
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)  # a tiny preset scores the same in every process
+                self.model = NPRNet(width)
+
+    def normalize(self, x):
+        return x.float() / 255.0
+
+    def trainable_state_dict(self) -> dict:
+        return dict(self.model.state_dict())  # BatchNorm running statistics are part of the weights
+
+    def load_trainable_state_dict(self, sd: dict) -> None:
+        self.model.load_state_dict(sd, strict=True)
+
+    def load_weights(self, folder: Path) -> None:
+        from safetensors.torch import load_file
+
+        self.load_trainable_state_dict(load_file(str(folder / "model.safetensors")))
+
+    def save(self, out_dir) -> Path:
+        from safetensors.torch import save_file
+
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(out / "model.safetensors"))
+        self.write_branch_file(out)
+        return out
+
+    def default_train_config(self) -> dict:
+        return {"lr": 1e-3}
+
+
+@hookimpl
+def register_branches(register):
+    register(NPRBranch)
