@@ -20,7 +20,7 @@ import torch
 from aligncore.errors import AlignCoreError, ModelUnavailableError
 
 #: bump when the tiny recipe changes (it is part of the fingerprint)
-TINY_RECIPE_VERSION = "1"
+TINY_RECIPE_VERSION = "2"
 META_NAME = "aligncore_qwen.json"
 BASE_DIR = "base"  # a tiny base model saved beside its adapter
 TRAINER_DIR = "trainer"  # resumable trainer checkpoints (not part of the weights digest)

@@ -18,6 +18,18 @@ SHORT_PROMPT = "Is this image real or fake? Answer real or fake."
 FAST_TRAIN = {"learning_rate": 1e-2, "per_device_train_batch_size": 4, "logging_steps": 100, "lora_dropout": 0.0}
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The tiny model is far too small to gain from threads; on a shared 2-core machine, two threads
+    waiting on each other made a forward pass 10-40x slower (measured: 8 ms vs 200-400 ms)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _images(n: int, seed: int = 0) -> list[Image.Image]:
     rng = np.random.default_rng(seed)
     # different sizes → different numbers of image tokens → real left padding in a batch
