@@ -30,6 +30,9 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "npr",
     "spectrum",
     "vae_sets",
+    "qwen",
+    "semantic_set",
+    "leakage",
 )
 
 
