@@ -26,9 +26,13 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=2, help="bare-loop repeats (best is kept)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads for both paths (default: torch's)")
     args = ap.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     from aligncore import RunConfig, create_branch, load_dataset, load_image, run
     from aligncore.testing import make_image_folder
