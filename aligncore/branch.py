@@ -141,6 +141,10 @@ class Branch(Component):
         """Digest of the weights that decide scores. Default: the checkpoint directory's content."""
         return hash_directory(self.config.checkpoint) if self.config.checkpoint else ""
 
+    def scoring_identity(self) -> dict:
+        """Resolved settings that change scores but are not config values (e.g. the precision 'auto' picks)."""
+        return {}
+
     def fingerprint(self) -> str:
         """Changes whenever anything that can change a score changes (code version, config, weights)."""
         cfg = {k: v for k, v in self.config.model_dump(mode="json").items() if k not in self.nonscoring_fields}
@@ -151,6 +155,9 @@ class Branch(Component):
             "config": cfg,
             "weights": self.weights_digest(),
         }
+        extra = self.scoring_identity()
+        if extra:
+            payload["resolved"] = extra
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return f"{self.name}-{hashlib.sha256(blob).hexdigest()[:16]}"
 
