@@ -11,6 +11,7 @@ and trained for seconds: its numbers demonstrate the plumbing, not detection qua
 from __future__ import annotations
 
 import csv
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +44,30 @@ class DemoPlan:
     fusions: tuple[str, ...] = ("or", "and", "max", "weighted", "learned")
     n_images: int = 60  # crops of bundled photos (real images)
     crop: int = 96
-    builder_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # builder → options
-    train_options: dict[str, dict[str, Any]] = field(default_factory=dict)  # branch → quick-train options
+    builder_options: dict[str, dict[str, Any]] = field(default_factory=lambda: {
+        # a random-weight tiny autoencoder unless real TAESD weights are given (ae_weights / $ALIGNCORE_SHARED)
+        "tiny-ae": {"preset": "tiny", "threads": 1},
+        "semantic-set": {"size": 112, "keep_clean": False},
+    })
+    train_options: dict[str, dict[str, Any]] = field(default_factory=lambda: {
+        "npr": {"epochs": 4, "batch_size": 8, "crop_size": 64, "lr": 2e-3, "val_fraction": 0.2, "max_minutes": 1.5},
+        # a tiny random VLM needs a far higher learning rate than the paper's 1e-6 for 7B
+        "qwen": {"learning_rate": 1e-2, "max_steps": 30, "per_device_train_batch_size": 4, "lora_dropout": 0.0,
+                 "logging_steps": 100, "save_steps": 1000},
+    })
+    ae_weights: str | None = None  # folder with taef2_encoder.pth / taef2_decoder.pth (real tiny FLUX.2 autoencoder)
     seed: int = 0
+
+    def pixel_builder_options(self) -> dict[str, Any]:
+        opts = dict(self.builder_options.get(self.pixel_builder, {}))
+        folder = self.ae_weights
+        if folder is None and os.environ.get("ALIGNCORE_SHARED"):
+            folder = str(Path(os.environ["ALIGNCORE_SHARED"]) / "weights")
+        if self.pixel_builder == "tiny-ae" and folder and (Path(folder) / "taef2_decoder.pth").exists():
+            opts.pop("preset", None)
+            opts.update(encoder_path=str(Path(folder) / "taef2_encoder.pth"),
+                        decoder_path=str(Path(folder) / "taef2_decoder.pth"))
+        return opts
 
 
 @dataclass
@@ -156,8 +178,11 @@ def build_pixel_set(st: DemoState) -> None:
         if _registered("builder", p.pixel_builder):
             from .registry import create_builder
 
-            manifest = create_builder(p.pixel_builder, p.builder_options.get(p.pixel_builder, {})).build([str(src)], out, progress=False)
-            how = f"builder {p.pixel_builder}"
+            opts = p.pixel_builder_options()
+            manifest = create_builder(p.pixel_builder, opts).build([str(src)], out, progress=False)
+            how = f"builder {p.pixel_builder}" + (
+                ", RANDOM-weight tiny autoencoder (pass --ae-weights or set ALIGNCORE_SHARED for the real taef2)"
+                if opts.get("preset") == "tiny" else f", weights {opts.get('decoder_path', '')}")
         else:
             manifest = _standin_pixel_set(src, out)
             how = f"stand-in (builder {p.pixel_builder!r} not installed): 2x resampled copies"
@@ -174,11 +199,39 @@ def build_semantic_set(st: DemoState) -> None:
         return
     from .registry import create_builder
 
+    rng = np.random.default_rng(p.seed + 1)
     for part, src in (("train", st.photos_train), ("heldout", st.photos_eval)):
+        sources = _semantic_sources(src, st.out / "photos" / f"semantic-{part}", rng)
         out = st.out / "sets" / f"semantic-{part}"
-        manifest = create_builder(p.semantic_builder, p.builder_options.get(p.semantic_builder, {})).build([str(src)], out, progress=False)
+        manifest = create_builder(p.semantic_builder, p.builder_options.get(p.semantic_builder, {})).build(
+            [str(sources)], out, progress=False)
         (st.sets if part == "train" else st.eval_sets)["semantic"] = Path(manifest)
-        st.echo(f"  semantic set ({part}): {manifest}  [builder {p.semantic_builder}]")
+        st.echo(f"  semantic set ({part}): {manifest}  [builder {p.semantic_builder}; fakes are "
+                "'impossible' collages of the photos (stand-ins for surreal generated images)]")
+
+
+def _semantic_sources(src: Path, out: Path, rng) -> Path:
+    """real/ = the photo crops; fake/collage-standin/ = the same crops made physically impossible.
+
+    Each fake flips its lower half upside down and swaps red and blue in its upper half: wrong
+    content, not a pixel trace (the semantic builder's degradation chain then erases pixel cues).
+    """
+    from PIL import Image
+
+    real, fake = out / "real" / "photos", out / "fake" / "collage-standin"
+    real.mkdir(parents=True, exist_ok=True)
+    fake.mkdir(parents=True, exist_ok=True)
+    for p in sorted(src.glob("*.png")):
+        a = np.asarray(Image.open(p).convert("RGB"))
+        Image.fromarray(a).save(real / p.name)
+        h = a.shape[0] // 2
+        b = a.copy()
+        b[h:] = a[h:][::-1]
+        b[:h] = a[:h][..., ::-1]
+        if rng.random() < 0.5:
+            b = b[:, ::-1]
+        Image.fromarray(np.ascontiguousarray(b)).save(fake / p.name)
+    return out
 
 
 # ---------------------------------------------------------------------- step 4: training
@@ -290,10 +343,12 @@ STEPS: list[tuple[str, Callable[[DemoState], None]]] = [
 
 
 def run_demo(out: str | Path = "demo-out", n_images: int | None = None, plan: DemoPlan | None = None,
-             echo: Callable[[str], None] = lambda m: None) -> DemoState:
+             echo: Callable[[str], None] = lambda m: None, ae_weights: str | None = None) -> DemoState:
     plan = plan or DemoPlan()
     if n_images is not None:
         plan.n_images = n_images
+    if ae_weights is not None:
+        plan.ae_weights = ae_weights
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     st = DemoState(out.resolve(), plan, echo)

@@ -238,7 +238,9 @@ def load_processor(source: str, min_pixels: int, max_pixels: int):
     """A saved processor (checkpoint or base model) with the pixel bounds set in its constructor."""
     from transformers import AutoProcessor
 
-    proc = AutoProcessor.from_pretrained(source, min_pixels=min_pixels, max_pixels=max_pixels)
+    # bounds given to from_pretrained would be replayed as (deprecated) per-call kwargs on every
+    # call; setting them on the loaded image processor keeps them constructor-level
+    proc = AutoProcessor.from_pretrained(source)
     ip = proc.image_processor
     ip.size = {"shortest_edge": int(min_pixels), "longest_edge": int(max_pixels)}
     for attr, v in (("min_pixels", min_pixels), ("max_pixels", max_pixels)):

@@ -191,9 +191,12 @@ def register_commands(cli):
     @cli.command("demo")
     @click.option("--out", type=click.Path(file_okay=False), default="demo-out", show_default=True, help="Working folder.")
     @click.option("--images", type=int, default=None, help="Number of source photo crops (default: the plan's).")
-    def demo_cmd(out, images):
+    @click.option("--ae-weights", type=click.Path(file_okay=False, exists=True), default=None,
+                  help="Folder with taef2_encoder.pth/taef2_decoder.pth: the real tiny FLUX.2 autoencoder for the pixel set "
+                       "(default: $ALIGNCORE_SHARED/weights if set, else a random-weight tiny autoencoder).")
+    def demo_cmd(out, images, ae_weights):
         """Offline end-to-end demonstration on bundled photos: build sets, train tiny branches, score,
         ablate fusions, print the leaderboard and write the HTML report (a few minutes on a CPU)."""
         from aligncore.demo import run_demo
 
-        run_demo(out, n_images=images, echo=click.echo)
+        run_demo(out, n_images=images, echo=click.echo, ae_weights=ae_weights)

@@ -95,6 +95,10 @@ def test_demo_runs_offline_end_to_end(tmp_path):
     assert out.startswith("DEMONSTRATION ONLY")
     assert "[8/8] Write the HTML report" in out
     assert "fusion:or" in out and "suite: demo" in out
+    # the built-in tiny experts were built, trained and scored (no fallback to the model-free branch)
+    assert "builder tiny-ae" in out and "builder semantic-set" in out
+    assert "trained npr" in out and "trained qwen" in out and "branches npr, qwen" in out
+    assert "branch:npr" in out and "branch:qwen" in out
     html, c, _ = _check_report(tmp_path / "demo" / "report.html")
     assert "DEMONSTRATION ONLY" in html
     # held-out photos never served as training material
