@@ -73,6 +73,15 @@ def merge_shards(shard_dir: Path, store: ScoreStore) -> int:
     return added
 
 
+def free_port() -> int:
+    """A free local TCP port for the rendezvous (the default 29500 may be taken by another job)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def launch(argv: list[str], num_processes: int, device: str | None) -> int:
     """Re-run ``alignctl`` with ``argv`` under ``accelerate launch`` on ``num_processes`` ranks."""
     import torch
@@ -82,7 +91,7 @@ def launch(argv: list[str], num_processes: int, device: str | None) -> int:
     # builds a gloo process group (its --cpu path would need MPI for more than one process)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "--module", "aligncore", *argv]
+           "--main_process_port", str(free_port()), "--module", "aligncore", *argv]
     env = dict(os.environ)
     if not use_gpu:
         env["ALIGNCORE_DIST_CPU"] = "1"

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from aligncore.distributed import free_port
+
 ALIGNCTL = [sys.executable, "-m", "aligncore"]
 
 
@@ -65,7 +67,8 @@ def test_two_cpu_ranks_equal_one_process(dataset, tmp_path):
                    env=env1, check=True, capture_output=True)
     env2 = {**os.environ, "ALIGNCORE_STORE": str(tmp_path / "two.sqlite")}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"), "-m", "aligncore"]
+              str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(free_port()),
+              "-m", "aligncore"]
     out = subprocess.run(launch + ["run", "--branches", "fake", "--data", str(dataset), "--out", str(tmp_path / "two"), "-q"],
                          env=env2, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-3000:]
