@@ -182,7 +182,7 @@ def register_commands(cli):
     @audit.command("leakage")
     @click.option("--set", "set_path", required=True, help="A semantic-set folder (or its manifest.csv) built with keep_clean.")
     @click.option("--pixel-branch", required=True, help="A trainable pixel-only branch, e.g. npr or spectrum.")
-    @click.option("--out", type=click.Path(file_okay=False), help="Work folder (default: SET/leakage-<branch>).")
+    @click.option("--out", type=click.Path(file_okay=False), help="Work folder (default: SET-leakage-<branch> beside the set).")
     @click.option("--folds", type=int, default=3, show_default=True, help="Cross-validation folds (split by item).")
     @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the fold assignment.")
     @click.option("--preset", help="Branch preset, e.g. tiny.")
@@ -204,6 +204,7 @@ def register_commands(cli):
         if device is not None:
             bopts["device"] = device
         root = Path(set_path) if Path(set_path).is_dir() else Path(set_path).parent
-        res = leakage_audit(set_path, pixel_branch, out or root / f"leakage-{pixel_branch}", bopts,
+        default_out = root.parent / f"{root.name}-leakage-{pixel_branch}"  # never inside the set's folder
+        res = leakage_audit(set_path, pixel_branch, out or default_out, bopts,
                             parse_kv(options, "--option"), folds, seed, min_control_auc, chance_margin, log=echo_err)
         click.echo(format_report(res))

@@ -49,7 +49,7 @@ class QwenBranch(Branch):
     help = "Semantic expert: Qwen2.5-VL + LoRA (DPO); P(fake) from verdict-token logits in one pass."
     config_class = QwenConfig
     version = "1"
-    nonscoring_fields = Branch.nonscoring_fields | {"explain_max_new_tokens", "attention"}
+    nonscoring_fields = Branch.nonscoring_fields | {"explain_max_new_tokens"}
     supports_explain = True
     config: QwenConfig
 
