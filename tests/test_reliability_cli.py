@@ -49,7 +49,7 @@ def _manifest(path: Path, rows: list[tuple[str, str]], header: str = "path,label
 
 def test_unknown_names_list_the_known_ones(ds):
     assert_one_paragraph_error(alignctl("run", "--branches", "fak", "--data", str(ds)),
-                               "Unknown branch 'fak'", "Did you mean 'fake'", "Known branches: fake")
+                               "Unknown branch 'fak'", "Did you mean 'fake'", "Known branches: ", "fake")
     assert_one_paragraph_error(alignctl("run", "--branches", "fake", "--fusion", "nah", "--data", str(ds)),
                                "Unknown fusion 'nah'", "Known fusions:")
     assert_one_paragraph_error(alignctl("build", "nobuilder", str(ds), "--out", str(ds.parent / "o")), "Unknown builder 'nobuilder'")
