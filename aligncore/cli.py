@@ -55,6 +55,21 @@ def parse_branch_options(pairs: tuple[str, ...], branches: list[str] | None) -> 
     return out
 
 
+def branch_options_with_checkpoints(options: tuple[str, ...], checkpoints: tuple[str, ...],
+                                    branches: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``-o BRANCH.KEY=VALUE`` options plus ``--checkpoint DIR`` (one branch) or ``BRANCH=DIR``."""
+    bopts = parse_branch_options(options, branches)
+    for c in checkpoints:
+        if "=" in c:
+            b, d = c.split("=", 1)
+        elif branches and len(branches) == 1:
+            b, d = branches[0], c
+        else:
+            raise click.BadParameter("with several branches write BRANCH=DIR", param_hint="--checkpoint")
+        bopts.setdefault(b, {})["checkpoint"] = d
+    return bopts
+
+
 class AlignGroup(click.Group):
     """Turns library errors into one-paragraph messages; ``--debug`` shows the traceback."""
 
@@ -223,15 +238,7 @@ def run_cmd(branches, fusion, data, config_file, preset, device, batch_size, wor
         return
 
     names = [b.strip() for b in branches.split(",")] if branches else None
-    bopts = parse_branch_options(options, names)
-    for c in checkpoints:
-        if "=" in c:
-            b, d = c.split("=", 1)
-        elif names and len(names) == 1:
-            b, d = names[0], c
-        else:
-            raise click.BadParameter("with several branches write BRANCH=DIR", param_hint="--checkpoint")
-        bopts.setdefault(b, {})["checkpoint"] = d
+    bopts = branch_options_with_checkpoints(options, checkpoints, names)
     cfg = make_run_config(
         config_file, branches=names, fusion=fusion, data=data, preset=preset, device=device,
         batch_size=batch_size, workers=workers, out=out, store=store, branch_options=bopts or None,

@@ -14,18 +14,10 @@ def _csv_list(value: str | None) -> list[str] | None:
 
 
 def _run_options(branches, fusion, preset, device, batch_size, checkpoints, options, fusion_options, perturb, store):
-    from aligncore.cli import parse_branch_options, parse_kv
+    from aligncore.cli import branch_options_with_checkpoints, parse_kv
 
     names = _csv_list(branches)
-    bopts = parse_branch_options(options, names)
-    for c in checkpoints:
-        if "=" in c:
-            b, d = c.split("=", 1)
-        elif names and len(names) == 1:
-            b, d = names[0], c
-        else:
-            raise click.BadParameter("with several branches write BRANCH=DIR", param_hint="--checkpoint")
-        bopts.setdefault(b, {})["checkpoint"] = d
+    bopts = branch_options_with_checkpoints(options, checkpoints, names)
     opts = {"branches": names, "fusion": fusion, "preset": preset, "device": device, "batch_size": batch_size,
             "branch_options": bopts or None, "fusion_options": parse_kv(fusion_options, "--fusion-option") or None,
             "perturb": perturb, "store": store}
