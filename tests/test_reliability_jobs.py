@@ -6,6 +6,7 @@ so the fingerprint is the same with and without it); building uses the ``fake-pa
 
 from __future__ import annotations
 
+import os
 import re
 import resource
 import signal
@@ -15,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from aligncore.store import ScoreStore
@@ -247,3 +249,39 @@ def test_full_disk_while_scoring_keeps_the_store_readable(tmp_path):
     # with the space back, a re-run finishes the job
     run_in_process(big, store, tmp_path / "r1")
     assert len(store_rows(store)) == len(before) + 80
+
+
+def test_sigkill_during_training_then_resume_gives_the_same_weights(tmp_path):
+    """A real SIGKILL of `alignctl train npr` mid-run; the same command again ends bit-identical to an uninterrupted run."""
+    import json as _json
+
+    from safetensors.numpy import load_file
+
+    from aligncore.registry import create_builder
+
+    src = make_image_folder(tmp_path / "src", n_real=16, n_fake=0, size=(112, 112))
+    pairs = create_builder("fake-pairs").build([src], tmp_path / "pairs", progress=False)
+    args = [sys.executable, "-m", "aligncore", "train", "npr", "--preset", "tiny", "--device", "cpu", "--set", str(pairs),
+            "-o", "max_steps=40", "-o", "epochs=100", "-o", "batch_size=16", "-o", "crop_size=96",
+            "-o", "save_every_steps=4", "-o", "val_fraction=0.25"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(args + ["--out", str(tmp_path / "full")], env=env, check=True, capture_output=True)
+    proc = subprocess.Popen(args + ["--out", str(tmp_path / "cut")], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "cut" / "state" / "trainer_state.json"
+    step, deadline = 0, time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+        try:
+            step = _json.loads(state.read_text())["global_step"]
+        except (OSError, ValueError, KeyError):
+            continue
+        if step >= 8:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL and 8 <= step < 40, (proc.returncode, step)
+    subprocess.run(args + ["--out", str(tmp_path / "cut")], env=env, check=True, capture_output=True)
+    a = load_file(str(tmp_path / "full" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
