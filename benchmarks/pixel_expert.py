@@ -1,6 +1,6 @@
 """Pixel experts on real photographs and their tiny-autoencoder reconstructions (CPU, ~30-45 min).
 
-    nice -n 10 python benchmarks/pixel_expert.py --shared ../shared --work /tmp/pixel-bench \
+    nice -n 10 python benchmarks/pixel_expert.py --shared ../shared --work WORK_DIR \
         [--pixel-set DIR] [--npr-minutes 12] [--dinov2-minutes 5]
 
 1. Pixel set: reuses ``--pixel-set`` (a ``tiny-ae`` builder output with manifest.csv) or builds one from
