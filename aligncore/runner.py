@@ -112,6 +112,22 @@ def iter_batches(branch, items: Sequence[tuple[int, str]], batch_size: int, work
     yield from loader
 
 
+def _size_bucket(path: str) -> tuple[float, int]:
+    """(aspect ratio to 0.1, pixel count) from the image header only, so a batch holds like-sized images.
+
+    Branches whose inputs vary in length with the image (a VLM's visual tokens) set
+    ``bucket_by_size`` and pad far less; scores do not depend on the order.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except Exception:  # unreadable here: the loader reports it in its turn
+        return (0.0, 0)
+    return (round(w / max(h, 1), 1), w * h)
+
+
 def score_with_fallback(branch, xs: list, batch) -> tuple[list[float | None], list[str | None]]:
     """Score a batch; if the batch raises, score image by image so one bad image fails alone.
 
@@ -208,6 +224,8 @@ def score_branch(branch, records: Sequence[Record], hashes: Sequence[str | None]
     load_errors: dict[str, str] = {}
     if not todo:
         return stats, load_errors
+    if getattr(branch, "bucket_by_size", False):
+        todo = sorted(todo, key=lambda item: _size_bucket(item[1]))
     branch.ensure_loaded()
     pin = str(branch.device).startswith("cuda")
     bar = None

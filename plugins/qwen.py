@@ -51,6 +51,8 @@ class QwenBranch(Branch):
     version = "1"
     nonscoring_fields = Branch.nonscoring_fields | {"explain_max_new_tokens"}
     supports_explain = True
+    #: visual-token counts follow the image size: batch like-sized images together (less left padding)
+    bucket_by_size = True
     config: QwenConfig
 
     def __init__(self, config: Any = None, **overrides: Any):

@@ -195,3 +195,27 @@ def test_dpo_on_semantic_set_from_shared_data(shared_data, tmp_path):
     after = _gap(trained, records)
     print(f"\nshared-data semantic set, {len(records)} images: gap {before:.4f} -> {after:.4f}")
     assert after - before > 0.05, f"DPO must move P(fake) apart: gap {before:.4f} -> {after:.4f}"
+
+
+def test_size_bucketing_in_runs_changes_order_not_scores(tmp_path):
+    """The runner batches like-sized images for the VLM; every image keeps the score it gets alone."""
+    import csv
+
+    from aligncore.config import make_run_config
+    from aligncore.runner import _size_bucket, run
+
+    for i, im in enumerate(_images(8, seed=3)):
+        d = tmp_path / "ds" / ("0_real" if i % 2 == 0 else "1_fake")
+        d.mkdir(parents=True, exist_ok=True)
+        im.save(d / f"{i}.png")
+    paths = sorted(str(p) for p in (tmp_path / "ds").rglob("*.png"))
+    assert type(create_branch("qwen", preset="tiny")).bucket_by_size
+    assert sorted(paths, key=_size_bucket) != paths  # the bucketed order differs from the listing order
+    res = run(make_run_config(branches="qwen", preset="tiny", device="cpu", batch_size=3, data=str(tmp_path / "ds"),
+                              out=str(tmp_path / "r")), progress=False)
+    with open(res.out_dir / "predictions.csv", newline="") as f:
+        got = {r["path"]: float(r["score_qwen"]) for r in csv.DictReader(f)}
+    alone = create_branch("qwen", preset="tiny", device="cpu", batch_size=1)
+    want = dict(zip(paths, alone.score([load_image(p) for p in paths])))
+    assert got.keys() == want.keys()
+    assert all(abs(got[p] - want[p]) < 1e-5 for p in paths), (got, want)
