@@ -43,6 +43,8 @@ def main() -> None:
     branch = create_branch(args.branch, **({"preset": args.preset} if args.preset else {}), device="cpu")
     items = [(i, r.path) for i, r in enumerate(records)]
     print(f"{len(items)} images from {data}; branch {args.branch}; batch {args.batch_size}; {os.cpu_count()} CPUs")
+    for _ in iter_batches(branch, items, args.batch_size, 0, pin=False):  # warm the file cache: time decoding, not disk
+        pass
     base = None
     for w in [int(x) for x in args.workers.split(",")]:
         t = time.perf_counter()
