@@ -19,6 +19,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .supervision import write_manifest
+
 DISCLAIMER = (
     "DEMONSTRATION ONLY: every model here is tiny (random-initialised 'tiny' presets or no model at all) and "
     "trained for seconds on a few dozen crops of bundled photos. Read the numbers as a check that the pipeline "
@@ -164,10 +166,7 @@ def _standin_pixel_set(src: Path, out: Path, generator: str = "resample-standin"
         rows += [{"path": f"0_real/{p.name}", "label": 0, "generator": "photos", "subset": "pixel"},
                  {"path": f"1_fake/{p.name}", "label": 1, "generator": generator, "subset": "pixel"}]
     manifest = out / "manifest.csv"
-    with open(manifest, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "label", "generator", "subset"], lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
+    write_manifest(manifest, rows)
     return manifest
 
 
@@ -280,10 +279,7 @@ def _merge_eval(st: DemoState) -> Path:
                 rows.append({"path": str(full.relative_to(st.out.resolve())), "label": r["label"],
                              "generator": r.get("generator") or role, "subset": r.get("subset") or role})
     out = st.out / "heldout.csv"
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=["path", "label", "generator", "subset"], lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
+    write_manifest(out, rows)
     return out
 
 
