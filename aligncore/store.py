@@ -92,16 +92,31 @@ class ScoreStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False)
             self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
-            self.conn.execute("PRAGMA journal_mode = WAL")
-            self.conn.execute("PRAGMA synchronous = NORMAL")
-            with self.transaction():
-                for stmt in _statements(SCHEMA):
-                    self.conn.execute(stmt)
+            self._setup(timeout)
         except (sqlite3.Error, OSError) as exc:
             raise AlignCoreError(
                 f"cannot open the score store {self.path}: {exc}. Check that its folder is writable and has space, "
                 f"or choose another with --store or {STORE_ENV}."
             ) from None
+
+    def _setup(self, timeout: float) -> None:
+        """WAL mode and the schema. Switching a brand-new file to WAL answers "locked" at once (no busy
+        handler) while another process (e.g. another rank) does the same, so that step is retried."""
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            try:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                self.conn.execute("PRAGMA synchronous = NORMAL")
+                with self.transaction():
+                    for stmt in _statements(SCHEMA):
+                        self.conn.execute(stmt)
+                return
+            except (sqlite3.OperationalError, AlignCoreError) as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
 
     def close(self) -> None:
         self.conn.close()

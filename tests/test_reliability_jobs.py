@@ -285,3 +285,30 @@ def test_sigkill_during_training_then_resume_gives_the_same_weights(tmp_path):
     a = load_file(str(tmp_path / "full" / "last" / "model.safetensors"))
     b = load_file(str(tmp_path / "cut" / "last" / "model.safetensors"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def _open_and_write(path, start):
+    start.wait()
+    s = ScoreStore(path)
+    s.put_scores("fp", "b", [(f"h{os.getpid()}", 0.5)])
+    s.close()
+
+
+def test_many_processes_creating_one_new_store_at_once(tmp_path):
+    """Switching a brand-new SQLite file to WAL answers "locked" without waiting; ranks starting together hit it."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    for trial in range(25):
+        path = str(tmp_path / f"s{trial}.sqlite")
+        start = ctx.Event()
+        procs = [ctx.Process(target=_open_and_write, args=(path, start)) for _ in range(8)]
+        for p in procs:
+            p.start()
+        start.set()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * 8, f"trial {trial}"
+        db = sqlite3.connect(path)
+        assert db.execute("SELECT COUNT(*) FROM scores").fetchone()[0] == 8
+        db.close()
