@@ -27,15 +27,18 @@ class OrFusion(Fusion):
     config_class = OrFusionConfig
     config: OrFusionConfig
 
-    def predict(self, scores: Mapping[str, np.ndarray]) -> FusionOutput:
+    def rescaled(self, scores: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Each branch's score mapped so its own threshold lands on 0.5, and the rows no branch scored."""
         names, mat = stack_scores(scores)
-        # Each branch's score is mapped so its own threshold lands on 0.5; the fused score is the
-        # largest of these, so "fused >= 0.5" is exactly "some branch reached its threshold" and
-        # the fused score stays continuous for AP/AUC.
         cols = [rescale_at_threshold(mat[:, j], self.config.thresholds.get(n, self.config.default_threshold))
                 for j, n in enumerate(names)]
         rescaled = np.column_stack(cols)
-        all_nan = np.isnan(rescaled).all(axis=1)
+        return rescaled, np.isnan(rescaled).all(axis=1)
+
+    def predict(self, scores: Mapping[str, np.ndarray]) -> FusionOutput:
+        # the largest rescaled score: "fused >= 0.5" is exactly "some branch reached its threshold",
+        # and the fused score stays continuous for AP/AUC
+        rescaled, all_nan = self.rescaled(scores)
         fused = np.where(all_nan, np.nan, np.nanmax(np.where(np.isnan(rescaled), -np.inf, rescaled), axis=1))
         return FusionOutput(fused, np.nan_to_num(fused, nan=0.0) >= 0.5)
 
@@ -78,11 +81,7 @@ class AndFusion(OrFusion):
     help = "Logical AND: fake only if every branch's score is at or above its own threshold."
 
     def predict(self, scores: Mapping[str, np.ndarray]) -> FusionOutput:
-        names, mat = stack_scores(scores)
-        cols = [rescale_at_threshold(mat[:, j], self.config.thresholds.get(n, self.config.default_threshold))
-                for j, n in enumerate(names)]
-        rescaled = np.column_stack(cols)
-        all_nan = np.isnan(rescaled).all(axis=1)
+        rescaled, all_nan = self.rescaled(scores)
         # the smallest rescaled score: ">= 0.5" is exactly "every scoring branch reached its threshold"
         fused = np.where(all_nan, np.nan, np.nanmin(np.where(np.isnan(rescaled), np.inf, rescaled), axis=1))
         return FusionOutput(fused, np.nan_to_num(fused, nan=0.0) >= 0.5)
