@@ -11,6 +11,8 @@ from pydantic import Field
 
 from .component import Component, ComponentConfig
 from .errors import AlignCoreError
+from .hashing import hash_directory
+from .torchutil import resolve_device
 
 
 class BranchConfig(ComponentConfig):
@@ -23,34 +25,6 @@ class BranchConfig(ComponentConfig):
     )
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
     batch_size: int = Field(16, ge=1, description="Images per forward pass when scoring.")
-
-
-def resolve_device(device: str) -> str:
-    """'auto' → 'cuda' when a GPU is visible, else 'cpu'; an explicit CUDA request without a GPU is an error."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise AlignCoreError(f"device {device!r} was requested but no CUDA device is visible; use --device cpu.")
-    return device
-
-
-def hash_directory(path: str | Path) -> str:
-    """Content digest of every file below ``path`` (names and bytes), for fingerprints."""
-    root = Path(path)
-    h = hashlib.sha256()
-    if root.is_file():
-        files = [root]
-        root = root.parent
-    else:
-        files = sorted(p for p in root.rglob("*") if p.is_file())
-    for f in files:
-        h.update(str(f.relative_to(root)).encode())
-        with open(f, "rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
 
 
 class Branch(Component):

@@ -14,7 +14,6 @@ that records the architecture, so ``checkpoint=DIR`` alone rebuilds the right mo
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -25,6 +24,7 @@ from pydantic import Field
 from .branch import Branch, BranchConfig
 from .data.crops import crop, grid_positions
 from .errors import AlignCoreError
+from .hashing import digest_files
 
 BRANCH_FILE = "branch.json"
 
@@ -56,16 +56,6 @@ def resolve_checkpoint(path: str | Path) -> Path:
         if (p / sub / BRANCH_FILE).exists():
             return p / sub
     raise AlignCoreError(f"{p} holds no trained weights ({BRANCH_FILE} missing in it, best/ and last/).")
-
-
-def digest_files(folder: Path, names: list[str]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(names):
-        f = folder / name
-        if f.exists():
-            h.update(name.encode())
-            h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 class PixelBranch(Branch):

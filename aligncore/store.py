@@ -8,7 +8,6 @@ a busy timeout instead of failing.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import AlignCoreError
+from .hashing import sha256_file  # noqa: F401  (re-exported: callers import it from here)
 
 STORE_ENV = "ALIGNCORE_STORE"
 HOME_ENV = "ALIGNCORE_HOME"
@@ -75,14 +75,6 @@ def default_store_path() -> Path:
         return Path(os.environ[STORE_ENV]).expanduser()
     home = Path(os.environ.get(HOME_ENV, Path.home() / ".aligncore")).expanduser()
     return home / "store.sqlite"
-
-
-def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ScoreStore:

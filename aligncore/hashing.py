@@ -1,0 +1,64 @@
+"""Content digests: one place that hashes files, folders and seeds.
+
+Store keys, fingerprints, checkpoint digests and builder seeds all come from here, so
+"the same bytes" means one thing everywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Iterable
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: str | Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def digest_files(folder: str | Path, names: Iterable[str]) -> str:
+    """Hex sha256 over (name, bytes) of the named files of ``folder`` that exist, in sorted name order."""
+    root = Path(folder)
+    h = hashlib.sha256()
+    for name in sorted(set(names)):
+        f = root / name
+        if f.is_file():
+            h.update(name.encode())
+            _update_from_file(h, f)
+    return h.hexdigest()
+
+
+def hash_directory(path: str | Path, exclude_top: Iterable[str] = ()) -> str:
+    """Hex sha256 over every file below ``path`` (relative names and bytes); a file hashes alone.
+
+    ``exclude_top`` names first-level entries to leave out (e.g. resumable trainer state).
+    """
+    root = Path(path)
+    h = hashlib.sha256()
+    if root.is_file():
+        files, root = [root], root.parent
+    else:
+        skip = set(exclude_top)
+        files = sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).parts[0] not in skip)
+    for f in files:
+        h.update(str(f.relative_to(root)).encode())
+        _update_from_file(h, f)
+    return h.hexdigest()
+
+
+def stable_int(*parts: object, nbytes: int = 8) -> int:
+    """A deterministic integer from ``parts`` (per-item seeds that do not depend on processing order)."""
+    blob = ":".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.sha256(blob).digest()[:nbytes], "little")
+
+
+def _update_from_file(h, f: Path) -> None:
+    with open(f, "rb") as fh:
+        for chunk in iter(lambda: fh.read(CHUNK), b""):
+            h.update(chunk)
