@@ -33,6 +33,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "qwen",
     "semantic_set",
     "leakage",
+    "aerecon",
 )
 
 

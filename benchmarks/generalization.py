@@ -1,0 +1,521 @@
+"""Leave-one-generator-out generalisation protocol on the shared test images (CPU).
+
+    nice -n 10 python benchmarks/generalization.py --shared SHARED --work WORK_DIR [--quick]
+        [--experts NAME,...|default|all] [--jobs 2]
+
+Folds (``benchmarks/logo_folds.py``): one per generator family with ≥ 10 fakes plus a pooled ``rare``
+fold, crossed with four real folds (whole photo collections left out); training never sees the
+test fold's families, the publishers of its fakes, or the test real collections. Every image is
+decoded to pixels (no metadata), cut to its centre ≤512 window and analysed on a ≤256 region, as is,
+re-encoded as JPEG q90, and through a "social media" chain (×0.5 bicubic + JPEG q75), both classes
+identically (``benchmarks/logo_features.py``). Features are cached under WORK, so a rerun or a new
+expert costs only the fits.
+
+Experts are fixed feature extractors with a logistic-regression head (fitted per cell), training-
+free scores (``aerecon``: reconstruction error through the tiny FLUX.2 autoencoder), and stacked
+fusions of them. Reports per fold and mean AUC, AP and TPR at 5 % FPR for each condition.
+
+The full run writes benchmarks/results/generalization.md and .json; ``--quick`` (a stratified subset:
+8 fakes per fold, 12 photos per collection, fewer experts) prints its table and writes it under WORK.
+Not part of the test suite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import logo_features as fe  # noqa: E402
+import logo_folds as lf  # noqa: E402
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# =========================================================================== experts
+
+
+@dataclass
+class Expert:
+    """One detector under test.
+
+    ``kind``: ``lr`` (standardised features → logistic regression fitted on the cell's training
+    images), ``free`` (a fixed score of the features, nothing fitted), ``stack`` (logistic regression
+    on the members' out-of-fold scores, inner folds grouped by family / real collection).
+    """
+
+    name: str
+    kind: str
+    doc: str
+    fsets: tuple[str, ...] = ()
+    columns: Callable[[list[str]], list[int]] | None = None  # which columns of the (concatenated) features
+    train_conditions: tuple[str, ...] = ("asis", "aug")
+    recon: bool = False  # add the training photos' reconstructions through taef2 as fakes
+    C: float = 0.1
+    balance: bool = False  # weight training fakes so every family counts the same
+    free_score: Callable[[np.ndarray, list[str]], np.ndarray] | None = None
+    members: tuple[str, ...] = ()
+
+    def needs(self, experts: dict[str, "Expert"]) -> set[tuple[str, str]]:
+        """(feature set, source) pairs and the conditions they are needed in."""
+        if self.kind == "stack":
+            out: set = set()
+            for m in self.members:
+                out |= experts[m].needs(experts)
+            return out
+        conds = set(fe.CONDITIONS) | set(self.train_conditions) | {"aug"}  # aug: stacked fusions train on it
+        out = {(f, "orig", c) for f in self.fsets for c in conds}
+        if self.recon:
+            out |= {(f, "recon", c) for f in self.fsets for c in self.train_conditions}
+        return out
+
+
+def names_for(fset: str) -> list[str]:
+    if fset in ("ae", "ae-texture"):
+        from aligncore_plugins.aerecon_model import feature_names
+
+        return feature_names(fe.AE_SCALES, 32)
+    return []
+
+
+def cols(pred: Callable[[str], bool]):
+    return lambda names: [i for i, n in enumerate(names) if pred(n)]
+
+
+def col(name: str, sign: float = -1.0):
+    def score(x: np.ndarray, names: list[str]) -> np.ndarray:
+        return sign * x[:, names.index(name)]
+
+    return score
+
+
+def mean_cols(keys: tuple[str, ...], sign: float = -1.0):
+    def score(x: np.ndarray, names: list[str]) -> np.ndarray:
+        return sign * np.mean([x[:, names.index(k)] for k in keys], axis=0)
+
+    return score
+
+
+def diff_cols(a: str, b: str, sign: float = -1.0):
+    def score(x: np.ndarray, names: list[str]) -> np.ndarray:
+        return sign * (x[:, names.index(a)] - x[:, names.index(b)])
+
+    return score
+
+
+ERR = ("_l2", "_hp", "_feat", "_tex")
+
+
+def build_experts() -> dict[str, Expert]:
+    ex = [
+        # ---- training-free reconstruction distance through taef2 (AEROBLADE-style)
+        Expert("aerecon-l2", "free", "−log MSE of the 128 px centre window vs its taef2 reconstruction (scale 1)",
+               fsets=("ae",), free_score=col("s1_l2")),
+        Expert("aerecon-feat", "free", "−log distance in taef2's first-block features (a perceptual distance), scale 1",
+               fsets=("ae",), free_score=col("s1_feat")),
+        Expert("aerecon-ms", "free", "−mean over scales 1 and 2 of log MSE", fsets=("ae",),
+               free_score=mean_cols(("s1_l2", "s2_l2"))),
+        Expert("aerecon-norm", "free", "−(log MSE − log high-pass energy of the window): error relative to texture",
+               fsets=("ae",), free_score=diff_cols("s1_l2", "s1_tex")),
+        Expert("aerecon-texture", "free", "as aerecon-l2 on the most textured 128 px window of a 3×3 grid",
+               fsets=("ae-texture",), free_score=col("s1_l2")),
+        # ---- linear heads on fixed features
+        Expert("ae-errors-lr", "lr", "LR on the 8 reconstruction-error features (2 scales × l2/hp/feat/tex)",
+               fsets=("ae",), columns=cols(lambda n: n.endswith(ERR))),
+        Expert("ae-latent-lr", "lr", "LR on taef2 latent means/stds (frozen encoder as feature extractor), 2 scales",
+               fsets=("ae",), columns=cols(lambda n: "_z_" in n)),
+        Expert("ae-lr", "lr", "LR on all 136 taef2 features (errors + latent statistics)", fsets=("ae",)),
+        Expert("ae-lr-asis", "lr", "ae-lr trained on the as-is condition only (no degradation augmentation)",
+               fsets=("ae",), train_conditions=("asis",)),
+        Expert("ae-lr-recon", "lr", "ae-lr with the training photos' taef2 reconstructions added as fakes",
+               fsets=("ae",), recon=True),
+        Expert("ae-lr-balanced", "lr", "ae-lr with each fake family weighted equally", fsets=("ae",), balance=True),
+        Expert("ae-texture-lr", "lr", "ae-lr on the most textured window instead of the centre", fsets=("ae-texture",)),
+        Expert("spectrum-lr", "lr", "the spectrum branch's features (blur-residual log-FFT, 64 px tiles) + LR",
+               fsets=("spectrum",), C=0.01),
+        Expert("spectrum-lr-asis", "lr", "spectrum-lr trained on the as-is condition only", fsets=("spectrum",),
+               train_conditions=("asis",), C=0.01),
+        Expert("spectrum-lr-recon", "lr", "spectrum-lr with the training photos' taef2 reconstructions as extra fakes",
+               fsets=("spectrum",), recon=True, C=0.01),
+        Expert("spectrum-recon-only", "lr", "spectrum-lr trained only on photos vs their taef2 reconstructions "
+               "(the README's pixel-set recipe, no generator fakes)", fsets=("spectrum",), recon=True, C=0.01),
+        Expert("phase-lr", "lr", "multi-scale NPR statistics (periodic difference profile, NPR residual energy) + LR",
+               fsets=("phase",)),
+        Expert("imgstats-lr", "lr", "global colour/sharpness statistics + LR", fsets=("imgstats",)),
+        # ---- fusions
+        Expert("concat-lr", "lr", "one LR on ae + phase + imgstats features", fsets=("ae", "phase", "imgstats")),
+        Expert("fusion", "stack", "stacked LR over ae-lr, aerecon-l2, phase-lr, imgstats-lr, spectrum-lr",
+               members=("ae-lr", "aerecon-l2", "phase-lr", "imgstats-lr", "spectrum-lr")),
+    ]
+    return {e.name: e for e in ex}
+
+
+DEFAULT_EXPERTS = ("aerecon-l2", "ae-lr", "spectrum-lr", "phase-lr", "imgstats-lr", "fusion")
+QUICK_EXPERTS = ("aerecon-l2", "ae-lr", "spectrum-lr", "fusion")
+
+
+# =========================================================================== fitting
+
+
+class Data:
+    """Feature matrices by (expert, source, condition) over the item list."""
+
+    def __init__(self, items: list[lf.Item], store: fe.FeatureStore):
+        self.items, self.store = items, store
+        self.shas = [it.sha256 for it in items]
+        self._cache: dict = {}
+
+    def X(self, ex: Expert, source: str, cond: str, idx: list[int]) -> tuple[np.ndarray, list[str]]:
+        key = (ex.fsets, ex.name if ex.columns else "", source, cond)
+        if key not in self._cache:
+            mats, names = [], []
+            for f in ex.fsets:
+                d = self.store.table(f, source, cond)
+                if source == "orig":
+                    mats.append(np.stack([d[s] for s in self.shas]))
+                else:  # reconstructions exist for real photos only
+                    dim = len(next(iter(d.values())))
+                    mats.append(np.stack([d.get(s, np.full(dim, np.nan, np.float32)) for s in self.shas]))
+                n = names_for(f)
+                names += n if n else [f"{f}{i}" for i in range(mats[-1].shape[1])]
+            x = np.concatenate(mats, axis=1).astype(np.float64)
+            if ex.columns is not None:
+                keep = ex.columns(names)
+                x, names = x[:, keep], [names[i] for i in keep]
+            self._cache[key] = (x, names)
+        x, names = self._cache[key]
+        return x[idx], names
+
+
+def _lr_fit(x: np.ndarray, y: np.ndarray, C: float, w: np.ndarray | None):
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    sc = StandardScaler().fit(x)
+    xs = np.nan_to_num(sc.transform(x))
+    clf = LogisticRegression(C=C, class_weight="balanced", max_iter=3000).fit(xs, y, sample_weight=w)
+    return sc, clf
+
+
+def _lr_score(model, x: np.ndarray) -> np.ndarray:
+    sc, clf = model
+    return clf.decision_function(np.nan_to_num(sc.transform(x)))
+
+
+def train_rows(ex: Expert, data: Data, idx: list[int], recon_only: bool = False):
+    xs, ys, ws = [], [], []
+    items = data.items
+    reals = [i for i in idx if not items[i].label]
+    fam_counts: dict[str, int] = {}
+    for i in idx:
+        if items[i].label:
+            fam_counts[items[i].family] = fam_counts.get(items[i].family, 0) + 1
+    n_fake = sum(fam_counts.values())
+    for cond in ex.train_conditions:
+        if not recon_only:
+            x, _ = data.X(ex, "orig", cond, idx)
+            xs.append(x)
+            ys.append(np.array([items[i].label for i in idx]))
+            if ex.balance:
+                ws.append(np.array([n_fake / (len(fam_counts) * fam_counts[items[i].family]) if items[i].label else 1.0
+                                    for i in idx]))
+            else:
+                ws.append(np.ones(len(idx)))
+        else:
+            x, _ = data.X(ex, "orig", cond, reals)
+            xs.append(x)
+            ys.append(np.zeros(len(reals), int))
+            ws.append(np.ones(len(reals)))
+        if ex.recon and reals:
+            x, _ = data.X(ex, "recon", cond, reals)
+            xs.append(x)
+            ys.append(np.ones(len(reals), int))
+            ws.append(np.ones(len(reals)))
+    return np.concatenate(xs), np.concatenate(ys), np.concatenate(ws)
+
+
+def fit_expert(ex: Expert, data: Data, idx: list[int], experts: dict[str, Expert], seed: int = 0):
+    """Fit on the items ``idx``; returns a scoring function (source, condition, indices) → scores."""
+    if ex.kind == "free":
+        def score(cond, tidx):
+            x, names = data.X(ex, "orig", cond, tidx)
+            return ex.free_score(x, names)
+        return score
+    if ex.kind == "lr":
+        x, y, w = train_rows(ex, data, idx, recon_only=ex.name.endswith("recon-only"))
+        model = _lr_fit(x, y, ex.C, w)
+
+        def score(cond, tidx):
+            x, _ = data.X(ex, "orig", cond, tidx)
+            return _lr_score(model, x)
+        return score
+    if ex.kind == "stack":
+        members = [experts[m] for m in ex.members]
+        inner = inner_folds(data.items, idx, k=4)
+        conds = ("asis", "aug")
+        oof = {c: np.zeros((len(idx), len(members))) for c in conds}
+        pos = {i: k for k, i in enumerate(idx)}
+        for held in inner:
+            rest = [i for i in idx if i not in set(held)]
+            for j, m in enumerate(members):
+                f = fit_expert(m, data, rest, experts, seed)
+                for c in conds:
+                    s = f(c, held)
+                    for i, v in zip(held, s):
+                        oof[c][pos[i], j] = v
+        xs = np.concatenate([oof[c] for c in conds])
+        ys = np.concatenate([[data.items[i].label for i in idx]] * len(conds))
+        head = _lr_fit(xs, ys, 1.0, None)
+        fitted = [fit_expert(m, data, idx, experts, seed) for m in members]
+
+        def score(cond, tidx):
+            z = np.stack([f(cond, tidx) for f in fitted], axis=1)
+            return _lr_score(head, z)
+        return score
+    raise ValueError(f"unknown expert kind {ex.kind!r}")
+
+
+def inner_folds(items: list[lf.Item], idx: list[int], k: int = 4) -> list[list[int]]:
+    """Split training indices into k folds grouped by fake family and real collection (greedy by size)."""
+    groups: dict[str, list[int]] = {}
+    for i in idx:
+        it = items[i]
+        groups.setdefault(("f:" + it.family) if it.label else ("r:" + it.real_group), []).append(i)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    for side in ("f:", "r:"):  # spread fakes and reals separately so every inner fold has both classes
+        load = [0] * k
+        for g in sorted((g for g in groups if g.startswith(side)), key=lambda g: (-len(groups[g]), g)):
+            j = int(np.argmin(load))
+            folds[j] += groups[g]
+            load[j] += len(groups[g])
+    return [sorted(f) for f in folds if f]
+
+
+# =========================================================================== evaluation
+
+
+def cell_metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
+    from aligncore.metrics import binary_metrics
+
+    m = binary_metrics(labels, scores, scores >= 0)
+    return {"auc": m["auc"], "ap": m["ap"], "tpr5": m["tpr_at_5fpr"], "n_real": m["n_real"], "n_fake": m["n_fake"]}
+
+
+def evaluate(ex: Expert, data: Data, cells: list[lf.Cell], experts: dict[str, Expert], seed: int) -> dict:
+    t0 = time.monotonic()
+    per_cell = []
+    for cell in cells:
+        f = fit_expert(ex, data, cell.train, experts, seed)
+        y = np.array([data.items[i].label for i in cell.test])
+        row = {"gen_fold": cell.gen_fold, "real_fold": cell.real_fold}
+        for cond in fe.CONDITIONS:
+            row[cond] = cell_metrics(y, np.asarray(f(cond, cell.test), dtype=float))
+        per_cell.append(row)
+    return {"cells": per_cell, "summary": summarise(per_cell), "fit_seconds": round(time.monotonic() - t0, 1)}
+
+
+def summarise(per_cell: list[dict]) -> dict:
+    out: dict = {}
+    gfolds = list(dict.fromkeys(r["gen_fold"] for r in per_cell))
+    rfolds = list(dict.fromkeys(r["real_fold"] for r in per_cell))
+    for cond in fe.CONDITIONS:
+        by_gen = {g: {k: float(np.mean([r[cond][k] for r in per_cell if r["gen_fold"] == g])) for k in ("auc", "ap", "tpr5")}
+                  for g in gfolds}
+        by_real = {rf: {k: float(np.mean([r[cond][k] for r in per_cell if r["real_fold"] == rf])) for k in ("auc", "ap", "tpr5")}
+                   for rf in rfolds}
+        mean = {k: float(np.mean([v[k] for v in by_gen.values()])) for k in ("auc", "ap", "tpr5")}
+        worst = min(by_gen.items(), key=lambda kv: kv[1]["auc"])
+        out[cond] = {"mean": mean, "by_gen_fold": by_gen, "by_real_fold": by_real,
+                     "worst_fold": {"fold": worst[0], "auc": worst[1]["auc"]},
+                     "auc_std_over_folds": float(np.std([v["auc"] for v in by_gen.values()]))}
+    return out
+
+
+# =========================================================================== report
+
+
+def fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def render(res: dict) -> str:
+    run = res["run"]
+    lines = [
+        "# Leave-one-generator-out generalisation (shared test images)",
+        "",
+        f"Command: `{run['command']}` — wall time {run['wall_minutes']:.1f} min on {run['cpus']} shared CPU cores "
+        f"({run['jobs']} feature workers, 1 thread each; other jobs were running), Python {run['python']}. "
+        f"Data: SHARED/data ({run['n_fakes']} fakes, {run['n_reals']} real photos{', quick subset' if run['quick'] else ''}); "
+        f"seed {run['seed']}.",
+        "",
+        "Protocol (`benchmarks/logo_folds.py`, `benchmarks/logo_features.py`): one fold per generator family with ≥ 10 "
+        "fakes plus a pooled `rare` fold, crossed with 4 real folds (whole photo collections held out) = "
+        f"{run['n_cells']} cells. Training never sees the test fold's families, any fake from the publishers of its "
+        "images, or the test photo collections. Metrics per cell on the test fold's fakes vs the held-out collections' "
+        "photos; a fold's figure is the mean over its real folds, **mean** is over generator folds. Pixels only (no "
+        "metadata), centre ≤512 window, ≤256 analysis region. Conditions applied to both classes identically: "
+        "**as is**; **JPEG q90**; **social** = ×0.5 bicubic + JPEG q75. `lr` experts train on the as-is and a random "
+        "degradation (`aug`) version of every training image unless noted.",
+        "",
+        "## Summary: mean over generator folds (AUC / AP / TPR@5%FPR)",
+        "",
+        "| expert | kind | as is | JPEG q90 | social | worst fold (as is AUC) | what it is |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in res["experts"].items():
+        s = r["summary"]
+        cells = []
+        for cond in fe.CONDITIONS:
+            m = s[cond]["mean"]
+            cells.append(f"{fmt(m['auc'])} / {fmt(m['ap'])} / {fmt(m['tpr5'])}")
+        w = s["asis"]["worst_fold"]
+        lines.append(f"| {name} | {r['kind']} | " + " | ".join(cells) + f" | {w['fold']} {fmt(w['auc'])} | {r['doc']} |")
+    lines += ["", "## Per generator fold (AUC as is / JPEG q90 / social)", ""]
+    names = list(res["experts"])
+    folds = res["folds"]
+    lines.append("| fold | fakes | " + " | ".join(names) + " |")
+    lines.append("|---|---|" + "---|" * len(names))
+    for fold in folds:
+        cells = []
+        for n in names:
+            s = res["experts"][n]["summary"]
+            cells.append(" / ".join(fmt(s[c]["by_gen_fold"].get(fold["fold"], {}).get("auc")) for c in fe.CONDITIONS))
+        lines.append(f"| {fold['fold']} | {fold['n_test_fakes']} | " + " | ".join(cells) + " |")
+    lines += ["", "## Per real fold (AUC as is / JPEG q90 / social, mean over generator folds)", ""]
+    rnames = list(next(iter(res["experts"].values()))["summary"]["asis"]["by_real_fold"])
+    lines.append("| expert | " + " | ".join(rnames) + " |")
+    lines.append("|---|" + "---|" * len(rnames))
+    for n in names:
+        s = res["experts"][n]["summary"]
+        lines.append(f"| {n} | " + " | ".join(" / ".join(fmt(s[c]["by_real_fold"][rf]["auc"]) for c in fe.CONDITIONS)
+                                               for rf in rnames) + " |")
+    lines += ["", "## Folds", "", "| fold | generators | publishers left out of training | test fakes | training fakes |",
+              "|---|---|---|---|---|"]
+    for f in folds:
+        lines.append(f"| {f['fold']} | {', '.join(f['generators'])} | {', '.join(f['publishers'])} | {f['n_test_fakes']} | "
+                     f"{f['n_train_fakes']} |")
+    lines.append("")
+    return "\n".join(lines)
+
+
+# =========================================================================== main
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--shared", default=os.environ.get("ALIGNCORE_SHARED"),
+                    help="The shared folder holding data/ and weights/ (or $ALIGNCORE_SHARED).")
+    ap.add_argument("--work", help="Cache folder for decoded pixels and features (outside the repository); "
+                    "default: a folder under the system temp dir.")
+    ap.add_argument("--quick", action="store_true", help="Stratified subset and fewer experts (a few minutes).")
+    ap.add_argument("--experts", default="default", help="Comma-separated expert names, 'default' or 'all'.")
+    ap.add_argument("--jobs", type=int, default=2, help="Feature-extraction worker processes (1 thread each).")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--results", help="Markdown output (default benchmarks/results/generalization.md; quick: WORK/).")
+    ap.add_argument("--list", action="store_true", help="List the experts and exit.")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    experts = build_experts()
+    if args.list:
+        for e in experts.values():
+            print(f"{e.name:22s} {e.kind:6s} {e.doc}")
+        return
+    if not args.shared or not (Path(args.shared) / "data" / "MANIFEST.csv").is_file():
+        sys.exit("pass --shared DIR (or set ALIGNCORE_SHARED) pointing at the folder holding data/MANIFEST.csv and weights/")
+    shared = Path(args.shared)
+    if not (shared / "weights" / "taef2_encoder.pth").is_file():
+        sys.exit(f"{shared / 'weights'} lacks taef2_encoder.pth / taef2_decoder.pth")
+    work = Path(args.work) if args.work else Path(os.environ.get("TMPDIR", "/tmp")) / "aligncore-generalization"
+    work.mkdir(parents=True, exist_ok=True)
+    if args.experts == "default":
+        wanted = list(QUICK_EXPERTS if args.quick else DEFAULT_EXPERTS)
+    elif args.experts == "all":
+        wanted = list(experts)
+    else:
+        wanted = [e.strip() for e in args.experts.split(",") if e.strip()]
+        unknown = [e for e in wanted if e not in experts]
+        if unknown:
+            sys.exit(f"unknown expert(s) {unknown}; known: {', '.join(experts)}")
+    import torch
+
+    torch.set_num_threads(1)
+    t_start = time.monotonic()
+
+    all_items = lf.load_items(shared / "data" / "MANIFEST.csv")
+    gfolds = lf.generator_folds(all_items)
+    items = lf.subsample(all_items, 8, 12, seed=args.seed) if args.quick else all_items
+    cells = lf.build_cells(items, gfolds)
+    for c in cells:
+        lf.check_cell(items, c)
+    log(f"{len(items)} images ({sum(it.label for it in items)} fakes), {len(gfolds)} generator folds × "
+        f"{len(lf.real_folds(items))} real folds = {len(cells)} cells; experts: {', '.join(wanted)}")
+
+    # ---- features
+    needs: set = set()
+    for name in wanted:
+        needs |= experts[name].needs(experts)
+    spec = []
+    for fset, source, cond in sorted(needs):
+        for it in items:
+            if source == "recon" and it.label:
+                continue
+            spec.append((it.sha256, it.file, fset, source, cond))
+    store = fe.FeatureStore(work)
+    stats = fe.extract(store, spec, {"data": shared / "data", "weights": shared / "weights", "work": work, "seed": args.seed},
+                       jobs=args.jobs, progress=not args.no_progress)
+    log(f"features: {stats['features']} computed for {stats['images']} images in {stats['seconds']} s "
+        f"(the rest from the cache)")
+
+    # ---- fits
+    data = Data(items, store)
+    out = {"experts": {}}
+    for name in wanted:
+        ex = experts[name]
+        r = evaluate(ex, data, cells, experts, args.seed)
+        out["experts"][name] = {"kind": ex.kind, "doc": ex.doc, **r}
+        s = r["summary"]
+        log(f"{name}: mean AUC as is {s['asis']['mean']['auc']:.3f}, JPEG q90 {s['jpeg90']['mean']['auc']:.3f}, "
+            f"social {s['social']['mean']['auc']:.3f} ({r['fit_seconds']} s)")
+    wall = (time.monotonic() - t_start) / 60
+    cmd = "python benchmarks/generalization.py --shared SHARED --work WORK" + (" --quick" if args.quick else "")
+    if args.experts != "default":
+        cmd += f" --experts {args.experts}"
+    out["run"] = {
+        "command": f"nice -n 10 {cmd} --jobs {args.jobs}", "wall_minutes": round(wall, 2), "quick": args.quick,
+        "cpus": os.cpu_count(), "jobs": args.jobs, "python": platform.python_version(), "seed": args.seed,
+        "n_fakes": sum(it.label for it in items), "n_reals": sum(1 - it.label for it in items), "n_cells": len(cells),
+        "feature_stats": stats,
+    }
+    out["folds"] = [f for f in lf.describe(all_items) if f["fold"] in {c.gen_fold for c in cells}]
+    if args.quick:
+        for f in out["folds"]:
+            f["n_test_fakes"] = sum(1 for it in items if it.label and it.family in gfolds[f["fold"]])
+    md = render(out)
+    results = Path(args.results) if args.results else (
+        work / "generalization-quick.md" if args.quick else REPO / "benchmarks" / "results" / "generalization.md")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(md)
+    results.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
+    print(md)
+    log(f"wrote {results} (+ .json); wall time {wall:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,211 @@
+"""Built-in plugin: the ``aerecon`` branch — how well a tiny autoencoder reconstructs the image.
+
+AEROBLADE-style and training-free: images decoded by a latent model's autoencoder reconstruct
+through such an autoencoder with a smaller error than photographs. The branch takes the centre
+≤256 region of the image (the centre ≤512 window first, offsets on a 16-pixel grid: exactly what
+``benchmarks/generalization.py`` measured), reconstructs a ``crop_size`` window of it at each scale
+through a TAESD-family tiny autoencoder from local weight files (default scale 1 and 2: the
+window at native resolution and the region reduced 2×) and scores
+
+- without a checkpoint: ``P(fake) = sigmoid((center − log MSE at scale 1) / temperature)`` — nothing
+  is fitted; ``center``/``temperature`` only place the 0.5 threshold and never change a ranking;
+- with ``checkpoint=DIR`` (a ``head.safetensors`` + ``branch.json`` written by :func:`save_head`):
+  a logistic-regression head over all multi-scale features (reconstruction errors and the frozen
+  encoder's latent statistics; :mod:`aligncore_plugins.aerecon_model` lists them).
+
+``preset=tiny`` builds a small random-weight autoencoder offline (tests, demos; not a detector).
+Torch is imported only when the model is built.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+from pydantic import Field
+
+from aligncore import hookimpl
+from aligncore.branch import Branch, BranchConfig
+from aligncore.errors import AlignCoreError, ConfigError
+from aligncore.hashing import digest_files, sha256_file
+
+BRANCH_FILE = "branch.json"
+HEAD_FILE = "head.safetensors"
+WINDOW, REGION, GRID = 512, 256, 16
+
+
+class AereconConfig(BranchConfig):
+    encoder_path: str | None = Field(None, description="Encoder weights of a TAESD-family tiny autoencoder (.pth or .safetensors), e.g. taef2_encoder.pth.")
+    decoder_path: str | None = Field(None, description="Decoder weights of the same autoencoder, e.g. taef2_decoder.pth.")
+    scales: list[int] = Field([1, 2], min_length=1, description="Integer reduction factors (box filter) at which a window is reconstructed; the first one gives the training-free score.")
+    crop_size: int = Field(128, ge=8, description="Side of the reconstructed window at each scale (a multiple of the autoencoder's stride; smaller images use their whole region).")
+    crop_select: Literal["center", "texture"] = Field("center", description="Window position: the region's centre, or its most textured window of a 3×3 grid.")
+    distance: Literal["l2", "feat"] = Field("l2", description="Training-free distance: 'l2' = log MSE in pixels, 'feat' = log distance in the encoder's first-block features.")
+    center: float = Field(-6.2, description="Training-free score: the log distance scored 0.5 (lower distances score higher).")
+    temperature: float = Field(0.6, gt=0, description="Training-free score: log-distance units per logit.")
+
+
+class AereconBranch(Branch):
+    """Reconstruction distance through a local tiny autoencoder at several scales (training-free, or a linear head)."""
+
+    name = "aerecon"
+    help = ("Training-free pixel expert: reconstruction error through a local TAESD-family tiny autoencoder "
+            "(AEROBLADE-style), multi-scale; optional linear head over its features.")
+    config_class = AereconConfig
+    #: fields a head checkpoint fixes (its features depend on them)
+    architecture_fields = ("scales", "crop_size", "crop_select")
+    #: the weight files' paths never change a score; their bytes do (see weights_digest)
+    nonscoring_fields = Branch.nonscoring_fields | {"encoder_path", "decoder_path"}
+    config: AereconConfig
+
+    def __init__(self, config=None, **overrides):
+        super().__init__(config, **overrides)
+        c = self.config
+        if c.preset is None:
+            missing = [n for n in ("encoder_path", "decoder_path") if not getattr(c, n)]
+            if missing:
+                raise ConfigError(
+                    f"branch 'aerecon' needs {' and '.join(missing)}: the weight files of a TAESD-family tiny "
+                    "autoencoder (e.g. -o aerecon.encoder_path=taef2_encoder.pth -o aerecon.decoder_path=taef2_decoder.pth), "
+                    "or preset=tiny for a random-weight autoencoder (tests only)."
+                )
+            for n in ("encoder_path", "decoder_path"):
+                if not Path(getattr(c, n)).expanduser().is_file():
+                    raise ConfigError(f"branch 'aerecon': {n} {getattr(c, n)!r} is not a file.")
+        elif c.preset != "tiny":
+            raise ConfigError(f"branch 'aerecon': unknown preset {c.preset!r} (known: tiny).")
+        if any(s < 1 for s in c.scales):
+            raise ConfigError(f"branch 'aerecon': scales must be positive integers, got {c.scales}.")
+        self.model = None
+        self.head: dict[str, np.ndarray] | None = None
+        self._digest: str | None = None
+        if c.checkpoint:
+            self._adopt_checkpoint()
+
+    # ------------------------------------------------------------------ checkpoint and identity
+    @property
+    def checkpoint_dir(self) -> Path | None:
+        from aligncore.pixel import resolve_checkpoint
+
+        return resolve_checkpoint(self.config.checkpoint) if self.config.checkpoint else None
+
+    def _adopt_checkpoint(self) -> None:
+        """Take the scales/window a head was fitted with; an explicit different value is an error."""
+        info = json.loads((self.checkpoint_dir / BRANCH_FILE).read_text())
+        if info.get("branch") != self.name:
+            raise AlignCoreError(f"{self.checkpoint_dir} was written by branch {info.get('branch')!r}, not {self.name!r}.")
+        for k, v in info.get("architecture", {}).items():
+            if k not in self.architecture_fields or getattr(self.config, k) == v:
+                continue
+            if k in self.config.model_fields_set:
+                raise ConfigError(f"branch 'aerecon': {k}={getattr(self.config, k)!r} conflicts with the checkpoint's "
+                                  f"{k}={v!r} ({self.checkpoint_dir}).")
+            setattr(self.config, k, v)
+
+    def write_branch_file(self, out_dir: Path, extra: dict | None = None) -> None:
+        info = {"branch": self.name, "version": self.version,
+                "architecture": {k: getattr(self.config, k) for k in self.architecture_fields}, **(extra or {})}
+        (Path(out_dir) / BRANCH_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+
+    def weights_digest(self) -> str:
+        if self._digest is None:
+            parts = []
+            if self.config.checkpoint:
+                folder = self.checkpoint_dir
+                parts.append(digest_files(folder, [f for f in (BRANCH_FILE, HEAD_FILE) if (folder / f).exists()]))
+            if self.config.preset is None:
+                parts += [sha256_file(Path(self.config.encoder_path).expanduser())[:16],
+                          sha256_file(Path(self.config.decoder_path).expanduser())[:16]]
+            self._digest = "-".join(parts)
+        return self._digest
+
+    # ------------------------------------------------------------------ model
+    def load(self) -> None:
+        import torch
+
+        from . import tiny_ae_model
+
+        c = self.config
+        if c.preset == "tiny":
+            model = tiny_ae_model.random_tiny_autoencoder(latent_channels=4, width=16, levels=3, gn_mid=True, seed=0)
+        else:
+            try:
+                model = tiny_ae_model.load_tiny_autoencoder(Path(c.encoder_path).expanduser(), Path(c.decoder_path).expanduser())
+            except (RuntimeError, ValueError) as exc:
+                raise ConfigError(f"branch 'aerecon': {c.encoder_path} / {c.decoder_path} are not a TAESD-family "
+                                  f"encoder/decoder pair: {str(exc).splitlines()[0]}") from None
+        if c.crop_size % model.stride:
+            raise ConfigError(f"branch 'aerecon': crop_size {c.crop_size} is not a multiple of the autoencoder's "
+                              f"stride ({model.stride}).")
+        self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
+        if c.checkpoint:
+            from aligncore.safeio import load_state_dict
+
+            sd = load_state_dict(self.checkpoint_dir / HEAD_FILE)
+            self.head = {k: v.double().numpy() for k, v in sd.items()}
+            from .aerecon_model import feature_names
+
+            n = len(feature_names(c.scales, model.latent_channels))
+            if self.head["coef"].shape[-1] != n:
+                raise AlignCoreError(f"{self.checkpoint_dir}: the head expects {self.head['coef'].shape[-1]} features, "
+                                     f"this autoencoder and these scales give {n}.")
+
+    # ------------------------------------------------------------------ scoring
+    def preprocess(self, image) -> np.ndarray:
+        """PIL RGB (or uint8 array) → the uint8 centre region the protocol analyses (no resampling)."""
+        arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
+        return analysis_region(arr)
+
+    def collate(self, items):
+        return list(items)  # regions differ in size; the model sees one image at a time
+
+    def features(self, regions) -> np.ndarray:
+        from .aerecon_model import image_features
+
+        c = self.config
+        return np.stack([image_features(self.model, r, c.scales, c.crop_size, c.crop_select) for r in regions])
+
+    def score_batch(self, batch) -> list[float]:
+        x = self.features(batch).astype(np.float64)
+        if self.head is not None:
+            h = self.head
+            z = ((x - h["mean"]) / h["scale"]) @ h["coef"].reshape(-1) + float(h["intercept"].reshape(-1)[0])
+        else:
+            c = self.config
+            col = 0 if c.distance == "l2" else 2  # feature order per scale: l2, hp, feat, tex, …
+            z = (c.center - x[:, col]) / c.temperature
+        return (1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))).tolist()
+
+
+def analysis_region(arr: np.ndarray) -> np.ndarray:
+    """The centre ≤256 window of the centre ≤512 window, sides and offsets on a 16-pixel grid."""
+    for size in (WINDOW, REGION):
+        h, w = arr.shape[:2]
+        ch, cw = min(h, size) // GRID * GRID, min(w, size) // GRID * GRID
+        if ch < GRID or cw < GRID:
+            raise AlignCoreError(f"image of {w}x{h} pixels is too small for aerecon (at least {GRID}x{GRID}).")
+        top, left = (h - ch) // 2 // GRID * GRID, (w - cw) // 2 // GRID * GRID
+        arr = arr[top : top + ch, left : left + cw]
+    return np.ascontiguousarray(arr)
+
+
+def save_head(branch: AereconBranch, out_dir, mean, scale, coef, intercept, info: dict | None = None) -> Path:
+    """Write a fitted logistic-regression head (standardisation + weights) so ``checkpoint=out_dir`` loads it."""
+    import torch
+
+    from aligncore.safeio import save_state_dict
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tensors = {k: torch.as_tensor(np.asarray(v, dtype=np.float32).reshape(-1))
+               for k, v in (("mean", mean), ("scale", scale), ("coef", coef), ("intercept", intercept))}
+    save_state_dict(tensors, out / HEAD_FILE)
+    branch.write_branch_file(out, extra=info or {})
+    return out
+
+
+@hookimpl
+def register_branches(register):
+    register(AereconBranch)
