@@ -54,7 +54,9 @@ class Expert:
 
     ``kind``: ``lr`` (standardised features → logistic regression fitted on the cell's training
     images), ``free`` (a fixed score of the features, nothing fitted), ``stack`` (logistic regression
-    on the members' out-of-fold scores, inner folds grouped by family / real collection).
+    on the members' out-of-fold scores, inner folds grouped by family / real collection), ``cnn``
+    (the ``npr`` branch's network trained from scratch on random native-resolution crops of the
+    cell's training regions; scored as the mean logit of a 2×2 grid of crops).
     """
 
     name: str
@@ -68,6 +70,7 @@ class Expert:
     balance: bool = False  # weight training fakes so every family counts the same
     free_score: Callable[[np.ndarray, list[str]], np.ndarray] | None = None
     members: tuple[str, ...] = ()
+    cnn: dict = field(default_factory=dict)  # kind "cnn": width, crop, steps, batch, lr
 
     def needs(self, experts: dict[str, "Expert"]) -> set[tuple[str, str]]:
         """(feature set, source) pairs and the conditions they are needed in."""
@@ -76,18 +79,28 @@ class Expert:
             for m in self.members:
                 out |= experts[m].needs(experts)
             return out
+        if self.kind == "cnn":
+            return set()  # trains on pixels, not cached features
         conds = set(fe.CONDITIONS) | set(self.train_conditions) | {"aug"}  # aug: stacked fusions train on it
-        out = {(f, "orig", c) for f in self.fsets for c in conds}
+        out = {(f, source_of(f), c) for f in self.fsets for c in conds}
         if self.recon:
             out |= {(f, "recon", c) for f in self.fsets for c in self.train_conditions}
         return out
 
 
+def source_of(fset: str) -> str:
+    return "thumb" if fset in fe.THUMB_SETS else "orig"
+
+
 def names_for(fset: str) -> list[str]:
     if fset in ("ae", "ae-texture"):
-        from aligncore_plugins.aerecon_model import feature_names
+        from types import SimpleNamespace
 
-        return feature_names(fe.AE_SCALES, 32)
+        from aligncore_plugins.aerecon_model import feature_names
+        from aligncore_plugins.tiny_ae_model import standard_layout
+
+        taef2 = SimpleNamespace(layout=standard_layout(latent_channels=32, width=64, levels=3, gn_mid=True))
+        return feature_names(taef2, fe.AE_SCALES)
     return []
 
 
@@ -120,30 +133,38 @@ ERR = ("_l2", "_hp", "_feat", "_tex")
 
 
 def build_experts() -> dict[str, Expert]:
+    err = cols(lambda n: n.endswith(ERR))
+    enc = cols(lambda n: not n.endswith(ERR))
     ex = [
         # ---- training-free reconstruction distance through taef2 (AEROBLADE-style)
-        Expert("aerecon-l2", "free", "−log MSE of the 128 px centre window vs its taef2 reconstruction (scale 1)",
+        Expert("aerecon-l2", "free", "−log MSE of the 128 px centre window vs its taef2 reconstruction",
                fsets=("ae",), free_score=col("s1_l2")),
-        Expert("aerecon-feat", "free", "−log distance in taef2's first-block features (a perceptual distance), scale 1",
+        Expert("aerecon-feat", "free", "−log distance in taef2's first-block features (a perceptual distance)",
                fsets=("ae",), free_score=col("s1_feat")),
-        Expert("aerecon-ms", "free", "−mean over scales 1 and 2 of log MSE", fsets=("ae",),
-               free_score=mean_cols(("s1_l2", "s2_l2"))),
         Expert("aerecon-norm", "free", "−(log MSE − log high-pass energy of the window): error relative to texture",
                fsets=("ae",), free_score=diff_cols("s1_l2", "s1_tex")),
-        Expert("aerecon-texture", "free", "as aerecon-l2 on the most textured 128 px window of a 3×3 grid",
+        Expert("aerecon-texture", "free", "aerecon-l2 on the most textured 128 px window of a 3×3 grid",
                fsets=("ae-texture",), free_score=col("s1_l2")),
-        # ---- linear heads on fixed features
-        Expert("ae-errors-lr", "lr", "LR on the 8 reconstruction-error features (2 scales × l2/hp/feat/tex)",
-               fsets=("ae",), columns=cols(lambda n: n.endswith(ERR))),
-        Expert("ae-latent-lr", "lr", "LR on taef2 latent means/stds (frozen encoder as feature extractor), 2 scales",
+        # ---- linear heads on the frozen taef2 encoder / reconstruction features
+        Expert("ae-errors-lr", "lr", "LR on the 4 reconstruction-error features (l2/hp/feat/tex)", fsets=("ae",),
+               columns=err),
+        Expert("ae-latent-lr", "lr", "LR on taef2 latent channel means/log-stds at scales 1, 2, 4",
                fsets=("ae",), columns=cols(lambda n: "_z_" in n)),
-        Expert("ae-lr", "lr", "LR on all 136 taef2 features (errors + latent statistics)", fsets=("ae",)),
+        Expert("ae-enc-s1-lr", "lr", "LR on taef2 encoder statistics (4 levels + latent) at scale 1 only",
+               fsets=("ae",), columns=cols(lambda n: n.startswith("s1_") and not n.endswith(ERR))),
+        Expert("ae-enc-lr", "lr", "LR on taef2 encoder statistics (4 levels + latent) at scales 1, 2, 4",
+               fsets=("ae",), columns=enc),
+        Expert("ae-lr", "lr", "LR on all taef2 features: encoder statistics at 3 scales + reconstruction errors",
+               fsets=("ae",)),
+        Expert("ae-lr-C1", "lr", "ae-lr with weaker regularisation (C=1)", fsets=("ae",), C=1.0),
+        Expert("ae-lr-C0.01", "lr", "ae-lr with stronger regularisation (C=0.01)", fsets=("ae",), C=0.01),
         Expert("ae-lr-asis", "lr", "ae-lr trained on the as-is condition only (no degradation augmentation)",
                fsets=("ae",), train_conditions=("asis",)),
         Expert("ae-lr-recon", "lr", "ae-lr with the training photos' taef2 reconstructions added as fakes",
                fsets=("ae",), recon=True),
         Expert("ae-lr-balanced", "lr", "ae-lr with each fake family weighted equally", fsets=("ae",), balance=True),
-        Expert("ae-texture-lr", "lr", "ae-lr on the most textured window instead of the centre", fsets=("ae-texture",)),
+        Expert("ae-texture-lr", "lr", "ae-lr on the most textured windows instead of the centre", fsets=("ae-texture",)),
+        # ---- other fixed features
         Expert("spectrum-lr", "lr", "the spectrum branch's features (blur-residual log-FFT, 64 px tiles) + LR",
                fsets=("spectrum",), C=0.01),
         Expert("spectrum-lr-asis", "lr", "spectrum-lr trained on the as-is condition only", fsets=("spectrum",),
@@ -155,16 +176,29 @@ def build_experts() -> dict[str, Expert]:
         Expert("phase-lr", "lr", "multi-scale NPR statistics (periodic difference profile, NPR residual energy) + LR",
                fsets=("phase",)),
         Expert("imgstats-lr", "lr", "global colour/sharpness statistics + LR", fsets=("imgstats",)),
+        # ---- the npr branch's network, trained per cell on pixels (expensive: run with --cells diagonal)
+        Expert("npr-cnn", "cnn", "NPRNet (width 8) from scratch on 96 px native crops, 300 steps × 32, as is + aug",
+               cnn={"width": 8, "crop": 96, "steps": 300, "batch": 32, "lr": 2e-3}),
+        Expert("npr-cnn-asis", "cnn", "npr-cnn trained on the as-is condition only", train_conditions=("asis",),
+               cnn={"width": 8, "crop": 96, "steps": 300, "batch": 32, "lr": 2e-3}),
         # ---- fusions
-        Expert("concat-lr", "lr", "one LR on ae + phase + imgstats features", fsets=("ae", "phase", "imgstats")),
-        Expert("fusion", "stack", "stacked LR over ae-lr, aerecon-l2, phase-lr, imgstats-lr, spectrum-lr",
-               members=("ae-lr", "aerecon-l2", "phase-lr", "imgstats-lr", "spectrum-lr")),
+        Expert("thumb-enc-lr", "lr", "LR on taef2 encoder statistics of the canonical view (whole image resized to "
+               "128 px, and 64 px)", fsets=("thumb-enc",), C=0.01, balance=True),
+        Expert("thumb-stats-lr", "lr", "imgstats of the canonical 128 px view + LR", fsets=("thumb-stats",), balance=True),
+        Expert("ae+thumb-lr", "lr", "one LR on ae + thumb-enc features", fsets=("ae", "thumb-enc"), C=0.01, balance=True),
+        Expert("ae+imgstats-lr", "lr", "one LR on the ae-lr and imgstats features (early fusion)",
+               fsets=("ae", "imgstats")),
+        Expert("concat-lr", "lr", "one LR on ae + phase + imgstats + spectrum features (early fusion)",
+               fsets=("ae", "phase", "imgstats", "spectrum"), C=0.03),
+        Expert("fusion", "stack", "stacked LR over ae-lr, aerecon-feat, imgstats-lr, phase-lr, spectrum-lr "
+               "(out-of-fold member scores, 4 inner folds by family / collection)",
+               members=("ae-lr", "aerecon-feat", "imgstats-lr", "phase-lr", "spectrum-lr")),
     ]
     return {e.name: e for e in ex}
 
 
-DEFAULT_EXPERTS = ("aerecon-l2", "ae-lr", "spectrum-lr", "phase-lr", "imgstats-lr", "fusion")
-QUICK_EXPERTS = ("aerecon-l2", "ae-lr", "spectrum-lr", "fusion")
+DEFAULT_EXPERTS = ("aerecon-l2", "aerecon-feat", "ae-lr", "imgstats-lr", "spectrum-lr", "phase-lr", "ae+imgstats-lr", "fusion")
+QUICK_EXPERTS = ("aerecon-feat", "ae-lr", "imgstats-lr", "ae+imgstats-lr")
 
 
 # =========================================================================== fitting
@@ -173,18 +207,27 @@ QUICK_EXPERTS = ("aerecon-l2", "ae-lr", "spectrum-lr", "fusion")
 class Data:
     """Feature matrices by (expert, source, condition) over the item list."""
 
-    def __init__(self, items: list[lf.Item], store: fe.FeatureStore):
-        self.items, self.store = items, store
+    def __init__(self, items: list[lf.Item], store: fe.FeatureStore, ctx: fe.Context | None = None):
+        self.items, self.store, self.ctx = items, store, ctx
         self.shas = [it.sha256 for it in items]
         self._cache: dict = {}
+        self._regions: dict = {}
+
+    def region(self, i: int, cond: str) -> np.ndarray:
+        key = (i, cond)
+        if key not in self._regions:
+            it = self.items[i]
+            self._regions[key] = self.ctx.region(it.sha256, it.file, "orig", cond)
+        return self._regions[key]
 
     def X(self, ex: Expert, source: str, cond: str, idx: list[int]) -> tuple[np.ndarray, list[str]]:
         key = (ex.fsets, ex.name if ex.columns else "", source, cond)
         if key not in self._cache:
             mats, names = [], []
             for f in ex.fsets:
-                d = self.store.table(f, source, cond)
-                if source == "orig":
+                src = source_of(f) if source == "orig" else source
+                d = self.store.table(f, src, cond)
+                if src != "recon":
                     mats.append(np.stack([d[s] for s in self.shas]))
                 else:  # reconstructions exist for real photos only
                     dim = len(next(iter(d.values())))
@@ -285,7 +328,64 @@ def fit_expert(ex: Expert, data: Data, idx: list[int], experts: dict[str, Expert
             z = np.stack([f(cond, tidx) for f in fitted], axis=1)
             return _lr_score(head, z)
         return score
+    if ex.kind == "cnn":
+        return fit_cnn(ex, data, idx, seed)
     raise ValueError(f"unknown expert kind {ex.kind!r}")
+
+
+def _crop(arr: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
+    from aligncore.data.crops import crop
+
+    return crop(arr, top, left, size, "reflect")
+
+
+def fit_cnn(ex: Expert, data: Data, idx: list[int], seed: int):
+    """Train the npr branch's network from scratch on this cell's training regions (self-contained loop)."""
+    import torch
+
+    from aligncore.data.crops import grid_positions, random_position
+    from aligncore.torchutil import seeded
+    from aligncore_plugins.npr_model import NPRNet
+
+    c = {"width": 8, "crop": 96, "steps": 300, "batch": 32, "lr": 2e-3, **ex.cnn}
+    size = c["crop"]
+    pool = [(i, cond) for i in idx for cond in ex.train_conditions]
+    labels = np.array([data.items[i].label for i, _ in pool])
+    by_class = [np.flatnonzero(labels == k) for k in (0, 1)]
+    rng = np.random.default_rng([seed, len(idx), sum(idx)])
+    with seeded(seed):
+        model = NPRNet(c["width"])
+    opt = torch.optim.AdamW(model.parameters(), lr=c["lr"], weight_decay=1e-4)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    model.train()
+    for step in range(c["steps"]):
+        half = c["batch"] // 2
+        pick = np.concatenate([rng.choice(by_class[0], half), rng.choice(by_class[1], c["batch"] - half)])
+        xs = []
+        for k in pick:
+            arr = data.region(*pool[k])
+            t, l = random_position(arr.shape[0], arr.shape[1], size, rng, 8)
+            xs.append(_crop(arr, t, l, size))
+        x = torch.from_numpy(np.stack(xs)).permute(0, 3, 1, 2).float().div_(255)
+        y = torch.from_numpy(labels[pick].astype(np.float32))
+        for g in opt.param_groups:  # linear warm-up, cosine decay
+            g["lr"] = c["lr"] * min(1.0, (step + 1) / 20) * 0.5 * (1 + np.cos(np.pi * step / c["steps"]))
+        loss = loss_fn(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+
+    def score(cond, tidx):
+        out = []
+        with torch.inference_mode():
+            for i in tidx:
+                arr = data.region(i, cond)
+                pos = grid_positions(arr.shape[0], arr.shape[1], size, 4, 8)
+                x = torch.from_numpy(np.stack([_crop(arr, t, l, size) for t, l in pos])).permute(0, 3, 1, 2).float().div_(255)
+                out.append(float(model(x).mean()))
+        return np.array(out)
+    return score
 
 
 def inner_folds(items: list[lf.Item], idx: list[int], k: int = 4) -> list[list[int]]:
@@ -363,7 +463,9 @@ def render(res: dict) -> str:
         "",
         "Protocol (`benchmarks/logo_folds.py`, `benchmarks/logo_features.py`): one fold per generator family with ≥ 10 "
         "fakes plus a pooled `rare` fold, crossed with 4 real folds (whole photo collections held out) = "
-        f"{run['n_cells']} cells. Training never sees the test fold's families, any fake from the publishers of its "
+        + (f"{run['n_cells']} cells" if run.get("cells", "all") == "all" else
+           f"{run['n_cells']} cells (`--cells diagonal`: generator fold k only against real fold k mod 4)")
+        + ". Training never sees the test fold's families, any fake from the publishers of its "
         "images, or the test photo collections. Metrics per cell on the test fold's fakes vs the held-out collections' "
         "photos; a fold's figure is the mean over its real folds, **mean** is over generator folds. Pixels only (no "
         "metadata), centre ≤512 window, ≤256 analysis region. Conditions applied to both classes identically: "
@@ -425,6 +527,9 @@ def parse_args(argv=None):
     ap.add_argument("--jobs", type=int, default=2, help="Feature-extraction worker processes (1 thread each).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", help="Markdown output (default benchmarks/results/generalization.md; quick: WORK/).")
+    ap.add_argument("--cells", choices=("all", "diagonal"), default="all",
+                    help="'diagonal': one real fold per generator fold (fold k with real fold k mod 4), for expensive experts.")
+    ap.add_argument("--cnn-steps", type=int, help="Override the training steps of cnn experts (smoke runs).")
     ap.add_argument("--list", action="store_true", help="List the experts and exit.")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
@@ -444,6 +549,10 @@ def main(argv=None) -> None:
         sys.exit(f"{shared / 'weights'} lacks taef2_encoder.pth / taef2_decoder.pth")
     work = Path(args.work) if args.work else Path(os.environ.get("TMPDIR", "/tmp")) / "aligncore-generalization"
     work.mkdir(parents=True, exist_ok=True)
+    if args.cnn_steps:
+        for e in experts.values():
+            if e.kind == "cnn":
+                e.cnn = {**e.cnn, "steps": args.cnn_steps}
     if args.experts == "default":
         wanted = list(QUICK_EXPERTS if args.quick else DEFAULT_EXPERTS)
     elif args.experts == "all":
@@ -462,6 +571,10 @@ def main(argv=None) -> None:
     gfolds = lf.generator_folds(all_items)
     items = lf.subsample(all_items, 8, 12, seed=args.seed) if args.quick else all_items
     cells = lf.build_cells(items, gfolds)
+    if args.cells == "diagonal":
+        rnames = list(lf.real_folds(items))
+        gnames = list(dict.fromkeys(c.gen_fold for c in cells))
+        cells = [c for c in cells if rnames.index(c.real_fold) == gnames.index(c.gen_fold) % len(rnames)]
     for c in cells:
         lf.check_cell(items, c)
     log(f"{len(items)} images ({sum(it.label for it in items)} fakes), {len(gfolds)} generator folds × "
@@ -484,7 +597,7 @@ def main(argv=None) -> None:
         f"(the rest from the cache)")
 
     # ---- fits
-    data = Data(items, store)
+    data = Data(items, store, fe.Context(shared / "data", shared / "weights", work, args.seed))
     out = {"experts": {}}
     for name in wanted:
         ex = experts[name]
@@ -497,10 +610,14 @@ def main(argv=None) -> None:
     cmd = "python benchmarks/generalization.py --shared SHARED --work WORK" + (" --quick" if args.quick else "")
     if args.experts != "default":
         cmd += f" --experts {args.experts}"
+    if args.cells != "all":
+        cmd += f" --cells {args.cells}"
+    if args.cnn_steps:
+        cmd += f" --cnn-steps {args.cnn_steps}"
     out["run"] = {
         "command": f"nice -n 10 {cmd} --jobs {args.jobs}", "wall_minutes": round(wall, 2), "quick": args.quick,
         "cpus": os.cpu_count(), "jobs": args.jobs, "python": platform.python_version(), "seed": args.seed,
-        "n_fakes": sum(it.label for it in items), "n_reals": sum(1 - it.label for it in items), "n_cells": len(cells),
+        "n_fakes": sum(it.label for it in items), "n_reals": sum(1 - it.label for it in items), "n_cells": len(cells), "cells": args.cells,
         "feature_stats": stats,
     }
     out["folds"] = [f for f in lf.describe(all_items) if f["fold"] in {c.gen_fold for c in cells}]

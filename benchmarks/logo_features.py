@@ -30,7 +30,7 @@ PIXEL_VERSION = "crop512-v1"
 WINDOW, REGION, ALIGN = 512, 256, 16
 CONDITIONS = ("asis", "jpeg90", "social")
 TRAIN_ONLY_CONDITIONS = ("aug",)
-AE_SCALES = (1, 2)
+AE_SCALES = (1, 2, 4)
 AE_CROP = 128
 
 
@@ -108,6 +108,34 @@ def condition_image(window: np.ndarray, condition: str, key: str = "", seed: int
     raise ValueError(f"unknown condition {condition!r} (known: {', '.join(CONDITIONS + TRAIN_ONLY_CONDITIONS)})")
 
 
+THUMB = 128
+
+
+def thumbnail(full: np.ndarray, condition: str, key: str = "", seed: int = 0, size: int = THUMB) -> np.ndarray:
+    """The canonical-size view: the whole image under ``condition`` (applied to the full image: JPEG q90;
+    ×0.5 + JPEG q75; or the aug chain), resized so its shorter side is ``size`` (bicubic, antialiased)
+    and centre-cropped to size×size. Resolution-independent: it sees composition, colour and the look
+    of the image at one scale, whatever size the file had."""
+    from PIL import Image
+
+    if condition == "asis":
+        img = full
+    elif condition == "jpeg90":
+        img = jpeg(full, 90)
+    elif condition == "social":
+        img = jpeg(resize(full, 0.5), 75)
+    elif condition == "aug":
+        img = aug_chain(full, key, seed)
+    else:
+        raise ValueError(f"unknown condition {condition!r}")
+    h, w = img.shape[:2]
+    f = size / min(h, w)
+    nh, nw = max(size, int(round(h * f))), max(size, int(round(w * f)))
+    small = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BICUBIC), dtype=np.uint8)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return np.ascontiguousarray(small[top : top + size, left : left + size])
+
+
 # --------------------------------------------------------------------------- feature sets
 
 
@@ -127,6 +155,19 @@ def ae_texture_vec(region: np.ndarray, ctx: "Context") -> np.ndarray:
     from aligncore_plugins.aerecon_model import image_features
 
     return image_features(ctx.autoencoder(), region, AE_SCALES, AE_CROP, "texture")
+
+
+def thumb_enc_vec(region: np.ndarray, ctx: "Context") -> np.ndarray:
+    """taef2 encoder statistics (4 levels + latent, means and log-stds) of the canonical-size view at
+    full and half size (no reconstruction)."""
+    from aligncore_plugins.aerecon_model import reduce, window_features
+    import torch
+
+    out = []
+    for s in (1, 2):
+        x = torch.from_numpy(np.array(reduce(region, s))).permute(2, 0, 1)[None].float().div_(255)
+        out.append(window_features(ctx.autoencoder(), x.contiguous(memory_format=torch.channels_last), reconstruct=False)[0])
+    return torch.cat(out).numpy().astype(np.float32)
 
 
 def phase_vec(region: np.ndarray, ctx: "Context") -> np.ndarray:
@@ -195,11 +236,16 @@ def imgstats_vec(region: np.ndarray, ctx: "Context") -> np.ndarray:
 #: feature set → (version, function). Bump the version when a function changes its output.
 FEATURE_SETS: dict[str, tuple[str, Callable]] = {
     "spectrum": ("v1", spectrum_vec),
-    "ae": ("v1", ae_vec),
-    "ae-texture": ("v1", ae_texture_vec),
+    "ae": ("v2", ae_vec),
+    "ae-texture": ("v2", ae_texture_vec),
     "phase": ("v1", phase_vec),
     "imgstats": ("v1", imgstats_vec),
+    "thumb-enc": ("v1", thumb_enc_vec),
+    "thumb-stats": ("v1", imgstats_vec),
 }
+
+#: feature sets computed on the canonical-size view (source ``thumb``) instead of the analysis region
+THUMB_SETS = ("thumb-enc", "thumb-stats")
 
 
 # --------------------------------------------------------------------------- context and caches
@@ -211,6 +257,7 @@ class Context:
     def __init__(self, data: Path, weights: Path, work: Path, seed: int = 0):
         self.data, self.weights, self.work, self.seed = Path(data), Path(weights), Path(work), seed
         self._ae = None
+        self._full: tuple[str, np.ndarray] | None = None
 
     def autoencoder(self):
         if self._ae is None:
@@ -251,7 +298,22 @@ class Context:
         _save_npy(p, arr)
         return arr
 
+    def thumb_path(self, sha: str, condition: str) -> Path:
+        return self.work / "thumbs" / f"thumb{THUMB}-v1" / condition / sha[:2] / f"{sha}.npy"
+
+    def thumb(self, sha: str, file: str, condition: str) -> np.ndarray:
+        p = self.thumb_path(sha, condition)
+        if p.exists():
+            return np.load(p)
+        if self._full is None or self._full[0] != sha:  # one decode serves every condition of an image
+            self._full = (sha, decode_pixels(self.data / file))
+        arr = thumbnail(self._full[1], condition, sha, self.seed)
+        _save_npy(p, arr)
+        return arr
+
     def region(self, sha: str, file: str, source: str, condition: str) -> np.ndarray:
+        if source == "thumb":
+            return self.thumb(sha, file, condition)
         if source == "orig":
             return condition_image(self.window(sha, file), condition, sha, self.seed)
         if source == "recon":
@@ -282,7 +344,7 @@ class FeatureStore:
 
     def path(self, fset: str, source: str, cond: str) -> Path:
         version = FEATURE_SETS[fset][0]
-        pix = PIXEL_VERSION if source == "orig" else f"taef2-{PIXEL_VERSION}"
+        pix = {"orig": PIXEL_VERSION, "thumb": f"thumb{THUMB}-v1"}.get(source, f"taef2-{PIXEL_VERSION}")
         return self.root / f"{fset}-{version}" / f"{pix}-{source}-{cond}.npz"
 
     def table(self, fset: str, source: str, cond: str) -> dict[str, np.ndarray]:

@@ -4,8 +4,8 @@ AEROBLADE-style and training-free: images decoded by a latent model's autoencode
 through such an autoencoder with a smaller error than photographs. The branch takes the centre
 ≤256 region of the image (the centre ≤512 window first, offsets on a 16-pixel grid: exactly what
 ``benchmarks/generalization.py`` measured), reconstructs a ``crop_size`` window of it at each scale
-through a TAESD-family tiny autoencoder from local weight files (default scale 1 and 2: the
-window at native resolution and the region reduced 2×) and scores
+through a TAESD-family tiny autoencoder from local weight files at the first of its ``scales``
+(default 1: native resolution), passes the region reduced 2× and 4× through the encoder too, and scores
 
 - without a checkpoint: ``P(fake) = sigmoid((center − log MSE at scale 1) / temperature)`` — nothing
   is fitted; ``center``/``temperature`` only place the 0.5 threshold and never change a ranking;
@@ -39,7 +39,7 @@ WINDOW, REGION, GRID = 512, 256, 16
 class AereconConfig(BranchConfig):
     encoder_path: str | None = Field(None, description="Encoder weights of a TAESD-family tiny autoencoder (.pth or .safetensors), e.g. taef2_encoder.pth.")
     decoder_path: str | None = Field(None, description="Decoder weights of the same autoencoder, e.g. taef2_decoder.pth.")
-    scales: list[int] = Field([1, 2], min_length=1, description="Integer reduction factors (box filter) at which a window is reconstructed; the first one gives the training-free score.")
+    scales: list[int] = Field([1, 2, 4], min_length=1, description="Integer reduction factors (box filter) of the analysed windows: the first is reconstructed (the training-free score), every one feeds the encoder statistics a head uses.")
     crop_size: int = Field(128, ge=8, description="Side of the reconstructed window at each scale (a multiple of the autoencoder's stride; smaller images use their whole region).")
     crop_select: Literal["center", "texture"] = Field("center", description="Window position: the region's centre, or its most textured window of a 3×3 grid.")
     distance: Literal["l2", "feat"] = Field("l2", description="Training-free distance: 'l2' = log MSE in pixels, 'feat' = log distance in the encoder's first-block features.")
@@ -147,7 +147,7 @@ class AereconBranch(Branch):
             self.head = {k: v.double().numpy() for k, v in sd.items()}
             from .aerecon_model import feature_names
 
-            n = len(feature_names(c.scales, model.latent_channels))
+            n = len(feature_names(model, c.scales))
             if self.head["coef"].shape[-1] != n:
                 raise AlignCoreError(f"{self.checkpoint_dir}: the head expects {self.head['coef'].shape[-1]} features, "
                                      f"this autoencoder and these scales give {n}.")
@@ -174,7 +174,7 @@ class AereconBranch(Branch):
             z = ((x - h["mean"]) / h["scale"]) @ h["coef"].reshape(-1) + float(h["intercept"].reshape(-1)[0])
         else:
             c = self.config
-            col = 0 if c.distance == "l2" else 2  # feature order per scale: l2, hp, feat, tex, …
+            col = 0 if c.distance == "l2" else 2  # the first columns: l2, hp, feat, tex of the first scale
             z = (c.center - x[:, col]) / c.temperature
         return (1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))).tolist()
 

@@ -7,15 +7,19 @@ TAESD-family tiny autoencoder (e.g. taef2), and the image is looked at on severa
 scale ``s`` a ``crop_size`` window of the image reduced ``s`` times (box filter, so scale 2 sees the
 centre 2·crop_size window of the original).
 
-Per scale the features are (logs of small positive numbers, so ratios become differences):
+At the first scale the window is reconstructed and four errors are kept (logs of small positive
+numbers, so ratios become differences):
 
 - ``l2``: mean squared error between the window and its reconstruction (RGB in [0, 1]);
 - ``hp``: the same for the 3×3 high-pass residual (fine detail the decoder had to re-invent);
 - ``feat``: squared distance between the encoder's first full-resolution block activations of the
   window and of its reconstruction, normalised per channel (a perceptual distance in the
   autoencoder's own features, as AEROBLADE uses LPIPS);
-- ``tex``: the window's own high-pass energy (texture: rich texture reconstructs worse for any image);
-- ``z_mean``/``z_std`` per latent channel (the frozen encoder as a feature extractor).
+- ``tex``: the window's own high-pass energy (texture: rich texture reconstructs worse for any image).
+
+At every scale the frozen encoder serves as a feature extractor: the channel means and log standard
+deviations of the last block of each of its resolution levels and of the latent (taef2: 4 × 64 + 32
+channels, 576 numbers per scale).
 
 :func:`windows` picks where the windows go: the centre, or the most textured of a grid
 (``texture``), at native resolution, never resampled except by the scale's box filter.
@@ -86,24 +90,49 @@ def windows(arr: np.ndarray, size: int, mode: Literal["center", "texture"] = "ce
     return [(best[0], best[1], wh, ww)]
 
 
-def feature_names(scales: Sequence[int], latent_channels: int) -> list[str]:
-    names = []
+def encoder_taps(model) -> list[int]:
+    """Indices of the encoder layers whose outputs are summarised: the last block of each resolution
+    level (before a stride-2 conv or the latent conv) and the latent itself."""
+    enc = model.layout.encoder
+    taps = [i for i in range(len(enc) - 1) if enc[i].kind == "block" and enc[i + 1].kind == "conv"]
+    return taps + [len(enc) - 1]
+
+
+def feature_names(model, scales: Sequence[int]) -> list[str]:
+    """Names of :func:`image_features`' columns: the reconstruction errors at the first scale, then per
+    scale and tapped encoder layer the channel means and log standard deviations."""
+    enc = model.layout.encoder
+    names = [f"s{scales[0]}_{k}" for k in ERROR_KEYS]
     for s in scales:
-        names += [f"s{s}_{k}" for k in ERROR_KEYS]
-        names += [f"s{s}_z_mean{c}" for c in range(latent_channels)]
-        names += [f"s{s}_z_std{c}" for c in range(latent_channels)]
+        for level, i in enumerate(encoder_taps(model)):
+            tag = "z" if i == len(enc) - 1 else f"L{level}"
+            names += [f"s{s}_{tag}_mean{c}" for c in range(enc[i].n_out)]
+            names += [f"s{s}_{tag}_lstd{c}" for c in range(enc[i].n_out)]
     return names
 
 
+def _stats(h: torch.Tensor) -> torch.Tensor:
+    return torch.cat([h.mean(dim=(2, 3)), h.std(dim=(2, 3), correction=0).clamp_min(1e-6).log()], dim=1)
+
+
 @torch.inference_mode()
-def window_features(model, x: torch.Tensor) -> torch.Tensor:
-    """x: (N, 3, H, W) float RGB in [0, 1] (H, W multiples of the model's stride) → (N, 4 + 2·latent)."""
+def window_features(model, x: torch.Tensor, reconstruct: bool = True) -> torch.Tensor:
+    """x: (N, 3, H, W) float RGB in [0, 1] (H, W multiples of the model's stride) → (N, F): the four
+    log reconstruction errors (when ``reconstruct``), then the tapped encoder layers' statistics."""
     eps = 1e-8
-    stem, rest = model.encoder[:2], model.encoder[2:]  # conv + first block at full resolution: the perceptual space
-    fx = stem(x)
-    z = rest(fx)
-    y = model.decode(z)
-    fy = stem(y)
+    taps = set(encoder_taps(model))
+    stats, feats = [], {}
+    h = x
+    for i, layer in enumerate(model.encoder):
+        h = layer(h)
+        if i == 1:
+            feats["stem"] = h  # conv + first block at full resolution: the perceptual space
+        if i in taps:
+            stats.append(_stats(h))
+    if not reconstruct:
+        return torch.cat(stats, dim=1)
+    y = model.decode(h)
+    fx, fy = feats["stem"], model.encoder[:2](y)
     e = y - x
     l2 = e.pow(2).mean(dim=(1, 2, 3))
     hp = high_pass(e).pow(2).mean(dim=(1, 2, 3))
@@ -111,29 +140,31 @@ def window_features(model, x: torch.Tensor) -> torch.Tensor:
     scale = fx.pow(2).mean(dim=(2, 3), keepdim=True).clamp_min(eps).sqrt()
     feat = ((fx - fy) / scale).pow(2).mean(dim=(1, 2, 3))
     errs = torch.stack([l2, hp, feat, tex], dim=1).clamp_min(eps).log()
-    return torch.cat([errs, z.mean(dim=(2, 3)), z.std(dim=(2, 3))], dim=1)
+    return torch.cat([errs, *stats], dim=1)
 
 
-def image_features(model, arr: np.ndarray, scales: Sequence[int] = (1, 2), crop_size: int = 128,
+def image_features(model, arr: np.ndarray, scales: Sequence[int] = (1, 2, 4), crop_size: int = 128,
                    crop_select: Literal["center", "texture"] = "center") -> np.ndarray:
-    """uint8 (H, W, 3) → the multi-scale feature vector (``feature_names`` order), float32.
+    """uint8 (H, W, 3) → the multi-scale feature vector (:func:`feature_names` order), float32.
 
-    A scale at which the reduced image is smaller than one latent cell repeats the previous scale's
-    features (a tiny image has no coarser view).
+    The window of the first scale is reconstructed (encoder + decoder); the other scales only pass
+    the encoder. A scale at which the reduced image is smaller than one latent cell repeats the
+    previous scale's statistics (a tiny image has no coarser view).
     """
     stride = model.stride
     out: list[torch.Tensor] = []
     dev = next(model.parameters()).device
-    for s in scales:
+    n_err = len(ERROR_KEYS)
+    for k, s in enumerate(scales):
         small = reduce(arr, s)
         if min(small.shape[:2]) < stride:
             if not out:
                 raise ValueError(f"image of {arr.shape[1]}x{arr.shape[0]} pixels is smaller than one latent cell")
-            out.append(out[-1])
+            out.append(out[-1][n_err:] if k == 1 else out[-1])
             continue
         t, l, h, w = windows(small, crop_size, crop_select, align=stride)[0]
         win = np.ascontiguousarray(small[t : t + h, l : l + w])
         x = torch.from_numpy(win).to(dev).permute(2, 0, 1)[None].float().div_(255)
         x = x.contiguous(memory_format=torch.channels_last)  # ~15 % faster convolutions on CPU
-        out.append(window_features(model, x)[0])
+        out.append(window_features(model, x, reconstruct=k == 0)[0])
     return torch.cat(out).cpu().numpy().astype(np.float32)

@@ -196,7 +196,9 @@ def test_aerecon_tiny_scores_in_unit_interval_and_repeats():
     f = br.features([br.preprocess(im) for im in ims])
     from aligncore_plugins.aerecon_model import feature_names
 
-    assert f.shape == (3, len(feature_names([1, 2], 4))) and np.isfinite(f).all()
+    names = feature_names(br.model, [1, 2, 4])
+    assert f.shape == (3, len(names)) and np.isfinite(f).all()
+    assert names[:4] == ["s1_l2", "s1_hp", "s1_feat", "s1_tex"] and names[-1] == "s4_z_lstd3"
 
 
 def test_aerecon_needs_weights_or_preset(tmp_path):
