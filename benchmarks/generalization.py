@@ -60,8 +60,8 @@ class Expert:
     """
 
     name: str
-    kind: str
-    doc: str
+    kind: str = "lr"
+    doc: str = ""
     fsets: tuple[str, ...] = ()
     columns: Callable[[list[str]], list[int]] | None = None  # which columns of the (concatenated) features
     train_conditions: tuple[str, ...] = ("asis", "aug")
@@ -81,7 +81,7 @@ class Expert:
             return out
         if self.kind == "cnn":
             return set()  # trains on pixels, not cached features
-        conds = set(fe.CONDITIONS) | set(self.train_conditions) | {"aug"}  # aug: stacked fusions train on it
+        conds = set(fe.CONDITIONS) | (set(self.train_conditions) if self.kind == "lr" else set())
         out = {(f, source_of(f), c) for f in self.fsets for c in conds}
         if self.recon:
             out |= {(f, "recon", c) for f in self.fsets for c in self.train_conditions}
@@ -132,9 +132,15 @@ def diff_cols(a: str, b: str, sign: float = -1.0):
 ERR = ("_l2", "_hp", "_feat", "_tex")
 
 
+AUG = ("asis", "aug")
+
+
 def build_experts() -> dict[str, Expert]:
+    """Every expert tried. Linear heads are standardised-feature logistic regressions with class- and
+    family-balanced weights; unless named ``-aug`` they train on the as-is condition only."""
     err = cols(lambda n: n.endswith(ERR))
     enc = cols(lambda n: not n.endswith(ERR))
+    lr = {"kind": "lr", "train_conditions": ("asis",), "C": 0.01, "balance": True}
     ex = [
         # ---- training-free reconstruction distance through taef2 (AEROBLADE-style)
         Expert("aerecon-l2", "free", "−log MSE of the 128 px centre window vs its taef2 reconstruction",
@@ -145,60 +151,61 @@ def build_experts() -> dict[str, Expert]:
                fsets=("ae",), free_score=diff_cols("s1_l2", "s1_tex")),
         Expert("aerecon-texture", "free", "aerecon-l2 on the most textured 128 px window of a 3×3 grid",
                fsets=("ae-texture",), free_score=col("s1_l2")),
-        # ---- linear heads on the frozen taef2 encoder / reconstruction features
-        Expert("ae-errors-lr", "lr", "LR on the 4 reconstruction-error features (l2/hp/feat/tex)", fsets=("ae",),
-               columns=err),
-        Expert("ae-latent-lr", "lr", "LR on taef2 latent channel means/log-stds at scales 1, 2, 4",
-               fsets=("ae",), columns=cols(lambda n: "_z_" in n)),
-        Expert("ae-enc-s1-lr", "lr", "LR on taef2 encoder statistics (4 levels + latent) at scale 1 only",
-               fsets=("ae",), columns=cols(lambda n: n.startswith("s1_") and not n.endswith(ERR))),
-        Expert("ae-enc-lr", "lr", "LR on taef2 encoder statistics (4 levels + latent) at scales 1, 2, 4",
-               fsets=("ae",), columns=enc),
-        Expert("ae-lr", "lr", "LR on all taef2 features: encoder statistics at 3 scales + reconstruction errors",
-               fsets=("ae",)),
-        Expert("ae-lr-C1", "lr", "ae-lr with weaker regularisation (C=1)", fsets=("ae",), C=1.0),
-        Expert("ae-lr-C0.01", "lr", "ae-lr with stronger regularisation (C=0.01)", fsets=("ae",), C=0.01),
-        Expert("ae-lr-asis", "lr", "ae-lr trained on the as-is condition only (no degradation augmentation)",
-               fsets=("ae",), train_conditions=("asis",)),
-        Expert("ae-lr-recon", "lr", "ae-lr with the training photos' taef2 reconstructions added as fakes",
-               fsets=("ae",), recon=True),
-        Expert("ae-lr-balanced", "lr", "ae-lr with each fake family weighted equally", fsets=("ae",), balance=True),
-        Expert("ae-texture-lr", "lr", "ae-lr on the most textured windows instead of the centre", fsets=("ae-texture",)),
+        # ---- linear heads on the frozen taef2 encoder / reconstruction features of the native region
+        Expert("ae-errors-lr", doc="LR on the 4 reconstruction errors (l2/hp/feat/tex)", fsets=("ae",), columns=err, **lr),
+        Expert("ae-latent-lr", doc="LR on taef2 latent channel means/log-stds at scales 1, 2, 4", fsets=("ae",),
+               columns=cols(lambda n: "_z_" in n), **lr),
+        Expert("ae-enc-s1-lr", doc="LR on taef2 encoder statistics (4 levels + latent) at scale 1 only", fsets=("ae",),
+               columns=cols(lambda n: n.startswith("s1_") and not n.endswith(ERR)), **lr),
+        Expert("ae-enc-lr", doc="LR on taef2 encoder statistics at scales 1, 2, 4 (no reconstruction)", fsets=("ae",),
+               columns=enc, **lr),
+        Expert("ae-lr", doc="LR on the aerecon feature vector: encoder statistics at 3 scales + reconstruction errors",
+               fsets=("ae",), **lr),
+        Expert("ae-lr-aug", doc="ae-lr trained on as-is + one random degradation of every image (aug chain)",
+               fsets=("ae",), **{**lr, "train_conditions": AUG}),
+        Expert("ae-lr-C0.1", doc="ae-lr with weaker regularisation (C=0.1)", fsets=("ae",), **{**lr, "C": 0.1}),
+        Expert("ae-lr-unbalanced", doc="ae-lr without family-balanced weights", fsets=("ae",), **{**lr, "balance": False}),
+        Expert("ae-lr-recon", doc="ae-lr with the training photos' taef2 reconstructions added as fakes",
+               fsets=("ae",), recon=True, **lr),
+        Expert("ae-texture-lr", doc="ae-lr on the most textured windows instead of the centre", fsets=("ae-texture",), **lr),
+        # ---- the canonical-size view (whole image resized to 128 px)
+        Expert("thumb-enc-lr", doc="LR on taef2 encoder statistics of the canonical view (whole image resized to 128 px, "
+               "and 64 px)", fsets=("thumb-enc",), **lr),
+        Expert("thumb-stats-lr", doc="imgstats of the canonical 128 px view + LR", fsets=("thumb-stats",), **lr),
         # ---- other fixed features
-        Expert("spectrum-lr", "lr", "the spectrum branch's features (blur-residual log-FFT, 64 px tiles) + LR",
-               fsets=("spectrum",), C=0.01),
-        Expert("spectrum-lr-asis", "lr", "spectrum-lr trained on the as-is condition only", fsets=("spectrum",),
-               train_conditions=("asis",), C=0.01),
-        Expert("spectrum-lr-recon", "lr", "spectrum-lr with the training photos' taef2 reconstructions as extra fakes",
-               fsets=("spectrum",), recon=True, C=0.01),
-        Expert("spectrum-recon-only", "lr", "spectrum-lr trained only on photos vs their taef2 reconstructions "
-               "(the README's pixel-set recipe, no generator fakes)", fsets=("spectrum",), recon=True, C=0.01),
-        Expert("phase-lr", "lr", "multi-scale NPR statistics (periodic difference profile, NPR residual energy) + LR",
-               fsets=("phase",)),
-        Expert("imgstats-lr", "lr", "global colour/sharpness statistics + LR", fsets=("imgstats",)),
+        Expert("spectrum-lr", doc="the spectrum branch's features (blur-residual log-FFT, 64 px tiles) + LR",
+               fsets=("spectrum",), **lr),
+        Expert("spectrum-lr-aug", doc="spectrum-lr trained on as-is + aug", fsets=("spectrum",), **{**lr, "train_conditions": AUG}),
+        Expert("spectrum-lr-recon", doc="spectrum-lr with the training photos' taef2 reconstructions as extra fakes",
+               fsets=("spectrum",), recon=True, **lr),
+        Expert("spectrum-recon-only", doc="spectrum-lr trained only on photos vs their taef2 reconstructions "
+               "(the README's pixel-set recipe, no generator fakes)", fsets=("spectrum",), recon=True, **lr),
+        Expert("phase-lr", doc="multi-scale NPR statistics (periodic difference profile, NPR residual energy) + LR",
+               fsets=("phase",), **lr),
+        Expert("imgstats-lr", doc="global colour/sharpness statistics of the native region + LR", fsets=("imgstats",), **lr),
         # ---- the npr branch's network, trained per cell on pixels (expensive: run with --cells diagonal)
         Expert("npr-cnn", "cnn", "NPRNet (width 8) from scratch on 96 px native crops, 300 steps × 32, as is + aug",
-               cnn={"width": 8, "crop": 96, "steps": 300, "batch": 32, "lr": 2e-3}),
-        Expert("npr-cnn-asis", "cnn", "npr-cnn trained on the as-is condition only", train_conditions=("asis",),
-               cnn={"width": 8, "crop": 96, "steps": 300, "batch": 32, "lr": 2e-3}),
+               train_conditions=AUG, cnn={"width": 8, "crop": 96, "steps": 300, "batch": 32, "lr": 2e-3}),
         # ---- fusions
-        Expert("thumb-enc-lr", "lr", "LR on taef2 encoder statistics of the canonical view (whole image resized to "
-               "128 px, and 64 px)", fsets=("thumb-enc",), C=0.01, balance=True),
-        Expert("thumb-stats-lr", "lr", "imgstats of the canonical 128 px view + LR", fsets=("thumb-stats",), balance=True),
-        Expert("ae+thumb-lr", "lr", "one LR on ae + thumb-enc features", fsets=("ae", "thumb-enc"), C=0.01, balance=True),
-        Expert("ae+imgstats-lr", "lr", "one LR on the ae-lr and imgstats features (early fusion)",
-               fsets=("ae", "imgstats")),
-        Expert("concat-lr", "lr", "one LR on ae + phase + imgstats + spectrum features (early fusion)",
-               fsets=("ae", "phase", "imgstats", "spectrum"), C=0.03),
-        Expert("fusion", "stack", "stacked LR over ae-lr, aerecon-feat, imgstats-lr, phase-lr, spectrum-lr "
+        Expert("ae+thumb-lr", doc="early fusion: one LR on the ae-lr and thumb-enc-lr features (the recommended detector)",
+               fsets=("ae", "thumb-enc"), **lr),
+        Expert("ae+thumb-lr-aug", doc="ae+thumb-lr trained on as-is + aug", fsets=("ae", "thumb-enc"),
+               **{**lr, "train_conditions": AUG}),
+        Expert("ae+thumb+imgstats-lr", doc="early fusion of ae, thumb-enc and imgstats features",
+               fsets=("ae", "thumb-enc", "imgstats"), **lr),
+        Expert("concat-all-lr", doc="early fusion of ae, thumb-enc, imgstats, phase and spectrum features",
+               fsets=("ae", "thumb-enc", "imgstats", "phase", "spectrum"), **lr),
+        Expert("fusion-stack", "stack", "stacked LR over ae-lr, thumb-enc-lr, aerecon-feat, imgstats-lr, spectrum-lr "
                "(out-of-fold member scores, 4 inner folds by family / collection)",
-               members=("ae-lr", "aerecon-feat", "imgstats-lr", "phase-lr", "spectrum-lr")),
+               members=("ae-lr", "thumb-enc-lr", "aerecon-feat", "imgstats-lr", "spectrum-lr")),
     ]
     return {e.name: e for e in ex}
 
 
-DEFAULT_EXPERTS = ("aerecon-l2", "aerecon-feat", "ae-lr", "imgstats-lr", "spectrum-lr", "phase-lr", "ae+imgstats-lr", "fusion")
-QUICK_EXPERTS = ("aerecon-feat", "ae-lr", "imgstats-lr", "ae+imgstats-lr")
+DEFAULT_EXPERTS = ("aerecon-l2", "aerecon-feat", "spectrum-lr", "phase-lr", "imgstats-lr", "ae-lr", "thumb-enc-lr",
+                   "ae+thumb-lr")
+QUICK_EXPERTS = ("aerecon-feat", "spectrum-lr", "ae-lr", "thumb-enc-lr", "ae+thumb-lr")
+
 
 
 # =========================================================================== fitting
@@ -308,7 +315,7 @@ def fit_expert(ex: Expert, data: Data, idx: list[int], experts: dict[str, Expert
     if ex.kind == "stack":
         members = [experts[m] for m in ex.members]
         inner = inner_folds(data.items, idx, k=4)
-        conds = ("asis", "aug")
+        conds = ("asis",)
         oof = {c: np.zeros((len(idx), len(members))) for c in conds}
         pos = {i: k for k, i in enumerate(idx)}
         for held in inner:
@@ -513,6 +520,48 @@ def render(res: dict) -> str:
     return "\n".join(lines)
 
 
+# =========================================================================== export
+
+
+def export_head(ex: Expert, data: Data, shared: Path, out: Path, seed: int) -> dict:
+    """Fit ``ex`` (an lr expert over ae [+ thumb-enc] features) on every image and write it as an
+    ``aerecon`` head checkpoint; also record a threshold at 5 % FPR on real photos, read off
+    out-of-fold scores (each real fold scored by a fit that never saw its collections)."""
+    if ex.kind != "lr" or ex.fsets not in (("ae",), ("ae", "thumb-enc")) or ex.columns is not None or ex.recon:
+        raise SystemExit(f"--export needs an lr expert over ae or ae+thumb-enc features (all columns), not {ex.name}")
+    from aligncore import create_branch
+    from aligncore_plugins.aerecon import save_head
+
+    idx = list(range(len(data.items)))
+    x, y, w = train_rows(ex, data, idx)
+    sc, clf = _lr_fit(x, y, ex.C, w)
+    oof = []
+    for rf, groups in lf.real_folds(data.items).items():
+        held = [i for i in idx if not data.items[i].label and data.items[i].real_group in groups]
+        rest = [i for i in idx if i not in set(held)]
+        xr, yr, wr = train_rows(ex, data, rest)
+        model = _lr_fit(xr, yr, ex.C, wr)
+        oof += list(_lr_score(model, data.X(ex, "orig", "asis", held)[0]))
+    threshold = float(np.quantile(oof, 0.95))
+    branch = create_branch("aerecon", encoder_path=str(shared / "weights" / "taef2_encoder.pth"),
+                           decoder_path=str(shared / "weights" / "taef2_decoder.pth"), device="cpu",
+                           scales=list(fe.AE_SCALES), crop_size=fe.AE_CROP,
+                           canonical_size=fe.THUMB if "thumb-enc" in ex.fsets else None)
+    info = {
+        "fitted_by": "benchmarks/generalization.py --export", "expert": ex.name,
+        "data": f"SHARED/data: {int(y.sum())} fakes and {int((1 - y).sum())} real photos, as-is condition",
+        "head": {"C": ex.C, "class_weight": "balanced", "family_balanced": ex.balance, "train_conditions": list(ex.train_conditions)},
+        "threshold_logit_5fpr": threshold,
+        "threshold_note": "95th percentile of out-of-fold logits of the real photos (4 real folds, each scored by a fit without it)",
+        "seed": seed,
+    }
+    save_head(branch, out, sc.mean_, sc.scale_, clf.coef_[0], clf.intercept_, info=info)
+    from aligncore.hashing import sha256_file
+
+    return {"out": str(out), "head_sha256": sha256_file(out / "head.safetensors"), "threshold_logit_5fpr": threshold,
+            "n_features": int(x.shape[1])}
+
+
 # =========================================================================== main
 
 
@@ -530,6 +579,9 @@ def parse_args(argv=None):
     ap.add_argument("--cells", choices=("all", "diagonal"), default="all",
                     help="'diagonal': one real fold per generator fold (fold k with real fold k mod 4), for expensive experts.")
     ap.add_argument("--cnn-steps", type=int, help="Override the training steps of cnn experts (smoke runs).")
+    ap.add_argument("--export", metavar="DIR", help="Instead of evaluating: fit --export-expert on every image and write "
+                    "an aerecon head checkpoint to DIR.")
+    ap.add_argument("--export-expert", default="ae+thumb-lr", help="The expert --export fits (default ae+thumb-lr).")
     ap.add_argument("--list", action="store_true", help="List the experts and exit.")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
@@ -553,6 +605,8 @@ def main(argv=None) -> None:
         for e in experts.values():
             if e.kind == "cnn":
                 e.cnn = {**e.cnn, "steps": args.cnn_steps}
+    if args.export:
+        args.experts = args.export_expert
     if args.experts == "default":
         wanted = list(QUICK_EXPERTS if args.quick else DEFAULT_EXPERTS)
     elif args.experts == "all":
@@ -598,6 +652,12 @@ def main(argv=None) -> None:
 
     # ---- fits
     data = Data(items, store, fe.Context(shared / "data", shared / "weights", work, args.seed))
+    if args.export:
+        if args.quick:
+            sys.exit("--export fits on every image; drop --quick")
+        res = export_head(experts[args.export_expert], data, shared, Path(args.export), args.seed)
+        print(json.dumps(res, indent=1))
+        return
     out = {"experts": {}}
     for name in wanted:
         ex = experts[name]

@@ -112,11 +112,11 @@ THUMB = 128
 
 
 def thumbnail(full: np.ndarray, condition: str, key: str = "", seed: int = 0, size: int = THUMB) -> np.ndarray:
-    """The canonical-size view: the whole image under ``condition`` (applied to the full image: JPEG q90;
-    ×0.5 + JPEG q75; or the aug chain), resized so its shorter side is ``size`` (bicubic, antialiased)
-    and centre-cropped to size×size. Resolution-independent: it sees composition, colour and the look
-    of the image at one scale, whatever size the file had."""
-    from PIL import Image
+    """The canonical-size view of the whole image under ``condition`` (applied to the full image: JPEG
+    q90; ×0.5 + JPEG q75; or the aug chain): resized so its shorter side is ``size`` and centre-cropped
+    (the aerecon branch's ``canonical_view``). Resolution-independent: it sees composition, colour and
+    the look of the image at one scale, whatever size the file had."""
+    from aligncore_plugins.aerecon_model import canonical_view
 
     if condition == "asis":
         img = full
@@ -128,12 +128,7 @@ def thumbnail(full: np.ndarray, condition: str, key: str = "", seed: int = 0, si
         img = aug_chain(full, key, seed)
     else:
         raise ValueError(f"unknown condition {condition!r}")
-    h, w = img.shape[:2]
-    f = size / min(h, w)
-    nh, nw = max(size, int(round(h * f))), max(size, int(round(w * f)))
-    small = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BICUBIC), dtype=np.uint8)
-    top, left = (nh - size) // 2, (nw - size) // 2
-    return np.ascontiguousarray(small[top : top + size, left : left + size])
+    return canonical_view(img, size)
 
 
 # --------------------------------------------------------------------------- feature sets
@@ -160,14 +155,9 @@ def ae_texture_vec(region: np.ndarray, ctx: "Context") -> np.ndarray:
 def thumb_enc_vec(region: np.ndarray, ctx: "Context") -> np.ndarray:
     """taef2 encoder statistics (4 levels + latent, means and log-stds) of the canonical-size view at
     full and half size (no reconstruction)."""
-    from aligncore_plugins.aerecon_model import reduce, window_features
-    import torch
+    from aligncore_plugins.aerecon_model import canonical_features
 
-    out = []
-    for s in (1, 2):
-        x = torch.from_numpy(np.array(reduce(region, s))).permute(2, 0, 1)[None].float().div_(255)
-        out.append(window_features(ctx.autoencoder(), x.contiguous(memory_format=torch.channels_last), reconstruct=False)[0])
-    return torch.cat(out).numpy().astype(np.float32)
+    return canonical_features(ctx.autoencoder(), region)
 
 
 def phase_vec(region: np.ndarray, ctx: "Context") -> np.ndarray:

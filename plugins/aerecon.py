@@ -10,8 +10,9 @@ through a TAESD-family tiny autoencoder from local weight files at the first of 
 - without a checkpoint: ``P(fake) = sigmoid((center − log MSE at scale 1) / temperature)`` — nothing
   is fitted; ``center``/``temperature`` only place the 0.5 threshold and never change a ranking;
 - with ``checkpoint=DIR`` (a ``head.safetensors`` + ``branch.json`` written by :func:`save_head`):
-  a logistic-regression head over all multi-scale features (reconstruction errors and the frozen
-  encoder's latent statistics; :mod:`aligncore_plugins.aerecon_model` lists them).
+  a logistic-regression head over all its features — the reconstruction errors, the frozen
+  encoder's statistics at every scale, and the same statistics of a canonical view (the whole image
+  resized to ``canonical_size``; :mod:`aligncore_plugins.aerecon_model` lists them).
 
 ``preset=tiny`` builds a small random-weight autoencoder offline (tests, demos; not a detector).
 Torch is imported only when the model is built.
@@ -42,6 +43,7 @@ class AereconConfig(BranchConfig):
     scales: list[int] = Field([1, 2, 4], min_length=1, description="Integer reduction factors (box filter) of the analysed windows: the first is reconstructed (the training-free score), every one feeds the encoder statistics a head uses.")
     crop_size: int = Field(128, ge=8, description="Side of the reconstructed window at each scale (a multiple of the autoencoder's stride; smaller images use their whole region).")
     crop_select: Literal["center", "texture"] = Field("center", description="Window position: the region's centre, or its most textured window of a 3×3 grid.")
+    canonical_size: int | None = Field(128, ge=16, description="Side of the canonical view (the whole image resized so its shorter side is this, centre-cropped) whose encoder statistics a head also uses; None = the native region only.")
     distance: Literal["l2", "feat"] = Field("l2", description="Training-free distance: 'l2' = log MSE in pixels, 'feat' = log distance in the encoder's first-block features.")
     center: float = Field(-6.2, description="Training-free score: the log distance scored 0.5 (lower distances score higher).")
     temperature: float = Field(0.6, gt=0, description="Training-free score: log-distance units per logit.")
@@ -55,7 +57,7 @@ class AereconBranch(Branch):
             "(AEROBLADE-style), multi-scale; optional linear head over its features.")
     config_class = AereconConfig
     #: fields a head checkpoint fixes (its features depend on them)
-    architecture_fields = ("scales", "crop_size", "crop_select")
+    architecture_fields = ("scales", "crop_size", "crop_select", "canonical_size")
     #: the weight files' paths never change a score; their bytes do (see weights_digest)
     nonscoring_fields = Branch.nonscoring_fields | {"encoder_path", "decoder_path"}
     config: AereconConfig
@@ -145,35 +147,52 @@ class AereconBranch(Branch):
 
             sd = load_state_dict(self.checkpoint_dir / HEAD_FILE)
             self.head = {k: v.double().numpy() for k, v in sd.items()}
-            from .aerecon_model import feature_names
-
-            n = len(feature_names(model, c.scales))
+            n = len(self.feature_names())
             if self.head["coef"].shape[-1] != n:
                 raise AlignCoreError(f"{self.checkpoint_dir}: the head expects {self.head['coef'].shape[-1]} features, "
-                                     f"this autoencoder and these scales give {n}.")
+                                     f"this autoencoder and these settings give {n}.")
 
     # ------------------------------------------------------------------ scoring
-    def preprocess(self, image) -> np.ndarray:
-        """PIL RGB (or uint8 array) → the uint8 centre region the protocol analyses (no resampling)."""
+    def preprocess(self, image) -> tuple[np.ndarray, np.ndarray | None]:
+        """PIL RGB (or uint8 array) → (the uint8 centre region the protocol analyses, never resampled;
+        the canonical view, or None when ``canonical_size`` is None)."""
+        from .aerecon_model import canonical_view
+
         arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
-        return analysis_region(arr)
+        size = self.config.canonical_size
+        return analysis_region(arr), (canonical_view(arr, size) if size else None)
 
     def collate(self, items):
         return list(items)  # regions differ in size; the model sees one image at a time
 
-    def features(self, regions) -> np.ndarray:
-        from .aerecon_model import image_features
+    def feature_names(self) -> list[str]:
+        """Column names of :meth:`features` (the autoencoder must be loaded)."""
+        from .aerecon_model import canonical_names, feature_names
+
+        names = feature_names(self.model, self.config.scales)
+        return names + (canonical_names(self.model) if self.config.canonical_size else [])
+
+    def features(self, batch, native_only: bool = False) -> np.ndarray:
+        """Preprocessed items → (N, F) float32: the native region's features, then the canonical view's."""
+        from .aerecon_model import canonical_features, image_features
 
         c = self.config
-        return np.stack([image_features(self.model, r, c.scales, c.crop_size, c.crop_select) for r in regions])
+        rows = []
+        for region, view in batch:
+            f = image_features(self.model, region, c.scales, c.crop_size, c.crop_select)
+            if view is not None and not native_only:
+                f = np.concatenate([f, canonical_features(self.model, view)])
+            rows.append(f)
+        return np.stack(rows)
 
     def score_batch(self, batch) -> list[float]:
-        x = self.features(batch).astype(np.float64)
         if self.head is not None:
             h = self.head
+            x = self.features(batch).astype(np.float64)
             z = ((x - h["mean"]) / h["scale"]) @ h["coef"].reshape(-1) + float(h["intercept"].reshape(-1)[0])
         else:
             c = self.config
+            x = self.features(batch, native_only=True).astype(np.float64)
             col = 0 if c.distance == "l2" else 2  # the first columns: l2, hp, feat, tex of the first scale
             z = (c.center - x[:, col]) / c.temperature
         return (1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))).tolist()

@@ -143,6 +143,33 @@ def window_features(model, x: torch.Tensor, reconstruct: bool = True) -> torch.T
     return torch.cat([errs, *stats], dim=1)
 
 
+def canonical_view(arr: np.ndarray, size: int = 128) -> np.ndarray:
+    """The whole image resized so its shorter side is ``size`` (bicubic, antialiased), centre-cropped
+    to size×size: a view of composition, colour and look that no longer depends on the file's size."""
+    from PIL import Image
+
+    h, w = arr.shape[:2]
+    f = size / min(h, w)
+    nh, nw = max(size, int(round(h * f))), max(size, int(round(w * f)))
+    small = np.asarray(Image.fromarray(arr).resize((nw, nh), Image.BICUBIC), dtype=np.uint8)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    return np.ascontiguousarray(small[top : top + size, left : left + size])
+
+
+def canonical_names(model) -> list[str]:
+    return [n.replace("s", "c", 1) for n in feature_names(model, (1, 2))[len(ERROR_KEYS):]]
+
+
+def canonical_features(model, view: np.ndarray) -> np.ndarray:
+    """Encoder statistics (no reconstruction) of the canonical view at full and half size."""
+    dev = next(model.parameters()).device
+    out = []
+    for s in (1, 2):
+        x = torch.from_numpy(np.array(reduce(view, s))).to(dev).permute(2, 0, 1)[None].float().div_(255)
+        out.append(window_features(model, x.contiguous(memory_format=torch.channels_last), reconstruct=False)[0])
+    return torch.cat(out).cpu().numpy().astype(np.float32)
+
+
 def image_features(model, arr: np.ndarray, scales: Sequence[int] = (1, 2, 4), crop_size: int = 128,
                    crop_select: Literal["center", "texture"] = "center") -> np.ndarray:
     """uint8 (H, W, 3) → the multi-scale feature vector (:func:`feature_names` order), float32.
