@@ -424,7 +424,9 @@ def cell_metrics(labels: np.ndarray, scores: np.ndarray) -> dict:
 def evaluate(ex: Expert, data: Data, cells: list[lf.Cell], experts: dict[str, Expert], seed: int) -> dict:
     t0 = time.monotonic()
     per_cell = []
-    for cell in cells:
+    for k, cell in enumerate(cells):
+        if ex.kind in ("cnn", "stack"):
+            log(f"{ex.name}: cell {k + 1}/{len(cells)} ({cell.name})")
         f = fit_expert(ex, data, cell.train, experts, seed)
         y = np.array([data.items[i].label for i in cell.test])
         row = {"gen_fold": cell.gen_fold, "real_fold": cell.real_fold}
@@ -572,7 +574,8 @@ def parse_args(argv=None):
     ap.add_argument("--work", help="Cache folder for decoded pixels and features (outside the repository); "
                     "default: a folder under the system temp dir.")
     ap.add_argument("--quick", action="store_true", help="Stratified subset and fewer experts (a few minutes).")
-    ap.add_argument("--experts", default="default", help="Comma-separated expert names, 'default' or 'all'.")
+    ap.add_argument("--experts", default="default",
+                    help="Comma-separated expert names, 'default' or 'all' (every expert but the slow cnn ones).")
     ap.add_argument("--jobs", type=int, default=2, help="Feature-extraction worker processes (1 thread each).")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--results", help="Markdown output (default benchmarks/results/generalization.md; quick: WORK/).")
@@ -582,6 +585,7 @@ def parse_args(argv=None):
     ap.add_argument("--export", metavar="DIR", help="Instead of evaluating: fit --export-expert on every image and write "
                     "an aerecon head checkpoint to DIR.")
     ap.add_argument("--export-expert", default="ae+thumb-lr", help="The expert --export fits (default ae+thumb-lr).")
+    ap.add_argument("--render", metavar="JSON", help="Re-render the markdown of an earlier run's .json and exit.")
     ap.add_argument("--list", action="store_true", help="List the experts and exit.")
     ap.add_argument("--no-progress", action="store_true")
     return ap.parse_args(argv)
@@ -593,6 +597,12 @@ def main(argv=None) -> None:
     if args.list:
         for e in experts.values():
             print(f"{e.name:22s} {e.kind:6s} {e.doc}")
+        return
+    if args.render:
+        src = Path(args.render)
+        md = render(json.loads(src.read_text()))
+        src.with_suffix(".md").write_text(md)
+        print(md)
         return
     if not args.shared or not (Path(args.shared) / "data" / "MANIFEST.csv").is_file():
         sys.exit("pass --shared DIR (or set ALIGNCORE_SHARED) pointing at the folder holding data/MANIFEST.csv and weights/")
@@ -610,7 +620,7 @@ def main(argv=None) -> None:
     if args.experts == "default":
         wanted = list(QUICK_EXPERTS if args.quick else DEFAULT_EXPERTS)
     elif args.experts == "all":
-        wanted = list(experts)
+        wanted = [n for n, e in experts.items() if e.kind != "cnn"]  # cnn experts only by name (slow)
     else:
         wanted = [e.strip() for e in args.experts.split(",") if e.strip()]
         unknown = [e for e in wanted if e not in experts]
@@ -674,6 +684,9 @@ def main(argv=None) -> None:
         cmd += f" --cells {args.cells}"
     if args.cnn_steps:
         cmd += f" --cnn-steps {args.cnn_steps}"
+    if args.results:
+        rp = Path(args.results).resolve()
+        cmd += f" --results {rp.relative_to(REPO) if rp.is_relative_to(REPO) else 'OUT.md'}"
     out["run"] = {
         "command": f"nice -n 10 {cmd} --jobs {args.jobs}", "wall_minutes": round(wall, 2), "quick": args.quick,
         "cpus": os.cpu_count(), "jobs": args.jobs, "python": platform.python_version(), "seed": args.seed,

@@ -190,7 +190,7 @@ def image_features(model, arr: np.ndarray, scales: Sequence[int] = (1, 2, 4), cr
             out.append(out[-1][n_err:] if k == 1 else out[-1])
             continue
         t, l, h, w = windows(small, crop_size, crop_select, align=stride)[0]
-        win = np.ascontiguousarray(small[t : t + h, l : l + w])
+        win = np.array(small[t : t + h, l : l + w])  # a writable copy for torch.from_numpy
         x = torch.from_numpy(win).to(dev).permute(2, 0, 1)[None].float().div_(255)
         x = x.contiguous(memory_format=torch.channels_last)  # ~15 % faster convolutions on CPU
         out.append(window_features(model, x, reconstruct=k == 0)[0])

@@ -298,3 +298,54 @@ def test_aerecon_with_real_taef2_prefers_reconstructions(shared_weights, shared_
         rec = rec.round().clamp(0, 255).to(torch.uint8).numpy()
         real_score, rec_score = br.score_batch([(region, None), (rec, None)])
         assert rec_score > real_score, p.name
+
+
+# --------------------------------------------------------------------------- the benchmark's fitting helpers
+
+
+def test_inner_folds_keep_groups_whole_and_both_classes(toy_items):
+    import generalization as gen
+
+    cell = lf.build_cells(toy_items, gen_only=["muse"], real_only=["coco"])[0]
+    folds = gen.inner_folds(toy_items, cell.train, k=3)
+    assert sorted(i for f in folds for i in f) == sorted(cell.train)
+    for f in folds:
+        assert {toy_items[i].label for i in f} == {0, 1}
+    owner = {}
+    for k, f in enumerate(folds):
+        for i in f:
+            key = toy_items[i].family or toy_items[i].real_group
+            assert owner.setdefault(key, k) == k, f"{key} split across inner folds"
+
+
+def test_summary_is_mean_over_generator_folds_of_mean_over_real_folds():
+    import generalization as gen
+
+    def m(a):
+        return {"auc": a, "ap": a, "tpr5": a}
+
+    cells = [{"gen_fold": g, "real_fold": r, **{c: m(v) for c in fe.CONDITIONS}}
+             for g, r, v in (("a", "x", 1.0), ("a", "y", 0.5), ("b", "x", 0.6), ("b", "y", 0.6))]
+    s = gen.summarise(cells)["asis"]
+    assert s["by_gen_fold"]["a"]["auc"] == pytest.approx(0.75)
+    assert s["mean"]["auc"] == pytest.approx(0.675)
+    assert s["by_real_fold"]["x"]["auc"] == pytest.approx(0.8)
+    assert s["worst_fold"] == {"fold": "b", "auc": pytest.approx(0.6)}
+
+
+def test_family_balanced_weights(toy_items, tmp_path):
+    import generalization as gen
+
+    class Store:
+        def table(self, fset, source, cond):
+            return {it.sha256: np.zeros(3, np.float32) for it in toy_items}
+
+    data = gen.Data(toy_items, Store())
+    ex = gen.Expert("t", fsets=("phase",), balance=True, train_conditions=("asis",))
+    idx = [i for i, it in enumerate(toy_items) if it.family in ("flux", "muse") or not it.label]
+    _, y, w = gen.train_rows(ex, data, idx)
+    fam = [toy_items[i].family for i in idx]
+    flux_w = sum(wi for wi, f in zip(w, fam) if f == "flux")
+    muse_w = sum(wi for wi, f in zip(w, fam) if f == "muse")
+    assert flux_w == pytest.approx(muse_w)  # 13 flux and 10 muse images weigh the same in total
+    assert sum(wi for wi, yi in zip(w, y) if yi) == pytest.approx(int(y.sum()))
