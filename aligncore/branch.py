@@ -4,24 +4,26 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 from pydantic import Field
 
-from .component import Component, ComponentConfig
-from .errors import AlignCoreError
+from .component import Component, ComponentConfig, explicit_values
+from .errors import AlignCoreError, ConfigError
 from .hashing import hash_directory
 from .torchutil import resolve_device
 
 
 class BranchConfig(ComponentConfig):
     preset: str | None = Field(
-        None, description="'tiny' builds a small offline model with random weights (tests, demos); "
-        "None loads the configured pretrained model."
+        None, description="Named settings for the fields you leave unset, e.g. 'tiny': a small offline model "
+        "with random weights (tests, demos); None loads the configured pretrained model."
     )
     checkpoint: str | None = Field(
-        None, description="Directory with trained weights written by this branch's trainer."
+        None, description="Directory with trained weights written by this branch's trainer; unset fields take "
+        "the values the checkpoint was trained with."
     )
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
     batch_size: int = Field(16, ge=1, description="Images per forward pass when scoring.")
@@ -37,6 +39,13 @@ class Branch(Component):
 
     Preprocessing is declared here, by the branch, never by the data code: pixel
     branches crop at native resolution, a VLM resizes inside its processor.
+
+    Weights are data: ``presets`` name field values (a preset may mark its weights as
+    random with the reserved key ``"weights": "random"``); a checkpoint records the values
+    it was trained with (:meth:`checkpoint_record`), which the fields a caller left unset
+    adopt; a set value that differs from the checkpoint's is an error naming both.
+    Training is chosen by the branch: ``trainer_class`` (an :class:`aligncore.train.Trainer`)
+    and ``train_config_class`` (its typed options), or None when the branch is not trainable.
     """
 
     config_class: ClassVar[type[BranchConfig]] = BranchConfig
@@ -46,6 +55,11 @@ class Branch(Component):
     nonscoring_fields: ClassVar[frozenset[str]] = frozenset({"device", "batch_size"})
     #: whether :meth:`explain_batch` produces text rationales
     supports_explain: ClassVar[bool] = False
+    #: every branch accepts 'tiny' (a run's --preset reaches all its branches); branches with a model override it
+    presets: ClassVar[dict[str, dict[str, Any]]] = {"tiny": {}}
+    #: the training method (an aligncore.train.Trainer subclass) and its options; None = not trainable
+    trainer_class: ClassVar[Any] = None
+    train_config_class: ClassVar[Any] = None
 
     config: BranchConfig
 
@@ -56,6 +70,37 @@ class Branch(Component):
     @classmethod
     def kind_name(cls) -> str:
         return "branch"
+
+    # ------------------------------------------------------------------ configuration
+    @classmethod
+    def make_config(cls, config: BranchConfig | dict | None = None, **overrides: Any):
+        """Set values, then (with ``checkpoint``) the checkpoint's recorded values, then the preset's, then defaults."""
+        data = explicit_values(config, overrides)
+        if data.get("checkpoint"):
+            data = cls._adopt_checkpoint(data)
+        return cls.validate_config(data)
+
+    @classmethod
+    def checkpoint_record(cls, checkpoint: str | Path) -> dict[str, Any]:
+        """Config values a checkpoint folder was trained with (None values mean "not recorded").
+
+        Raise :class:`ConfigError` when the folder is not a checkpoint of this branch.
+        """
+        return {}
+
+    @classmethod
+    def _adopt_checkpoint(cls, data: dict[str, Any]) -> dict[str, Any]:
+        fields = cls.config_class.model_fields
+        recorded = {k: v for k, v in cls.checkpoint_record(data["checkpoint"]).items() if v is not None and k in fields}
+        given = cls.validate_config(data)  # the caller's values, coerced to the field types
+        conflicts = [f"{k}={getattr(given, k)!r} (the checkpoint has {k}={v!r})"
+                     for k, v in sorted(recorded.items()) if k in data and getattr(given, k) != v]
+        if conflicts:
+            raise ConfigError(
+                f"branch {cls.name!r}: the options conflict with checkpoint {data['checkpoint']}: {'; '.join(conflicts)}. "
+                "Leave them unset to use the checkpoint's values."
+            )
+        return {**data, **{k: v for k, v in recorded.items() if k not in data}}
 
     # ------------------------------------------------------------------ lifecycle
     def ensure_loaded(self) -> "Branch":
@@ -119,6 +164,25 @@ class Branch(Component):
         """Resolved settings that change scores but are not config values (e.g. the precision 'auto' picks)."""
         return {}
 
+    @property
+    def random_weights(self) -> bool:
+        """True when no checkpoint is set and the preset marks its weights as random."""
+        return not self.config.checkpoint and self.preset_flag(self.config.preset, "weights") == "random"
+
+    def weights_provenance(self) -> str:
+        """Where the scoring weights come from: ``random``, ``checkpoint:<digest16>``,
+        ``pretrained:<id>@<revision-or-digest16>`` or ``builtin@<digest16>`` (no weights: the code decides)."""
+        if self.config.checkpoint:
+            return f"checkpoint:{self.weights_digest()[:16]}"
+        if self.random_weights:
+            return "random"
+        return self.pretrained_provenance()
+
+    def pretrained_provenance(self) -> str:
+        """Provenance without checkpoint or random preset; branches with pretrained weights override it."""
+        digest = hashlib.sha256(f"{self.name}:{self.version}".encode()).hexdigest()[:16]
+        return f"builtin@{digest}"
+
     def fingerprint(self) -> str:
         """Changes whenever anything that can change a score changes (code version, config, weights)."""
         cfg = {k: v for k, v in self.config.model_dump(mode="json").items() if k not in self.nonscoring_fields}
@@ -137,12 +201,17 @@ class Branch(Component):
 
     # ------------------------------------------------------------------ training
     def train(self, supervision: Any, out_dir: str | Path, train_config: dict | None = None, **kwargs) -> Path:
-        """Train on a labelled set (a manifest, a folder or a list of records); returns the checkpoint dir."""
-        raise AlignCoreError(f"branch {self.name!r} does not support training.")
+        """Deprecated: use :func:`aligncore.train.train_branch`. Trains a new branch built from this one's
+        set options (this branch is left as it was) and returns the checkpoint folder."""
+        from .train import train_branch_class
+
+        warnings.warn("Branch.train is deprecated; use aligncore.train.train_branch(name, train_set, out, "
+                      "branch_options=..., train_options=...) and reload with checkpoint=DIR",
+                      DeprecationWarning, stacklevel=2)
+        result = train_branch_class(type(self), supervision, out_dir, branch_options=self.config.model_dump(exclude_unset=True),
+                                    train_options=train_config, **kwargs)
+        return result.checkpoint
 
     def save(self, out_dir: str | Path) -> Path:
         """Write the trainable weights (safetensors / peft adapter) so ``checkpoint=out_dir`` reloads them."""
         raise AlignCoreError(f"branch {self.name!r} has no trainable weights to save.")
-
-    def describe(self) -> dict:
-        return {"name": self.name, "fingerprint": self.fingerprint(), "config": self.config.model_dump(mode="json")}

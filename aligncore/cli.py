@@ -303,35 +303,9 @@ def fuse_cmd(run_dir, fusion, fusion_options, fusion_state, store) -> None:
 # ------------------------------------------------------------------------- train and build
 
 
-@cli.command("train")
-@click.argument("branch")
-@click.option("--set", "train_set", required=True, help="Training set: a builder's manifest, a 0_real/1_fake folder or a manifest.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Checkpoint directory (resumes if it holds one).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML/TOML/JSON training config.")
-@click.option("--preset", help="Branch preset, e.g. tiny.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
-@click.option("-o", "--option", "options", multiple=True, help="Training option KEY=VALUE (overrides --config).")
-@click.option("-b", "--branch-option", "branch_options", multiple=True, help="Branch option KEY=VALUE.")
-@click.option("--from-scratch", is_flag=True, default=False,
-              help="Train every weight from random initialisation (same as -o from_scratch=true; for branches that support it).")
-def train_cmd(branch, train_set, out, config_file, preset, device, options, branch_options, from_scratch) -> None:
-    """Train BRANCH on a labelled set and write a checkpoint that `run --checkpoint` reloads."""
-    from .config import read_config_file
-    from .registry import create_branch
+from .commands.train import train_cmd  # noqa: E402  (click only; the command imports the library lazily)
 
-    tcfg = read_config_file(config_file) if config_file else {}
-    tcfg.update(parse_kv(options, "--option"))
-    if from_scratch:
-        tcfg["from_scratch"] = True
-    bov = parse_kv(branch_options, "--branch-option")
-    if preset is not None:
-        bov["preset"] = preset
-    if device is not None:
-        bov["device"] = device
-    br = create_branch(branch, None, **bov)
-    ckpt = br.train(train_set, out, tcfg)
-    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch, rank 0 reports
-        click.echo(f"checkpoint written to {ckpt}")
+cli.add_command(train_cmd)
 
 
 @cli.command("build")

@@ -140,8 +140,29 @@ def test_7b_config_on_meta_device_shapes_and_lora_count():
           f"(q/k/v/o only: {attn_only:,})")
 
 
-def _train(branch, supervision, out, **extra):
-    return branch.train(str(supervision), out, {**FAST_TRAIN, **extra})
+def _train(supervision, out, prompt: str | None = None, **extra):
+    from aligncore.train import train_branch
+
+    bopts = {"preset": "tiny", "device": "cpu", **({"prompt": prompt} if prompt else {})}
+    return train_branch("qwen", str(supervision), out, branch_options=bopts, train_options={**FAST_TRAIN, **extra},
+                        progress=False)
+
+
+def _score_with(branch, model, images) -> list[float]:
+    """Score as ``branch.score`` does, with a model held in memory (e.g. the one a trainer just trained)."""
+    import torch
+
+    from aligncore_plugins.qwen_model import to_device, verdict_probabilities, verdict_token_ids
+
+    real, fake = verdict_token_ids(branch.processor().tokenizer)
+    model = model.to("cpu").eval()
+    out: list[float] = []
+    bs = branch.config.batch_size
+    with torch.inference_mode():
+        for i in range(0, len(images), bs):
+            batch = branch.collate([branch.preprocess(im) for im in images[i : i + bs]])
+            out += verdict_probabilities(model, to_device(batch, "cpu", branch.dtype), real, fake)
+    return out
 
 
 def test_dpo_on_synthetic_set_moves_scores_resumes_and_reloads(tmp_path):
@@ -149,31 +170,38 @@ def test_dpo_on_synthetic_set_moves_scores_resumes_and_reloads(tmp_path):
 
     from aligncore.cli import build_cli
     from aligncore.testing import make_image_folder
+    from aligncore.train.dpo_config import DPOTrainConfig
+    from aligncore.train.dpo_trainer import DPOTrainer
+    from aligncore_plugins.qwen import QwenBranch
 
     src = make_image_folder(tmp_path / "src", n_real=6, n_fake=6, size=(64, 64), seed=2)
     manifest = create_builder("semantic-set", size=64).build([src], tmp_path / "set", progress=False)
     records = load_dataset(manifest).records
-    before = _gap(create_branch("qwen", preset="tiny", device="cpu"), records)
+    untrained = create_branch("qwen", preset="tiny", device="cpu")
+    before = _gap(untrained, records)
 
     out = tmp_path / "ckpt"
-    _train(create_branch("qwen", preset="tiny", device="cpu"), manifest, out, max_steps=8, save_steps=4)
+    first = _train(manifest, out, max_steps=8, save_steps=4)
+    assert first.checkpoint == out and first.summary["steps"] == 8 and first.summary["stop_reason"] == "max_steps"
     assert json.loads((out / "aligncore_qwen.json").read_text())["global_step"] == 8
-    trained = create_branch("qwen", preset="tiny", device="cpu")
-    _train(trained, manifest, out, max_steps=20, save_steps=4)  # same --out: resumes from step 8
+    # same --out: resumes from step 8 (the trainer object is kept to compare its in-memory model below)
+    trainer = DPOTrainer(QwenBranch, QwenBranch.make_config({"preset": "tiny", "device": "cpu"}),
+                         DPOTrainConfig(**FAST_TRAIN, max_steps=20, save_steps=4), progress=False)
+    res = trainer.train(str(manifest), out)
+    assert res.summary["resumed_from"] == "checkpoint-8" and res.summary["steps"] == 20
     meta = json.loads((out / "aligncore_qwen.json").read_text())
     assert meta["resumed_from"] == "checkpoint-8" and meta["global_step"] == 20
     assert meta["train_config"]["beta"] == 0.05 and meta["train_config"]["lora_r"] == 16
 
-    after = _gap(trained, records)
-    assert after - before > 0.05, f"DPO must move P(fake) apart: gap {before:.4f} -> {after:.4f}"
-
-    # a fresh branch from the checkpoint reproduces the trained scores exactly
-    images = [load_image(r.path) for r in records]
-    in_memory = trained.score(images)
+    # a fresh branch from the checkpoint reproduces the trained model's scores exactly
     reloaded = create_branch("qwen", checkpoint=str(out), device="cpu")
-    assert reloaded.config.preset == "tiny" and reloaded.config.max_pixels == trained.config.max_pixels
+    assert reloaded.config.preset == "tiny" and reloaded.config.max_pixels == untrained.config.max_pixels
+    images = [load_image(r.path) for r in records]
+    in_memory = _score_with(trainer.branch, trainer.model, images)
     assert reloaded.score(images) == in_memory
-    assert reloaded.fingerprint() == trained.fingerprint()
+    after = _gap(reloaded, records)
+    assert after - before > 0.05, f"DPO must move P(fake) apart: gap {before:.4f} -> {after:.4f}"
+    assert reloaded.weights_provenance().startswith("checkpoint:") and reloaded.fingerprint() != untrained.fingerprint()
 
     # ... and so does `alignctl run --branches qwen --checkpoint DIR`
     res = CliRunner().invoke(build_cli(), ["run", "--branches", "qwen", "--checkpoint", str(out), "--data", str(manifest),
@@ -190,8 +218,9 @@ def test_dpo_on_semantic_set_from_shared_data(shared_data, tmp_path):
         [shared_data / "MANIFEST.csv"], tmp_path / "set", progress=False)
     records = load_dataset(manifest).records
     before = _gap(create_branch("qwen", preset="tiny", device="cpu", prompt=SHORT_PROMPT), records)
-    trained = create_branch("qwen", preset="tiny", device="cpu", prompt=SHORT_PROMPT)
-    _train(trained, manifest, tmp_path / "ckpt", max_steps=30, save_steps=1000)
+    ckpt = _train(manifest, tmp_path / "ckpt", prompt=SHORT_PROMPT, max_steps=30, save_steps=1000).checkpoint
+    trained = create_branch("qwen", checkpoint=str(ckpt), device="cpu")
+    assert trained.config.prompt == SHORT_PROMPT  # recorded in the checkpoint, adopted on reload
     after = _gap(trained, records)
     print(f"\nshared-data semantic set, {len(records)} images: gap {before:.4f} -> {after:.4f}")
     assert after - before > 0.05, f"DPO must move P(fake) apart: gap {before:.4f} -> {after:.4f}"

@@ -1,30 +1,37 @@
-"""DPO training of the semantic branch (Qwen2.5-VL + LoRA) with trl's DPOTrainer.
+"""DPO training of a vision-language branch (LoRA) with trl's DPOTrainer.
 
 Each labelled image becomes one preference row: the image and the branch's fixed prompt,
 chosen = the correct verdict ("real"/"fake", optionally followed by a rationale),
 rejected = the wrong one. With a peft config, trl's reference model is the base model
 with the adapter disabled, so no second copy of the weights is held.
 
-The output folder holds the adapter, the processor and ``aligncore_qwen.json`` (and, for
-the tiny preset, the base model in ``base/``), so ``alignctl run --branches qwen
---checkpoint OUT`` reloads it. Trainer checkpoints go to ``OUT/trainer`` and a re-run
-with the same ``--out`` resumes from the last one.
+Any branch implementing :data:`PREFERENCE_MODEL_PROTOCOL` can be trained (qwen does):
 
-The same entry point works under ``accelerate launch -m aligncore train qwen ...``
-(every process builds the same rows; only the main process writes the final files).
+- ``processor()``: the processing class (tokenizer + image processor);
+- ``load_base()``: the base model without adapter (on CPU, in the training dtype);
+- ``prompt``: the fixed question;
+- ``lora_targets(projections)``: peft ``target_modules`` for those projection names;
+- ``save_checkpoint(model, out, info)``: write, beside the adapter and processor already
+  saved in ``out``, everything ``checkpoint=out`` needs (metadata, base weights not on the Hub);
+- ``device``.
+
+Trainer checkpoints go to ``OUT/trainer`` and a re-run with the same ``--out`` resumes from
+the last one. The same entry point works under ``accelerate launch -m aligncore train BRANCH
+...`` (every process builds the same rows; only the main process writes the final files).
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import AlignCoreError, ConfigError, DataError
+from .base import Trainer, TrainResult, make_summary
 from .dpo_config import DPOTrainConfig
 
+TRAINER_DIR = "trainer"  # resumable trainer checkpoints (not part of the weights)
+PREFERENCE_MODEL_PROTOCOL = ("processor", "load_base", "prompt", "lora_targets", "save_checkpoint", "device")
 VERDICTS = ("real", "fake")
 
 
@@ -88,7 +95,7 @@ class _PreferenceTransform:
         return preference_rows(batch, self.prompt, self.rationale_in_rejected)
 
 
-def build_dpo_config(cfg: DPOTrainConfig, out: Path, on_cpu: bool):
+def build_dpo_config(cfg: DPOTrainConfig, out: Path, on_cpu: bool, progress: bool = True):
     import torch
     from trl import DPOConfig
 
@@ -99,7 +106,7 @@ def build_dpo_config(cfg: DPOTrainConfig, out: Path, on_cpu: bool):
         raise ConfigError("bf16=true needs a GPU; leave it unset (auto) on CPU.")
     gc = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else not on_cpu
     return DPOConfig(
-        output_dir=str(out / "trainer"),
+        output_dir=str(out / TRAINER_DIR),
         learning_rate=cfg.learning_rate,
         beta=cfg.beta,
         num_train_epochs=cfg.num_train_epochs,
@@ -121,110 +128,85 @@ def build_dpo_config(cfg: DPOTrainConfig, out: Path, on_cpu: bool):
         remove_unused_columns=False,  # the preference columns are produced by the transform
         dataloader_num_workers=cfg.dataloader_num_workers,
         deepspeed=cfg.deepspeed,
+        disable_tqdm=not progress,
     )
 
 
-def train_qwen_dpo(branch, supervision: Any, out_dir: str | Path, train_config: dict) -> Path:
-    """Train ``branch`` (a QwenBranch) with DPO on ``supervision``; returns the checkpoint folder."""
-    import datasets
-    import transformers
-    from peft import LoraConfig
-    from transformers.trainer_utils import get_last_checkpoint
-    from trl import DPOTrainer
+class DPOTrainer(Trainer):
+    """Train a preference-model branch class with DPO + LoRA; returns ``OUT`` as the checkpoint.
 
-    from aligncore_plugins import qwen_model as qm
+    After :meth:`train`, ``self.branch`` (the trainer's own branch) and ``self.model`` (the
+    trained model with its adapter) are available to callers that want to inspect them.
+    """
 
-    cfg = _make_train_config(train_config)
-    if branch.config.checkpoint:
-        raise ConfigError("DPO training starts from the base model: drop `checkpoint` from the branch options "
-                          "(re-run with the same --out to resume an interrupted training).")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = read_rows(supervision, cfg.rationale_column)
-    on_cpu = str(branch.device) == "cpu"
-    args = build_dpo_config(cfg, out, on_cpu)
-    is_main = args.process_index == 0
+    config_class = DPOTrainConfig
+    config: DPOTrainConfig
 
-    processor = branch.processor()
-    transformers.set_seed(cfg.seed)
-    model = branch.load_base()
-    if branch.config.preset == "tiny" and is_main:
-        # the tiny base is part of the checkpoint, so a reload never depends on rebuilding it
-        model.save_pretrained(out / qm.BASE_DIR)
-    table = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in ("path", "label", "rationale")})
-    train_set = table.with_transform(_PreferenceTransform(branch.config.prompt, cfg.rationale_in_rejected))
-    lora = LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=qm.lora_target_regex(cfg.lora_target_modules), task_type="CAUSAL_LM",
-    )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=train_set, processing_class=processor, peft_config=lora)
-    last = get_last_checkpoint(args.output_dir) if cfg.resume and Path(args.output_dir).is_dir() else None
-    result = trainer.train(resume_from_checkpoint=last)
-    trained = trainer.model
-    save_qwen_checkpoint(branch, trained, out, {
-        "train_config": cfg.model_dump(mode="json"),
-        "rows": len(rows),
-        "rows_real": sum(1 for r in rows if r["label"] == 0),
-        "rows_fake": sum(1 for r in rows if r["label"] == 1),
-        "global_step": int(trainer.state.global_step),
-        "train_loss": float(result.training_loss) if result.training_loss is not None else None,
-        "resumed_from": Path(last).name if last else None,
-    }, trainer=trainer)
-    # the branch now scores with the trained weights, and its fingerprint names the saved checkpoint
-    branch.config.checkpoint = str(out)
-    branch.set_model(trained)
-    return out
+    def __init__(self, branch_class, branch_config, config: DPOTrainConfig, *, progress: bool = True,
+                 on_step: Callable[[int], None] | None = None):
+        super().__init__(branch_class, branch_config, config, progress=progress, on_step=on_step)
+        missing = [m for m in PREFERENCE_MODEL_PROTOCOL if not hasattr(branch_class, m)]
+        if missing:
+            raise AlignCoreError(f"branch {branch_class.name!r} cannot use the DPO trainer: it lacks {', '.join(missing)}.")
+        if getattr(branch_config, "checkpoint", None):
+            raise ConfigError("DPO training starts from the base model: drop `checkpoint` from the branch options "
+                              "(re-run with the same --out to resume an interrupted training).")
+        self.branch = self.new_branch()
+        self.model = None
 
+    def train(self, train_set: Any, out_dir: str | Path) -> TrainResult:
+        import datasets
+        import transformers
+        from peft import LoraConfig
+        from transformers.trainer_utils import get_last_checkpoint
+        from trl import DPOTrainer as TRLDPOTrainer
 
-def _make_train_config(train_config: dict) -> DPOTrainConfig:
-    from pydantic import ValidationError
-
-    from ..component import format_validation_error
-
-    try:
-        return DPOTrainConfig(**(train_config or {}))
-    except ValidationError as err:
-        raise ConfigError(format_validation_error("DPO training", err)) from None
-
-
-def save_qwen_checkpoint(branch, model, out: Path, info: dict, trainer=None) -> Path:
-    """Adapter + processor + metadata (+ tiny base): everything ``checkpoint=out`` needs."""
-    import peft
-    import transformers
-    import trl
-
-    from aligncore_plugins import qwen_model as qm
-
-    out.mkdir(parents=True, exist_ok=True)
-    if trainer is not None:
+        cfg, branch = self.config, self.branch
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        rows = read_rows(train_set, cfg.rationale_column)
+        args = build_dpo_config(cfg, out, str(branch.device) == "cpu", progress=self.progress)
+        processor = branch.processor()
+        transformers.set_seed(cfg.seed)
+        model = branch.load_base()
+        table = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in ("path", "label", "rationale")})
+        train_rows = table.with_transform(_PreferenceTransform(branch.prompt, cfg.rationale_in_rejected))
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=branch.lora_targets(cfg.lora_target_modules), task_type="CAUSAL_LM")
+        trainer = TRLDPOTrainer(model=model, args=args, train_dataset=train_rows, processing_class=processor,
+                                peft_config=lora, callbacks=self._callbacks())
+        last = get_last_checkpoint(args.output_dir) if cfg.resume and Path(args.output_dir).is_dir() else None
+        result = trainer.train(resume_from_checkpoint=last)
+        self.model = trainer.model
+        info = {
+            "train_config": cfg.model_dump(mode="json"),
+            "rows": len(rows),
+            "rows_real": sum(1 for r in rows if r["label"] == 0),
+            "rows_fake": sum(1 for r in rows if r["label"] == 1),
+            "global_step": int(trainer.state.global_step),
+            "train_loss": float(result.training_loss) if result.training_loss is not None else None,
+            "resumed_from": Path(last).name if last else None,
+        }
         trainer.save_model(str(out))  # gathers sharded (DeepSpeed) weights; writes adapter + processor
-        if not trainer.is_world_process_zero():
-            return out
-        (out / "training_args.bin").unlink(missing_ok=True)  # holds run paths; the meta file has the config
-    else:
-        if not hasattr(model, "peft_config"):
-            raise AlignCoreError("this qwen model has no LoRA adapter to save (train it first).")
-        model.save_pretrained(str(out))
-        branch.processor().save_pretrained(str(out))
-    if branch.config.preset == "tiny" and not (out / qm.BASE_DIR / "config.json").exists():
-        base = qm.build_tiny_model(branch.processor().tokenizer)
-        base.save_pretrained(out / qm.BASE_DIR)
-    meta = {
-        "branch": "qwen",
-        "model": None if branch.config.preset == "tiny" else branch.config.model,
-        "preset": branch.config.preset,
-        "prompt": branch.config.prompt,
-        "min_pixels": branch.config.min_pixels,
-        "max_pixels": branch.config.max_pixels,
-        "versions": {"transformers": transformers.__version__, "peft": peft.__version__, "trl": trl.__version__},
-        **info,
-    }
-    tmp = out / (qm.META_NAME + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    tmp.replace(out / qm.META_NAME)
-    return out
+        if trainer.is_world_process_zero():
+            (out / "training_args.bin").unlink(missing_ok=True)  # holds run paths; the metadata has the config
+            branch.save_checkpoint(self.model, out, info)
+        stop = "max_steps" if cfg.max_steps > 0 and info["global_step"] >= cfg.max_steps else "epochs"
+        summary = make_summary(steps=info["global_step"], epochs=float(trainer.state.epoch or 0), stop_reason=stop,
+                               train_loss=info["train_loss"], resumed_from=info["resumed_from"], rows=len(rows))
+        return TrainResult(out, summary)
 
+    def _callbacks(self) -> list | None:
+        """``on_step(global_step)`` after every optimizer step, as a transformers callback."""
+        if self.on_step is None:
+            return None
+        from transformers import TrainerCallback
 
-def clear_trainer_state(out_dir: str | Path) -> None:
-    """Forget the resumable trainer checkpoints (the final adapter stays)."""
-    shutil.rmtree(Path(out_dir) / "trainer", ignore_errors=True)
+        on_step = self.on_step
+
+        class OnStep(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                on_step(int(state.global_step))
+
+        return [OnStep()]
+

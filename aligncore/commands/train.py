@@ -1,0 +1,74 @@
+"""``alignctl train BRANCH``: train a branch with the method it names and write a checkpoint.
+
+Only click is imported at module level, so registering the command keeps ``alignctl --help`` fast.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import click
+
+
+def _parse_kv(pairs: tuple[str, ...], what: str) -> dict[str, Any]:
+    # the shared KEY=VALUE parser moves to aligncore.cli_options; until that lands, cli.py holds it
+    try:
+        from ..cli_options import parse_kv
+    except ImportError:
+        from ..cli import parse_kv
+    return parse_kv(pairs, what)
+
+
+def _print_options(branch_class) -> None:
+    tcls = branch_class.train_config_class
+    click.echo(f"Training options of {branch_class.name} ({branch_class.trainer_class.__name__}, "
+               f"{tcls.__name__}); pass them as -o KEY=VALUE or in --config FILE:")
+    for name, default, help_text in tcls.options_help():
+        click.echo(f"    {name} = {default}  {help_text}")
+    click.echo(f"Branch options of {branch_class.name}; pass them as -b KEY=VALUE:")
+    for name, default, help_text in branch_class.options_help():
+        click.echo(f"    {name} = {default}  {help_text}")
+    for preset, values in sorted(branch_class.presets.items()):
+        shown = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "no changes"
+        click.echo(f"Preset {preset!r} (--preset {preset}): {shown}")
+
+
+@click.command("train")
+@click.argument("branch")
+@click.option("--set", "train_set", help="Training set: a builder's output folder, a 0_real/1_fake folder or a manifest.")
+@click.option("--out", type=click.Path(file_okay=False), help="Checkpoint directory (the same --out resumes).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML/TOML/JSON file of training options.")
+@click.option("--preset", help="Branch preset, e.g. tiny.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
+@click.option("-o", "--option", "options", multiple=True, help="Training option KEY=VALUE (overrides --config); see --options.")
+@click.option("-b", "--branch-option", "branch_options", multiple=True, help="Branch option KEY=VALUE; see --options.")
+@click.option("--options", "list_options", is_flag=True, help="List BRANCH's training and branch options with defaults and help.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+def train_cmd(branch, train_set, out, config_file, preset, device, options, branch_options, list_options, quiet) -> None:
+    """Train BRANCH on a labelled set and write a checkpoint that `run --checkpoint` reloads.
+
+    Every option is checked before any work: an unknown -o or -b key fails at once, naming the
+    closest known ones.
+    """
+    from ..config import read_config_file
+    from ..train import train_branch_class, trainable_branch
+
+    branch_class = trainable_branch(branch)
+    if list_options:
+        _print_options(branch_class)
+        return
+    if not train_set or not out:
+        raise click.UsageError("--set and --out are required (or --options to list the training options).")
+    topts = read_config_file(config_file) if config_file else {}
+    topts.update(_parse_kv(options, "--option"))
+    bopts = _parse_kv(branch_options, "--branch-option")
+    if preset is not None:
+        bopts["preset"] = preset
+    if device is not None:
+        bopts["device"] = device
+    # train_branch_class validates both option sets before it reads the set or writes anything
+    result = train_branch_class(branch_class, train_set, out, branch_options=bopts, train_options=topts,
+                                progress=not quiet)
+    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch, rank 0 reports
+        click.echo(f"checkpoint written to {result.checkpoint}")
