@@ -39,6 +39,8 @@ class FakeBranch(Branch):
     config_class = FakeBranchConfig
     nonscoring_fields = Branch.nonscoring_fields | {"delay_s"}
     config: FakeBranchConfig
+    #: ``alignctl demo`` scores with it when no trainable branch is installed
+    demo_options = {"role": "fallback"}
 
     def preprocess(self, image) -> np.ndarray:
         arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0

@@ -31,6 +31,10 @@ class NPRBranch(NeuralPixelBranch):
     config_class = NPRConfig
     architecture_fields = ("crop_size", "crop_align", "width")
     config: NPRConfig
+    #: ``alignctl demo``: the pixel expert, tiny, trained for seconds on the demo's pixel set
+    demo_options = {"role": "pixel", "options": {"preset": "tiny"},
+                    "train": {"epochs": 4, "batch_size": 8, "crop_size": 64, "lr": 2e-3, "val_fraction": 0.2,
+                              "max_minutes": 1.5}}
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)

@@ -54,6 +54,11 @@ class QwenBranch(Branch):
     #: visual-token counts follow the image size: batch like-sized images together (less left padding)
     bucket_by_size = True
     config: QwenConfig
+    #: ``alignctl demo``: the semantic expert, tiny; a tiny random VLM needs a far higher learning rate
+    #: than the paper's 1e-6 for 7B
+    demo_options = {"role": "semantic", "options": {"preset": "tiny"},
+                    "train": {"learning_rate": 1e-2, "max_steps": 30, "per_device_train_batch_size": 4,
+                              "lora_dropout": 0.0, "logging_steps": 100, "save_steps": 1000}}
 
     def __init__(self, config: Any = None, **overrides: Any):
         super().__init__(config, **overrides)
