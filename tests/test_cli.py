@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -147,3 +148,36 @@ def test_configs_lists_and_locates_the_shipped_accelerate_configs():
     assert path.endswith("ddp_8gpu.yaml") and "distributed_type" in open(path).read()
     r = CliRunner().invoke(build_cli(), ["configs", "ddp8gpu"])
     assert r.exit_code == 1 and "Did you mean 'ddp_8gpu'" in r.output
+
+
+def _readme_overview_commands() -> list[list[str]]:
+    """Command paths in the README's command-line overview (``alignctl A ... | B ...`` lines give A and B)."""
+    import click
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    block = readme.split("## Command line", 1)[1].split("```bash", 1)[1].split("```", 1)[0]
+    group, paths = build_cli(), []
+    for line in block.splitlines():
+        if not line.startswith("alignctl "):
+            continue
+        for k, alternative in enumerate(line[len("alignctl "):].split(" | ")):
+            tokens, cmd, path = alternative.split(), group, []
+            if tokens[0].startswith("-"):  # an option of the group or of the previous command
+                continue
+            for tok in tokens:
+                if isinstance(cmd, click.Group) and tok in cmd.commands:
+                    cmd, path = cmd.commands[tok], [*path, tok]
+                else:
+                    break
+            assert path or k > 0, f"README names an unknown command: alignctl {alternative}"
+            if path:
+                paths.append(path)
+    return paths
+
+
+def test_every_readme_overview_command_answers_help():
+    paths = _readme_overview_commands()
+    assert ["leaderboard"] in paths and ["audit", "leakage"] in paths and ["configs"] in paths
+    for path in paths:
+        r = invoke(*path, "--help")
+        assert r.exit_code == 0 and f"Usage: cli {' '.join(path)} " in r.output, (path, r.output)
