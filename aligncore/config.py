@@ -13,7 +13,7 @@ from .errors import ConfigError
 
 
 class RunConfig(ComponentConfig):
-    branches: list[str] = Field(..., min_length=1, description="Branch names, e.g. ['qwen', 'dinov2'].")
+    branches: list[str] = Field(..., min_length=1, description="Registered branch names (alignctl branches lists them).")
     fusion: str = Field("or", description="Fusion rule applied to the branch scores.")
     data: str = Field(..., description="A dataset folder (0_real/1_fake or real/fake) or a CSV/JSONL manifest.")
     preset: str | None = Field(None, description="Preset passed to every branch (e.g. 'tiny' for offline models).")

@@ -25,7 +25,6 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "fake",
     "fusions",
     "learned_fusion",
-    "studies",
     "dinov2",
     "npr",
     "spectrum",

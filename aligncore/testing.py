@@ -34,7 +34,7 @@ class FakeBranchConfig(BranchConfig):
 class FakeBranch(Branch):
     """Deterministic scores from image statistics (no model): for tests and plumbing checks."""
 
-    name = "fake"
+    name = "stats-example"
     help = "No model: a logistic function of an image statistic (tests, plumbing checks)."
     config_class = FakeBranchConfig
     nonscoring_fields = Branch.nonscoring_fields | {"delay_s"}
@@ -115,7 +115,7 @@ class FakePairBuilderConfig(BuilderConfig):
 class FakePairBuilder(SupervisionBuilder):
     """No model: pairs each real image with a smoothed, seeded-noise copy (tests, plumbing checks)."""
 
-    name = "fake-pairs"
+    name = "pairs-example"
     help = "No model: real crop + smoothed copy with seeded noise, per source image (tests, plumbing checks)."
     config_class = FakePairBuilderConfig
     config: FakePairBuilderConfig

@@ -196,7 +196,7 @@ def register_commands(cli):
     def leakage_cmd(set_path, pixel_branch, out, folds, seed, preset, device, branch_options, options,
                     min_control_auc, chance_margin) -> None:
         """Train a pixel-only detector on the unprocessed and on the processed images; compare the AUCs."""
-        from aligncore.cli import echo_err, parse_kv
+        from aligncore.cli_options import echo_err, parse_kv
 
         bopts = parse_kv(branch_options, "--branch-option")
         if preset is not None:

@@ -35,6 +35,10 @@ class NPRBranch(NeuralPixelBranch):
     #: a small model for tests and demos (the sizes apply only where the user set none)
     presets = {"tiny": {"width": 8, "crop_size": 32, "weights": "random"}}
     config: NPRConfig
+    #: ``alignctl demo``: the pixel expert, tiny, trained for seconds on the demo's pixel set
+    demo_options = {"role": "pixel", "options": {"preset": "tiny"},
+                    "train": {"epochs": 4, "batch_size": 8, "crop_size": 64, "lr": 2e-3, "val_fraction": 0.2,
+                              "max_minutes": 1.5}}
 
     def build_model(self, for_training: bool = False, gradient_checkpointing: bool = False) -> None:
         from .npr_model import NPRNet

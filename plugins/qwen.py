@@ -76,6 +76,11 @@ class QwenBranch(Branch):
     trainer_class = DPOTrainer
     train_config_class = DPOTrainConfig
     config: QwenConfig
+    #: ``alignctl demo``: the semantic expert, tiny; a tiny random VLM needs a far higher learning rate
+    #: than the paper's 1e-6 for 7B
+    demo_options = {"role": "semantic", "options": {"preset": "tiny"},
+                    "train": {"learning_rate": 1e-2, "max_steps": 30, "per_device_train_batch_size": 4,
+                              "lora_dropout": 0.0, "logging_steps": 100, "save_steps": 1000}}
 
     def __init__(self, config: Any = None, **overrides: Any):
         super().__init__(config, **overrides)

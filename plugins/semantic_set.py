@@ -157,6 +157,8 @@ class SemanticSetBuilder(SupervisionBuilder):
     help = "Real + generated images through one seeded downsample/noise/blur/JPEG/upsample chain (semantic supervision)."
     config_class = SemanticSetConfig
     config: SemanticSetConfig
+    #: ``alignctl demo``: small images, no unprocessed copies
+    demo_options = {"role": "semantic", "options": {"size": 112, "keep_clean": False}}
 
     def __init__(self, config: Any = None, **overrides: Any):
         super().__init__(config, **overrides)

@@ -338,6 +338,10 @@ class TinyAEBuilder(PixelSetBuilder):
     config_class = TinyAEConfig
     config: TinyAEConfig
     gpu_dtype = "fp16"
+    #: ``alignctl demo``: a random-weight tiny autoencoder, or the real tiny FLUX.2 one (taef2) when
+    #: the demo's weights folder holds its files
+    demo_options = {"role": "pixel", "options": {"preset": "tiny", "threads": 1},
+                    "weights": {"encoder_path": "taef2_encoder.pth", "decoder_path": "taef2_decoder.pth"}}
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)

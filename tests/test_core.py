@@ -54,6 +54,56 @@ def test_hooks_get_validated_and_attributed():
         reset_plugins()
 
 
+def test_hook_implementations_take_a_subset_of_a_grown_spec():
+    """A spec grows an argument (as hookspecs.py allows): old and new plugins each get what they name."""
+    import pluggy
+
+    from aligncore.hookspecs import hookspec
+    from aligncore.registry import call_each
+
+    class GrownSpecs:
+        @hookspec
+        def register_things(self, register, context):
+            """``register(thing)``; ``context`` is the argument added later."""
+
+    class OldPlugin:  # written before ``context`` existed
+        @hookimpl
+        def register_things(self, register):
+            register("old")
+
+    class NewPlugin:  # names both, in another order
+        @hookimpl
+        def register_things(self, context, register):
+            register(("new", context["colour"]))
+
+    class ContextOnly:
+        @hookimpl
+        def register_things(self, context):
+            context["seen"] = True
+
+    class Raising:
+        @hookimpl
+        def register_things(self, register):
+            raise RuntimeError("boom")
+
+    pm = pluggy.PluginManager("aligncore")
+    pm.add_hookspecs(GrownSpecs)
+    for name, plugin in (("old", OldPlugin()), ("new", NewPlugin()), ("ctx", ContextOnly()), ("bad", Raising())):
+        pm.register(plugin, name=name)
+    got, contexts = [], {}
+
+    def arguments(plugin):
+        contexts[plugin] = {"colour": f"{plugin}-blue"}
+        return {"register": lambda thing: got.append((plugin, thing)), "context": contexts[plugin]}
+
+    errors = [(p, str(e)) for p, e in call_each(pm, "register_things", arguments)]
+    assert sorted(got) == [("new", ("new", "new-blue")), ("old", "old")]
+    assert contexts["ctx"].get("seen") is True
+    assert errors == [("bad", "boom")]  # named, and the others still ran
+    with pytest.raises(TypeError, match="context"):  # the facade must pass every argument of the spec
+        list(call_each(pm, "register_things", lambda plugin: {"register": print}))
+
+
 def test_wildcard_listing():
     assert [r.name for r in list_components("fusion", "w*")] == ["weighted"]
 

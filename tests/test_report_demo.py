@@ -12,6 +12,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+from aligncore import hookimpl
 from aligncore.cli import build_cli
 from study_utils import make_scored_run
 
@@ -105,3 +106,60 @@ def test_demo_runs_offline_end_to_end(tmp_path):
     train = {p.name.split("_")[0] for p in (tmp_path / "demo" / "photos" / "train").glob("*.png")}
     held = {p.name.split("_")[0] for p in (tmp_path / "demo" / "photos" / "heldout").glob("*.png")}
     assert train and held and not train & held
+
+
+def test_demo_without_trainable_plugins_uses_stand_ins(tmp_path, monkeypatch):
+    """With the plugins that contribute demo parts blocked, the demo still runs, on stand-ins it names."""
+    from aligncore.demo import run_demo
+    from aligncore.plugins import reset_plugins
+
+    monkeypatch.setenv("ALIGNCORE_DISABLE_PLUGINS", "npr,qwen,vae_sets,semantic_set")
+    reset_plugins()
+    try:
+        lines = []
+        st = run_demo(tmp_path / "demo", n_images=28, echo=lines.append)
+    finally:
+        monkeypatch.delenv("ALIGNCORE_DISABLE_PLUGINS")
+        reset_plugins()
+    out = "\n".join(lines)
+    assert "stand-in (no pixel builder is installed)" in out and "no semantic builder is installed" in out
+    assert list(st.branches) == ["fake"] and "using the model-free 'fake' branch" in out
+    assert (tmp_path / "demo" / "report.html").exists()
+
+
+def test_demo_options_are_validated_and_weights_replace_the_preset(tmp_path):
+    from aligncore import Branch
+    from aligncore.demo import DemoOptions, Part, demo_parts
+    from aligncore.errors import ConfigError
+    from aligncore.plugins import get_plugin_manager, reset_plugins
+
+    part = Part("ae", DemoOptions(role="pixel", options={"preset": "tiny", "threads": 1},
+                                  weights={"encoder_path": "enc.pth", "decoder_path": "dec.pth"}))
+    opts, note = part.options(str(tmp_path))
+    assert opts == {"preset": "tiny", "threads": 1} and "RANDOM weights" in note and "enc.pth, dec.pth" in note
+    (tmp_path / "enc.pth").write_bytes(b"")
+    (tmp_path / "dec.pth").write_bytes(b"")
+    opts, note = part.options(str(tmp_path))
+    assert opts == {"threads": 1, "encoder_path": str(tmp_path / "enc.pth"), "decoder_path": str(tmp_path / "dec.pth")}
+
+    class Misdeclared(Branch):
+        name = "misdeclared"
+        help = "A branch whose demo options name a role the demo does not know."
+        demo_options = {"role": "pixle"}
+
+    class Plugin:
+        @hookimpl
+        def register_branches(self, register):
+            register(Misdeclared)
+
+    pm = get_plugin_manager()
+    pm.register(Plugin(), name="misdeclaring")
+    try:
+        from aligncore.registry import reset_registry
+
+        reset_registry()
+        with pytest.raises(ConfigError, match="misdeclared.*misdeclaring.*role"):
+            demo_parts("branch")
+    finally:
+        pm.unregister(name="misdeclaring")
+        reset_plugins()

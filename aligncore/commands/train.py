@@ -6,18 +6,10 @@ Only click is imported at module level, so registering the command keeps ``align
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import click
 
-
-def _parse_kv(pairs: tuple[str, ...], what: str) -> dict[str, Any]:
-    # the shared KEY=VALUE parser moves to aligncore.cli_options; until that lands, cli.py holds it
-    try:
-        from ..cli_options import parse_kv
-    except ImportError:
-        from ..cli import parse_kv
-    return parse_kv(pairs, what)
+from ..cli_options import parse_kv
 
 
 def _print_options(branch_class) -> None:
@@ -61,8 +53,8 @@ def train_cmd(branch, train_set, out, config_file, preset, device, options, bran
     if not train_set or not out:
         raise click.UsageError("--set and --out are required (or --options to list the training options).")
     topts = read_config_file(config_file) if config_file else {}
-    topts.update(_parse_kv(options, "--option"))
-    bopts = _parse_kv(branch_options, "--branch-option")
+    topts.update(parse_kv(options, "--option"))
+    bopts = parse_kv(branch_options, "--branch-option")
     if preset is not None:
         bopts["preset"] = preset
     if device is not None:

@@ -1,0 +1,115 @@
+"""``alignctl run``: score a dataset with one or more branches, fuse, write predictions and metrics."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from ..cli_options import Scoring, echo_err, scoring_options
+
+
+def print_metrics(metrics: dict) -> None:
+    """One line of headline metrics (and why any of them is undefined)."""
+    o = metrics["overall"]
+
+    def f(v):
+        return "n/a" if v is None else f"{v:.4f}"
+
+    click.echo(
+        f"images {o['n']} (real {o['n_real']}, fake {o['n_fake']})  acc {f(o['accuracy'])}  "
+        f"real {f(o['real_accuracy'])}  fake {f(o['fake_accuracy'])}  bacc {f(o['balanced_accuracy'])}  "
+        f"AP {f(o['ap'])}  AUC {f(o['auc'])}  TPR@5%FPR {f(o['tpr_at_5fpr'])}"
+    )
+    for k, why in (o.get("undefined") or {}).items():
+        click.echo(f"  {k}: undefined ({why})")
+
+
+def read_fusion_state(path: str | None) -> dict | None:
+    """A fusion state file: either the bare state or ablate's {"name", "config", "state"} entry."""
+    if not path:
+        return None
+    with open(path, encoding="utf-8") as f:
+        obj = json.load(f)
+    return obj.get("state", obj) if isinstance(obj, dict) else None
+
+
+def fusion_state_option(f):
+    return click.option("--fusion-state", "fusion_state", type=click.Path(exists=True, dir_okay=False),
+                        help="JSON state of a fitted fusion (written by alignctl ablate), e.g. for --fusion learned.")(f)
+
+
+def _strip_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without ``name VALUE`` / ``name=VALUE``."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == name:
+            skip = True
+            continue
+        if a.startswith(name + "="):
+            continue
+        out.append(a)
+    return out
+
+
+def _relaunch(num_processes: int, scoring: Scoring, config_file: str | None, data: str | None, out: str | None) -> None:
+    """Re-run this very command under ``accelerate launch`` on ``num_processes`` ranks."""
+    from ..config import make_run_config
+    from ..distributed import launch
+    from ..runner import make_run_id
+
+    argv = _strip_option(sys.argv[1:], "--num-processes")
+    if not out:  # every rank must write to the same folder
+        cfg = make_run_config(config_file, branches=scoring.branches, data=data or "-")
+        argv += ["--out", os.path.join("runs", make_run_id(cfg))]
+    rc = launch(argv, num_processes, scoring.device)
+    if rc != 0:
+        raise click.ClickException(f"distributed run failed (exit code {rc}); re-run the same command to resume.")
+
+
+def _print_result(result) -> None:
+    for name, st in result.branches.items():
+        click.echo(f"branch {name}: scored {st.scored}, reused from store {st.reused}, failed {st.failed}  [{st.fingerprint}]")
+    if result.skipped:
+        click.echo(f"skipped {len(result.skipped)} file(s):")
+        for path, why in result.skipped:
+            click.echo(f"  {path}: {why}")
+    print_metrics(result.metrics)
+    click.echo(f"run {result.run_id} written to {result.out_dir}")
+
+
+@click.command("run")
+@click.option("--data", help="Dataset folder (0_real/1_fake, real/fake) or CSV/JSONL manifest.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML/TOML/JSON run config.")
+@scoring_options(branches_required=False, default_fusion=None)
+@click.option("--workers", type=int, help="Data loader workers (default 0).")
+@click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<run id>).")
+@click.option("--explain", is_flag=True, default=None, help="Store a short rationale from branches that can explain.")
+@click.option("--allow-outside-paths", is_flag=True, default=None, help="Allow manifest paths outside its folder.")
+@click.option("--suite", help="Benchmark suite name recorded with the leaderboard row.")
+@click.option("--perturb", help="Perturb every image before scoring: jpeg:75, webp:80, blur:1.0, resize:0.5, crop:0.8 (chain with +).")
+@fusion_state_option
+@click.option("--num-processes", type=int, default=1, show_default=True,
+              help="Shard scoring across N processes (GPUs, or CPU ranks) with accelerate launch.")
+def run_cmd(scoring: Scoring, data, config_file, workers, out, explain, allow_outside_paths, suite, perturb,
+            fusion_state, num_processes) -> None:
+    """Score a dataset with one or more branches, fuse, and write predictions and metrics."""
+    from ..config import make_run_config
+    from ..runner import run
+
+    if num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        _relaunch(num_processes, scoring, config_file, data, out)
+        return
+    cfg = make_run_config(
+        config_file, **scoring.run_options(), data=data, workers=workers, out=out, explain=explain,
+        allow_outside_paths=allow_outside_paths, suite=suite, perturb=perturb,
+        fusion_state=read_fusion_state(fusion_state))
+    result = run(cfg, progress=scoring.progress, log=None if scoring.quiet else echo_err)
+    if not result.metrics:  # a non-zero rank of a distributed run: rank 0 reports
+        return
+    _print_result(result)
