@@ -19,7 +19,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from ..errors import DataError
 
@@ -57,6 +57,21 @@ class Dataset:
     def name(self) -> str:
         p = Path(self.root)
         return p.stem if p.is_file() else p.name
+
+
+def hash_records(records: Sequence[Record]) -> tuple[list[str | None], list[tuple[str, str]]]:
+    """The sha256 of every record's file (None where it cannot be read) and (path, reason) of those."""
+    from ..hashing import sha256_file
+
+    hashes: list[str | None] = []
+    unreadable = []
+    for r in records:
+        try:
+            hashes.append(sha256_file(r.path))
+        except OSError as exc:
+            hashes.append(None)
+            unreadable.append((r.path, f"cannot read file ({exc.strerror or exc})"))
+    return hashes, unreadable
 
 
 def parse_label(value, where: str) -> int | None:
