@@ -86,7 +86,7 @@ class BranchScorer:
     def __init__(self, branch, explain: bool = False):
         self.branch = branch
         self.batch_size = int(branch.config.batch_size)
-        self.explain = explain and getattr(branch, "supports_explain", False)
+        self.explain = explain and branch.supports_explain
         self._keys: list[Hashable] = []
         self._xs: list[Any] = []
 
