@@ -5,11 +5,11 @@ floats, so any tool recomputes ``metrics.json`` from it exactly), ``skipped.csv`
 ``metrics.json``, ``config.yaml`` and ``run.json``; ``run.json`` lists the sha256 of every other
 file. :meth:`RunDir.write` publishes a run atomically: every file is written into a hidden
 sibling folder, which is then swapped with the run folder in one ``renameat2(RENAME_EXCHANGE)``,
-so a SIGKILL at any moment leaves either the old complete run or the new one. Entries of the
-old folder that are not run files (e.g. ``shards/`` of a distributed run, or files of the user)
-move into the new folder; outputs computed from the old run (``ablation/``, ``fusions/``,
-``report.html``) leave with it. Where the swap is not possible (no ``renameat2``, a folder whose
-parent is read-only) the files are replaced one by one, ``run.json`` removed first and written
+so a SIGKILL at any moment leaves either the old complete run or the new one. Outputs computed
+from the old run (``ablation/``, ``fusions/``, ``report.html``) leave with it; a distributed run's
+``shards/`` moves into the new folder. A folder that holds anything else (files of the user, or
+the data itself) is never moved: there, as where the swap is not possible (no ``renameat2``, a
+read-only parent), the run's files are replaced one by one, ``run.json`` removed first and written
 last, so an interrupted publish leaves a folder that :meth:`RunDir.open` refuses.
 """
 
@@ -43,6 +43,9 @@ RUN_INFO = "run.json"
 ARTEFACTS = (PREDICTIONS, SKIPPED, METRICS, CONFIG, RUN_INFO)
 #: computed from a run's files by later commands: replaced together with the run they describe
 DERIVED = ("ablation", "fusions", "report.html")
+SHARDS = "shards"  # a distributed run's per-rank stores (merged into the main store, then removed)
+#: what a folder may hold for it to be swapped as a whole
+OWNED = frozenset({*ARTEFACTS, *DERIVED, SHARDS, *(f"{a}.tmp" for a in ARTEFACTS)})
 FORMAT = 2  # run.json with a digest of every file; runs written before carry no "format"
 _STAGE = ".rundir-"
 
@@ -304,7 +307,7 @@ def _publish(out: Path, files: dict[str, bytes]) -> None:
                 return
             except OSError:
                 pass  # created meanwhile (another writer): swap with it instead
-        if _exchange(stage, out):
+        if all(e.name in OWNED for e in out.iterdir()) and _exchange(stage, out):
             _carry_over(stage, out)
             return
         shutil.rmtree(stage, ignore_errors=True)
@@ -335,7 +338,7 @@ def _exchange(a: Path, b: Path) -> bool:
 
 
 def _carry_over(old: Path, out: Path) -> None:
-    """Move what is not a run file (and not computed from the old run) from the old folder into ``out``; drop the rest."""
+    """Move what is neither a run file nor computed from the old run (``shards/``) into ``out``; drop the rest."""
     keep = False
     for entry in sorted(old.iterdir()):
         if entry.name in ARTEFACTS or entry.name in DERIVED:

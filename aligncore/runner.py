@@ -26,7 +26,7 @@ from .fusion import FusionOutput
 from .metrics import compute_metrics
 from .perturb import PerturbChain, parse_perturb, perturbed_fingerprint
 from .registry import get_registry
-from .rundir import RunDir, ScoreTable, make_run_id
+from .rundir import SHARDS, RunDir, ScoreTable, make_run_id
 from .scoring import BranchScorer, Scored, create_branches
 from .store import ScoreStore
 
@@ -183,7 +183,7 @@ def _bar(total: int, desc: str):
 
 def gather_ranks(rr: ResolvedRun, stats: dict[str, BranchStats], errors: dict, store: ScoreStore) -> tuple[dict, dict] | None:
     """Rank 0: every rank's counts summed, their errors joined, their shards merged; other ranks: None."""
-    shard_dir = rr.out / "shards"
+    shard_dir = rr.out / SHARDS
     reports = gather_reports(shard_dir, rr.dist, {"stats": {k: vars(v) for k, v in stats.items()}, "errors": errors})
     if reports is None:
         return None
@@ -262,7 +262,7 @@ def run(config: RunConfig, progress: bool = True, log: Callable[[str], None] | N
     rr = plan(config)
     store = ScoreStore(config.store)
     try:
-        rank_store = open_shard(rr.out / "shards", rr.dist, store) if rr.dist.enabled else None
+        rank_store = open_shard(rr.out / SHARDS, rr.dist, store) if rr.dist.enabled else None
         job = plan_job(rr, store, rank_store)
         if log and rr.dist.is_main:
             for name, fp in job.fingerprints.items():

@@ -69,19 +69,27 @@ def test_a_run_written_before_run_json_listed_its_files_still_opens(tmp_path):
     assert len(RunDir.open(tmp_path / "r").scores()) == 10
 
 
-def test_replacing_a_run_keeps_foreign_entries_and_drops_outputs_of_the_old_run(tmp_path):
+@pytest.mark.parametrize("foreign", [False, True])
+def test_replacing_a_run_keeps_shards_and_foreign_files_and_drops_outputs_of_the_old_run(tmp_path, monkeypatch, foreign):
+    swaps = []
+    real_exchange = rundir._exchange
+    monkeypatch.setattr(rundir, "_exchange", lambda a, b: swaps.append(b) or real_exchange(a, b))
     out = tmp_path / "r"
     _write(out, 20, 1)
-    (out / "notes.txt").write_text("mine")
+    if foreign:
+        (out / "notes.txt").write_text("mine")
     (out / "shards").mkdir()
     (out / "shards" / "rank1.sqlite").write_text("x")
     (out / "ablation").mkdir()
     (out / "report.html").write_text("<html>")
+    inode = out.stat().st_ino
     _write(out, 30, 2)
     rd = RunDir.open(out)
     assert rd.run_id == "run-2" and len(rd.scores()) == 30
-    assert (out / "notes.txt").read_text() == "mine" and (out / "shards" / "rank1.sqlite").exists()
+    assert (out / "shards" / "rank1.sqlite").exists() and (not foreign or (out / "notes.txt").read_text() == "mine")
     assert not (out / "ablation").exists() and not (out / "report.html").exists()
+    # a folder holding files of the user is never moved (its files are replaced in place); a run folder is swapped
+    assert (out.stat().st_ino == inode) == foreign and len(swaps) == (0 if foreign else 1)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")], "no staging folder is left behind"
 
 
