@@ -125,6 +125,7 @@ import sys
 sys.path.insert(0, {tests!r})
 from pathlib import Path
 from test_rundir import _write
+Path({ready!r}).touch()
 k = 0
 while True:
     k += 1
@@ -136,12 +137,17 @@ def test_sigkill_at_random_moments_leaves_one_complete_run(tmp_path):
     """A writer replacing the run over and over is killed at random moments: every reader sees one whole run."""
     out = tmp_path / "r"
     _write(out, 10, 0)
-    script = WRITER.format(tests=str(Path(__file__).parent), out=str(out))
+    ready = tmp_path / "writing"
+    script = WRITER.format(tests=str(Path(__file__).parent), out=str(out), ready=str(ready))
     rng = random.Random(0)
     seen = set()
-    for _ in range(6):
+    for _ in range(5):
+        ready.unlink(missing_ok=True)
         proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(0.6 + rng.random() * 0.6)
+        deadline = time.time() + 60
+        while not ready.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05 + rng.random() * 0.3)  # a few writes in: the kill lands at a random point of one
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
         rd = RunDir.open(out)  # never refused: the swap is atomic
