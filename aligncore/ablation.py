@@ -1,7 +1,7 @@
 """Fusion ablation on stored scores: every fusion rule, and every branch alone, side by side.
 
-Nothing here loads a model or imports torch: the per-branch scores come from the run's
-``predictions.csv`` (written from the score store). Each run's images are split by a
+Nothing here loads a model or imports torch: the per-branch scores come from the run folder
+(:class:`aligncore.rundir.RunDir`, full-precision scores as the run wrote them). Each run's images are split by a
 hash of their content into a calibration part (learned fusions are fitted there, and
 thresholds picked there for ``target_fpr``) and a disjoint evaluation part on which every
 row of the table is measured. Identical files always fall on the same side, so a
@@ -14,7 +14,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,65 +24,12 @@ from .errors import AlignCoreError
 from .fusion import threshold_for_fpr
 from .metrics import binary_metrics
 from .registry import get_registry
+from .rundir import RunDir, RunScores
 
 DEFAULT_FUSIONS = ("or", "and", "max", "weighted", "learned")
 TABLE_METRICS = ("accuracy", "real_accuracy", "fake_accuracy", "balanced_accuracy", "ap", "auc", "tpr_at_5fpr")
 METRIC_TITLES = {"accuracy": "acc", "real_accuracy": "real acc", "fake_accuracy": "fake acc",
                  "balanced_accuracy": "bal acc", "ap": "AP", "auc": "AUC", "tpr_at_5fpr": "TPR@5%FPR"}
-
-
-@dataclass
-class RunScores:
-    """A finished run's per-image branch scores, read without loading any model."""
-
-    run_id: str
-    run_dir: Path
-    dataset: str
-    branches: list[str]
-    paths: list[str]
-    sha256: list[str]
-    labels: np.ndarray  # int, -1 unlabelled
-    generators: np.ndarray  # object
-    subsets: np.ndarray  # object
-    scores: dict[str, np.ndarray]  # branch → (n,) float, NaN = not scored
-    perturb: str | None = None
-
-    def subset(self, mask: np.ndarray) -> "RunScores":
-        idx = np.flatnonzero(mask)
-        return RunScores(self.run_id, self.run_dir, self.dataset, self.branches,
-                         [self.paths[i] for i in idx], [self.sha256[i] for i in idx], self.labels[idx],
-                         self.generators[idx], self.subsets[idx], {b: s[idx] for b, s in self.scores.items()},
-                         self.perturb)
-
-
-def load_run_scores(run_dir: str | Path) -> RunScores:
-    run_dir = Path(run_dir)
-    info_path, pred_path = run_dir / "run.json", run_dir / "predictions.csv"
-    if not info_path.exists() or not pred_path.exists():
-        raise AlignCoreError(f"{run_dir} is not a finished run directory (needs run.json and predictions.csv); "
-                             "make one with alignctl run.")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
-    cfg = info.get("config", {})
-    branches = list(cfg.get("fingerprints") or cfg.get("branches") or [])
-    with open(pred_path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    missing = [b for b in branches if rows and f"score_{b}" not in rows[0]]
-    if missing:
-        raise AlignCoreError(f"{pred_path} has no score column for branch(es) {missing}.")
-
-    def num(v: str) -> float:
-        return math.nan if v == "" else float(v)
-
-    dataset = cfg.get("dataset_name") or Path((cfg.get("dataset") or {}).get("root", run_dir.name)).name
-    return RunScores(
-        run_id=info.get("run_id", run_dir.name), run_dir=run_dir, dataset=dataset, branches=branches,
-        paths=[r["path"] for r in rows], sha256=[r["sha256"] for r in rows],
-        labels=np.array([int(r["label"]) if r["label"] != "" else -1 for r in rows], dtype=int),
-        generators=np.array([r["generator"] for r in rows], dtype=object),
-        subsets=np.array([r["subset"] for r in rows], dtype=object),
-        scores={b: np.array([num(r[f"score_{b}"]) for r in rows], dtype=float) for b in branches},
-        perturb=cfg.get("perturb"),
-    )
 
 
 def calibration_mask(sha256: Sequence[str], fraction: float, seed: int = 0) -> np.ndarray:
@@ -187,7 +133,7 @@ def ablate(run_dirs: Sequence[str | Path], fusions: Sequence[str] = DEFAULT_FUSI
     fitted: dict[str, dict] = {}
     splits: dict[str, dict] = {}
     for rd in run_dirs:
-        rs = load_run_scores(rd)
+        rs = RunDir.open(rd).scores()
         key = rs.dataset if rs.dataset not in fitted else f"{rs.dataset}#{rs.run_id}"
         rows, fit, split = ablate_run(rs, fusions, target_fpr, cal_fraction, seed, fusion_options)
         for r in rows:

@@ -11,12 +11,62 @@ import csv
 import html
 import io
 import json
+import time
 from typing import Sequence
 
 from .errors import AlignCoreError
-from .store import LEADERBOARD_METRICS, ScoreStore
+from .store import ScoreStore
 
 FORMATS = ("table", "md", "csv", "json", "html")
+TABLE = "leaderboard"
+METRICS = (
+    "accuracy", "real_accuracy", "fake_accuracy", "balanced_accuracy", "ap", "auc", "tpr_at_1fpr", "tpr_at_5fpr",
+)
+#: one row per scored run; the same table and columns as stores written before it moved here
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id      TEXT NOT NULL,
+    created     REAL NOT NULL,
+    suite       TEXT,
+    dataset     TEXT NOT NULL,
+    branches    TEXT NOT NULL,
+    checkpoints TEXT,
+    fusion      TEXT NOT NULL,
+    fusion_config TEXT,
+    perturb     TEXT,
+    n_images    INTEGER,
+    {", ".join(f"{m} REAL" for m in METRICS)},
+    metrics     TEXT
+);
+"""
+
+
+def add_row(store: ScoreStore, *, run_id: str, dataset: str, branches: list[str], fusion: str, metrics: dict,
+            checkpoints: dict | None = None, fusion_config: dict | None = None, suite: str | None = None,
+            perturb: str | None = None) -> None:
+    """Record one run's overall metrics (``metrics`` as in ``metrics.json``)."""
+    overall = metrics.get("overall", metrics)
+    cols = ["run_id", "created", "suite", "dataset", "branches", "checkpoints", "fusion", "fusion_config", "perturb",
+            "n_images", *METRICS, "metrics"]
+    vals = (run_id, time.time(), suite, dataset, ",".join(branches), json.dumps(checkpoints or {}, sort_keys=True),
+            fusion, json.dumps(fusion_config or {}, sort_keys=True), perturb, overall.get("n"),
+            *[overall.get(k) for k in METRICS], json.dumps(metrics, sort_keys=True, default=str))
+    store.ensure_schema(SCHEMA)
+    with store.transaction() as c:
+        c.execute(f"INSERT INTO {TABLE} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", vals)
+
+
+def stored_rows(store: ScoreStore, suite: str | None = None) -> list[dict]:
+    """Every recorded row (of ``suite`` when given), oldest first; none in a store that never had one."""
+    if not store.has_table(TABLE):
+        return []
+    q, args = f"SELECT * FROM {TABLE}", ()
+    if suite is not None:
+        q, args = q + " WHERE suite = ?", (suite,)
+    cur = store.conn.execute(q + " ORDER BY id", args)
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]
 
 
 def _short_checkpoints(raw: str | None) -> str:
@@ -41,9 +91,9 @@ def leaderboard(store: ScoreStore, suite: str | None = None, metric: str = "accu
                 sort: str | None = None, descending: bool = True) -> tuple[list[str], list[dict]]:
     """(dataset names, rows); each row has branches, checkpoints, fusion, perturb, one column per dataset,
     ``average``, ``n_datasets`` and ``run_ids``."""
-    if metric not in LEADERBOARD_METRICS:
-        raise AlignCoreError(f"--metric {metric!r} is not one of {', '.join(LEADERBOARD_METRICS)}.")
-    raw = store.leaderboard_rows(suite)
+    if metric not in METRICS:
+        raise AlignCoreError(f"--metric {metric!r} is not one of {', '.join(METRICS)}.")
+    raw = stored_rows(store, suite)
     datasets: list[str] = []
     table: dict[tuple, dict] = {}
     for r in raw:  # ordered by id: a later result for the same (config, dataset) replaces an earlier one

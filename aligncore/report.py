@@ -11,14 +11,14 @@ import base64
 import html
 import io
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .ablation import METRIC_TITLES, TABLE_METRICS, ablate, load_run_scores
+from .ablation import METRIC_TITLES, TABLE_METRICS, ablate
 from .errors import AlignCoreError
+from .rundir import RunDir, RunScores
 
 
 def _png(fig) -> str:
@@ -30,18 +30,7 @@ def _png(fig) -> str:
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def _read_predictions(run_dir: Path) -> list[dict]:
-    import csv
-
-    with open(run_dir / "predictions.csv", newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
-
-
-def _num(v: str) -> float:
-    return math.nan if v == "" else float(v)
-
-
-def make_figures(run_dir: Path) -> list[tuple[str, str, str]]:
+def make_figures(rs: RunScores) -> list[tuple[str, str, str]]:
     """(title, caption, base64 PNG) for every figure of the report."""
     import matplotlib
 
@@ -49,10 +38,7 @@ def make_figures(run_dir: Path) -> list[tuple[str, str, str]]:
     import matplotlib.pyplot as plt
     from sklearn.metrics import confusion_matrix, roc_curve
 
-    rs = load_run_scores(run_dir)
-    preds = _read_predictions(run_dir)
-    fused = np.array([_num(r["fused_score"]) for r in preds])
-    verdict = np.array([r["verdict"] == "fake" for r in preds])
+    fused, verdict = rs.fused, rs.verdicts
     y = rs.labels
     lab = y >= 0
     series = {"fused": fused, **{f"branch {b}": rs.scores[b] for b in rs.branches}}
@@ -132,13 +118,9 @@ def _f(v) -> str:
 def write_report(run_dir: str | Path, out: str | Path | None = None, fusions: tuple[str, ...] | None = None,
                  target_fpr: float | None = None, note: str | None = None) -> Path:
     """Write ``RUN/report.html`` (or ``out``) and return its path."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "metrics.json").exists():
-        raise AlignCoreError(f"{run_dir} is not a finished run directory (no metrics.json); make one with alignctl run.")
-    info = json.loads((run_dir / "run.json").read_text(encoding="utf-8"))
-    metrics = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8"))
-    cfg = info.get("config", {})
-    figs = make_figures(run_dir)
+    rd = RunDir.open(run_dir)
+    run_dir, info, metrics, cfg = rd.path, rd.info, rd.metrics(), rd.config
+    figs = make_figures(rd.scores())
     from .ablation import DEFAULT_FUSIONS
 
     try:

@@ -1,4 +1,5 @@
-"""The score store: one SQLite file (WAL mode) shared by runs, re-fusions and leaderboards.
+"""The score store: one SQLite file (WAL mode) holding scores and runs (and the leaderboard's table,
+whose schema and rows belong to :mod:`aligncore.leaderboard`).
 
 Scores are keyed by (image content sha256, branch fingerprint), so a re-run, a
 re-fusion or a resumed run scores only what is missing, whatever the file is called.
@@ -17,7 +18,6 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import AlignCoreError
-from .hashing import sha256_file  # noqa: F401  (re-exported: callers import it from here)
 
 STORE_ENV = "ALIGNCORE_STORE"
 HOME_ENV = "ALIGNCORE_HOME"
@@ -41,33 +41,7 @@ CREATE TABLE IF NOT EXISTS runs (
     config   TEXT NOT NULL,
     summary  TEXT
 );
-CREATE TABLE IF NOT EXISTS leaderboard (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id      TEXT NOT NULL,
-    created     REAL NOT NULL,
-    suite       TEXT,
-    dataset     TEXT NOT NULL,
-    branches    TEXT NOT NULL,
-    checkpoints TEXT,
-    fusion      TEXT NOT NULL,
-    fusion_config TEXT,
-    perturb     TEXT,
-    n_images    INTEGER,
-    accuracy    REAL,
-    real_accuracy REAL,
-    fake_accuracy REAL,
-    balanced_accuracy REAL,
-    ap          REAL,
-    auc         REAL,
-    tpr_at_1fpr REAL,
-    tpr_at_5fpr REAL,
-    metrics     TEXT
-);
 """
-
-LEADERBOARD_METRICS = (
-    "accuracy", "real_accuracy", "fake_accuracy", "balanced_accuracy", "ap", "auc", "tpr_at_1fpr", "tpr_at_5fpr",
-)
 
 
 def default_store_path() -> Path:
@@ -100,9 +74,7 @@ class ScoreStore:
             try:
                 self.conn.execute("PRAGMA journal_mode = WAL")
                 self.conn.execute("PRAGMA synchronous = NORMAL")
-                with self.transaction():
-                    for stmt in _statements(SCHEMA):
-                        self.conn.execute(stmt)
+                self.ensure_schema(SCHEMA)
                 return
             except (sqlite3.OperationalError, AlignCoreError) as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
@@ -183,7 +155,7 @@ class ScoreStore:
             return self.conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
         return self.conn.execute("SELECT COUNT(*) FROM scores WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
 
-    # ------------------------------------------------------------------ runs and leaderboard
+    # ------------------------------------------------------------------ runs
     def add_run(self, run_id: str, kind: str, out_dir: str | None, config: dict, summary: dict | None = None) -> None:
         with self.transaction() as c:
             c.execute(
@@ -192,36 +164,15 @@ class ScoreStore:
                  json.dumps(summary or {}, sort_keys=True, default=str)),
             )
 
-    def get_run(self, run_id: str) -> dict | None:
-        row = self.conn.execute("SELECT run_id, created, kind, out_dir, config, summary FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        if row is None:
-            return None
-        return {"run_id": row[0], "created": row[1], "kind": row[2], "out_dir": row[3],
-                "config": json.loads(row[4]), "summary": json.loads(row[5] or "{}")}
-
-    def add_leaderboard_row(self, *, run_id: str, dataset: str, branches: list[str], fusion: str, metrics: dict,
-                            checkpoints: dict | None = None, fusion_config: dict | None = None,
-                            suite: str | None = None, perturb: str | None = None) -> None:
-        overall = metrics.get("overall", metrics)
-        vals = [overall.get(k) for k in LEADERBOARD_METRICS]
+    # ------------------------------------------------------------------ tables of other modules
+    def ensure_schema(self, script: str) -> None:
+        """Run ``CREATE ... IF NOT EXISTS`` statements in one transaction (the leaderboard keeps its own table)."""
         with self.transaction() as c:
-            c.execute(
-                "INSERT INTO leaderboard (run_id, created, suite, dataset, branches, checkpoints, fusion, fusion_config, "
-                "perturb, n_images, " + ", ".join(LEADERBOARD_METRICS) + ", metrics) VALUES (" + ", ".join("?" * 19) + ")",
-                (run_id, time.time(), suite, dataset, ",".join(branches), json.dumps(checkpoints or {}, sort_keys=True),
-                 fusion, json.dumps(fusion_config or {}, sort_keys=True), perturb, overall.get("n"), *vals,
-                 json.dumps(metrics, sort_keys=True, default=str)),
-            )
+            for stmt in _statements(script):
+                c.execute(stmt)
 
-    def leaderboard_rows(self, suite: str | None = None) -> list[dict]:
-        q = "SELECT * FROM leaderboard"
-        args: tuple = ()
-        if suite is not None:
-            q += " WHERE suite = ?"
-            args = (suite,)
-        cur = self.conn.execute(q + " ORDER BY id", args)
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
+    def has_table(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
 
 
 def _statements(script: str) -> list[str]:

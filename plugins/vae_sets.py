@@ -228,11 +228,8 @@ class PixelSetBuilder(SupervisionBuilder):
         return results
 
     def _write_pair(self, item: WorkItem, real, recon, out_dir: Path) -> list[dict[str, Any]]:
-        ext = "png" if self.config.format == "png" else "jpg"
-        rel_real = f"{REAL_DIR}/{item.meta['out_stem']}.{ext}"
-        rel_fake = f"{FAKE_DIR}/{item.meta['out_stem']}.{ext}"
-        _save(real, out_dir / rel_real, self.config.format, self.config.jpeg_quality)
-        _save(recon, out_dir / rel_fake, self.config.format, self.config.jpeg_quality)
+        real_row = self.write_image(real, f"{REAL_DIR}/{item.meta['out_stem']}")
+        fake_row = self.write_image(recon, f"{FAKE_DIR}/{item.meta['out_stem']}")
         value = psnr(real, recon)
         self._last_psnrs.append(value)
         h, w = real.shape[:2]
@@ -243,36 +240,24 @@ class PixelSetBuilder(SupervisionBuilder):
             "source": str(item.source),
             "psnr": round(value, 4),
             "decoder": self.decoder_name,
-            "format": self.config.format,
-            "quality": self.config.jpeg_quality if self.config.format == "jpeg" else None,
+            **self.encoding(),
             "seed": self.config.seed,
             "width": w,
             "height": h,
         }
-        return [{"path": rel_real, "label": 0, **common}, {"path": rel_fake, "label": 1, **common}]
+        return [{**real_row, "label": 0, **common}, {**fake_row, "label": 1, **common}]
 
     # ---------------------------------------------------------------- reporting
-    def build(self, sources, out_dir, progress=True) -> Path:
-        """The base build, then the set's PSNR statistics added to ``provenance.json``."""
-        import csv
-        import json
-
-        from aligncore.supervision import PROVENANCE_NAME
-
-        manifest = super().build(sources, out_dir, progress)
-        with open(manifest, newline="", encoding="utf-8") as f:
-            values = [float(r["psnr"]) for r in csv.DictReader(f) if r["label"] == "1" and r.get("psnr")]
+    def finalize(self, rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+        """The set's PSNR statistics (over every pair, resumed ones included) for ``provenance.json``."""
+        values = [float(r["psnr"]) for r in rows if int(r["label"]) == 1 and r.get("psnr") is not None]
         self._stats = {
             "pairs": len(values),
             "psnr_mean": round(sum(values) / len(values), 4) if values else None,
             "psnr_min": round(min(values), 4) if values else None,
             "psnr_max": round(max(values), 4) if values else None,
         }
-        prov_path = Path(out_dir) / PROVENANCE_NAME
-        prov = json.loads(prov_path.read_text())
-        prov["psnr"] = self._stats
-        prov_path.write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
-        return manifest
+        return {"psnr": self._stats}
 
     def summary(self) -> str | None:
         stats = getattr(self, "_stats", None)
@@ -304,20 +289,6 @@ def psnr(a, b) -> float:
 
     mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
     return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255.0**2 / mse))
-
-
-def _save(arr, path: Path, fmt: str, quality: int) -> None:
-    """Same encoder settings for both classes; written atomically so a kill never leaves a torn file."""
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    img = Image.fromarray(arr, "RGB")
-    if fmt == "png":
-        img.save(tmp, format="PNG", compress_level=6)
-    else:
-        img.save(tmp, format="JPEG", quality=quality, subsampling="4:2:0", optimize=False)
-    os.replace(tmp, path)
 
 
 # ============================================================================ tiny autoencoders

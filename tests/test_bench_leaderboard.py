@@ -62,10 +62,11 @@ def test_bench_present_dataset_writes_leaderboard_row(tmp_path):
     assert r.exit_code == 0, r.output
     assert sum(l.startswith("ran  ") for l in r.output.splitlines()) == 2
     assert sum(l.startswith("skip ") for l in r.output.splitlines()) == 1
+    from aligncore.leaderboard import stored_rows
     from aligncore.store import ScoreStore
 
     with ScoreStore() as st:
-        rows = st.leaderboard_rows("mini")
+        rows = stored_rows(st, "mini")
     assert {r_["dataset"] for r_ in rows} == {"setA", "setB"}
     # second configuration: max fusion, so the leaderboard has two rows
     r = CliRunner().invoke(cli, ["bench", str(suite), "--root", str(root), "--branches", "fake", "--fusion", "max",

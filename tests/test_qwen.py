@@ -231,7 +231,8 @@ def test_size_bucketing_in_runs_changes_order_not_scores(tmp_path):
     import csv
 
     from aligncore.config import make_run_config
-    from aligncore.runner import _size_bucket, run
+    from aligncore.data.loader import size_bucket
+    from aligncore.runner import run
 
     for i, im in enumerate(_images(8, seed=3)):
         d = tmp_path / "ds" / ("0_real" if i % 2 == 0 else "1_fake")
@@ -239,7 +240,7 @@ def test_size_bucketing_in_runs_changes_order_not_scores(tmp_path):
         im.save(d / f"{i}.png")
     paths = sorted(str(p) for p in (tmp_path / "ds").rglob("*.png"))
     assert type(create_branch("qwen", preset="tiny")).bucket_by_size
-    assert sorted(paths, key=_size_bucket) != paths  # the bucketed order differs from the listing order
+    assert sorted(paths, key=size_bucket) != paths  # the bucketed order differs from the listing order
     res = run(make_run_config(branches="qwen", preset="tiny", device="cpu", batch_size=3, data=str(tmp_path / "ds"),
                               out=str(tmp_path / "r")), progress=False)
     with open(res.out_dir / "predictions.csv", newline="") as f:

@@ -58,6 +58,21 @@ def test_every_image_has_its_parameters(sources, tmp_path):
     assert not any(k.startswith("pp_") for k in clean[0])
 
 
+def test_the_built_set_reads_as_its_manifest(sources, tmp_path):
+    """Scoring or training on the set's folder takes the processed images only (not the clean/ copies)."""
+    from aligncore.data import load_dataset
+
+    out = tmp_path / "s"
+    build(sources, out)
+    rows = _rows(out / "manifest.csv")
+    records = load_dataset(out).records
+    assert len(records) == len(rows) == 12 and not any("/clean/" in r.path for r in records)
+    assert {r.extra["clean_path"] for r in records} == {r["clean_path"] for r in rows}
+    assert all(set(PARAMS) <= set(r.extra) for r in records)
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["encoding"] == {"format": "png", "quality": None}
+
+
 def test_manifest_parameters_reproduce_the_image(sources, tmp_path):
     from aligncore.data import load_image
     from aligncore_plugins.semantic_set import align_format, apply_chain
@@ -208,3 +223,22 @@ def test_leakage_audit_refuses_a_set_without_clean_copies(sources, tmp_path, res
     build(sources, tmp_path / "s", keep_clean=False)
     with pytest.raises(DataError, match="keep_clean"):
         leakage_audit(tmp_path / "s", residual_branch, tmp_path / "a")
+
+
+@pytest.mark.parametrize("name, cfg", [("semantic-set", {"size": 48}), ("fake-pairs", {})])
+def test_both_classes_are_written_with_one_encoder_setting(name, cfg, sources, tmp_path):
+    from PIL import JpegImagePlugin
+
+    from aligncore.errors import AlignCoreError
+
+    builder = create_builder(name, {**cfg, "format": "jpeg", "jpeg_quality": 83})
+    out = tmp_path / "s"
+    rows = _rows(builder.build([sources], out, progress=False))
+    tables = set()
+    for r in rows:
+        with Image.open(out / r["path"]) as im:
+            assert im.format == "JPEG" and r["path"].endswith(".jpg") and JpegImagePlugin.get_sampling(im) == 2
+            tables.add(json.dumps(im.quantization, sort_keys=True))
+    assert {r["label"] for r in rows} == {"0", "1"} and len(tables) == 1  # same quality for both classes
+    with pytest.raises(AlignCoreError, match="only available while build"):
+        builder.write_image(Image.new("RGB", (4, 4)), "x")

@@ -12,11 +12,12 @@ any particular branch.
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Literal
 
 import numpy as np
+
+from .codec import jpeg_roundtrip  # noqa: F401  (the one JPEG round trip; pixel trainers import it from here)
 
 PadMode = Literal["reflect", "constant"]
 
@@ -80,13 +81,3 @@ def grid_positions(h: int, w: int, size: int, n: int, align: int = 8) -> list[tu
         return [v - v % step for v in (round(i * span / (k - 1)) for i in range(k))]
 
     return [(t, l) for t in spread(th, rows) for l in spread(tw, cols)]
-
-
-def jpeg_roundtrip(arr: np.ndarray, quality: int) -> np.ndarray:
-    """Encode as JPEG at ``quality`` (4:2:0, as cameras and sites do) and decode again."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    return np.asarray(Image.open(buf).convert("RGB"))

@@ -6,7 +6,10 @@
 - ``real/`` + ``fake/`` folders; the first folder below ``fake/`` (or ``real/``) names the
   generator (or the source of the real photos).
 - CSV or JSONL manifests with ``path`` (or ``file``), ``label`` (0/1, real/fake) and
-  optional ``generator`` and ``subset``; paths are relative to the manifest's folder.
+  optional ``generator`` and ``subset``; paths are relative to the manifest's folder. Every
+  other column is kept in :attr:`Record.extra` (e.g. a pixel set's ``pair_id``).
+- A folder holding a ``manifest.csv`` (a supervision builder's output) is read through that
+  manifest, never scanned: the manifest says which files belong to the set.
 """
 
 from __future__ import annotations
@@ -14,9 +17,9 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 from ..errors import DataError
 
@@ -25,6 +28,9 @@ IMAGE_SUFFIXES = {
 }
 REAL_NAMES = {"0_real", "real", "reals", "nature"}
 FAKE_NAMES = {"1_fake", "fake", "fakes", "ai"}
+MANIFEST_NAME = "manifest.csv"  # what a folder that is a supervision builder's output holds
+PATH_COLUMNS = ("path", "file", "filepath", "image")
+CORE_COLUMNS = ("label", "generator", "subset")
 LABEL_WORDS = {"0": 0, "real": 0, "0_real": 0, "nature": 0, "false": 0, "1": 1, "fake": 1, "1_fake": 1, "ai": 1, "true": 1}
 
 
@@ -34,9 +40,8 @@ class Record:
     label: int | None  # 0 real, 1 fake, None unknown (prediction only)
     generator: str | None = None
     subset: str | None = None
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    #: every manifest column beyond path/label/generator/subset, as text ({} for folder layouts)
+    extra: dict[str, str] = field(default_factory=dict, hash=False)
 
 
 @dataclass
@@ -52,6 +57,21 @@ class Dataset:
     def name(self) -> str:
         p = Path(self.root)
         return p.stem if p.is_file() else p.name
+
+
+def hash_records(records: Sequence[Record]) -> tuple[list[str | None], list[tuple[str, str]]]:
+    """The sha256 of every record's file (None where it cannot be read) and (path, reason) of those."""
+    from ..hashing import sha256_file
+
+    hashes: list[str | None] = []
+    unreadable = []
+    for r in records:
+        try:
+            hashes.append(sha256_file(r.path))
+        except OSError as exc:
+            hashes.append(None)
+            unreadable.append((r.path, f"cannot read file ({exc.strerror or exc})"))
+    return hashes, unreadable
 
 
 def parse_label(value, where: str) -> int | None:
@@ -80,6 +100,8 @@ def load_dataset(source: str | Path, allow_outside: bool = False) -> Dataset:
         else:
             raise DataError(f"{src}: not a manifest (.csv, .jsonl) or an image.")
         return Dataset(str(src.resolve()), layout, recs)
+    if (src / MANIFEST_NAME).is_file():
+        return Dataset(str(src.resolve()), "builder-manifest", _read_csv_manifest(src / MANIFEST_NAME, allow_outside))
     recs, layout = _read_folder(src.resolve())
     if not recs:
         raise DataError(f"{src}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
@@ -145,9 +167,10 @@ def _rows_to_records(rows: Iterable[tuple[str, dict]], base: Path, allow_outside
     out = []
     missing: list[str] = []
     for where, row in rows:
-        raw = row.get("path", row.get("file", row.get("filepath", row.get("image"))))
-        if raw is None:
+        key = next((k for k in PATH_COLUMNS if k in row), None)
+        if key is None:
             raise DataError(f"{where}: no 'path' (or 'file') column.")
+        raw = row[key]
         path = _resolve(base, raw, where, allow_outside)
         if not os.path.isfile(path):
             missing.append(f"{where} ({str(raw).strip()!r})")
@@ -160,6 +183,7 @@ def _rows_to_records(rows: Iterable[tuple[str, dict]], base: Path, allow_outside
                 parse_label(row.get("label"), where),
                 (str(row["generator"]).strip() or None) if row.get("generator") not in (None, "") else None,
                 (str(row["subset"]).strip() or None) if row.get("subset") not in (None, "") else None,
+                {k: _text(v) for k, v in row.items() if k != key and k not in CORE_COLUMNS and k is not None},
             )
         )
     if missing:
@@ -169,6 +193,13 @@ def _rows_to_records(rows: Iterable[tuple[str, dict]], base: Path, allow_outside
             f"the manifest's folder {base}): {'; '.join(missing[:5])}{more}."
         )
     return out
+
+
+def _text(value) -> str:
+    """A manifest cell as text: CSV cells already are; JSONL values are written back as JSON (None is empty)."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def _read_csv_manifest(path: Path, allow_outside: bool) -> list[Record]:
