@@ -55,6 +55,8 @@ class Branch(Component):
     nonscoring_fields: ClassVar[frozenset[str]] = frozenset({"device", "batch_size"})
     #: whether :meth:`explain_batch` produces text rationales
     supports_explain: ClassVar[bool] = False
+    #: inputs whose size follows the image (a VLM's visual tokens): the runner batches like-sized images together
+    bucket_by_size: ClassVar[bool] = False
     #: every branch accepts 'tiny' (a run's --preset reaches all its branches); branches with a model override it
     presets: ClassVar[dict[str, dict[str, Any]]] = {"tiny": {}}
     #: the training method (an aligncore.train.Trainer subclass) and its options; None = not trainable

@@ -15,7 +15,6 @@ demonstrate the plumbing, not detection quality.
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from dataclasses import dataclass, field
@@ -345,13 +344,13 @@ def train_branches(st: DemoState) -> None:
 
 def _merge_eval(st: DemoState) -> Path:
     """One held-out manifest over every held-out set (paths made relative to the demo folder)."""
+    from .data import load_dataset
+
     rows = []
     for role, manifest in st.eval_sets.items():
-        with open(manifest, newline="", encoding="utf-8") as f:
-            for r in csv.DictReader(f):
-                full = (manifest.parent / r["path"]).resolve()
-                rows.append({"path": str(full.relative_to(st.out.resolve())), "label": r["label"],
-                             "generator": r.get("generator") or role, "subset": r.get("subset") or role})
+        for r in load_dataset(manifest).records:
+            rows.append({"path": str(Path(r.path).relative_to(st.out.resolve())), "label": r.label,
+                         "generator": r.generator or role, "subset": r.subset or role})
     out = st.out / "heldout.csv"
     write_manifest(out, rows)
     return out

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import Field
 
 from .branch import Branch, BranchConfig
+from .data.images import rgb_array
 from .data.crops import crop, grid_positions
 from .errors import ConfigError
 from .hashing import digest_files
@@ -103,7 +104,7 @@ class PixelBranch(Branch):
     # ------------------------------------------------------------------ preprocessing
     def crops(self, image) -> np.ndarray:
         """PIL RGB (or uint8 H×W×3 array) → uint8 array (K, S, S, 3): ``inference_crops`` windows at native resolution."""
-        arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
+        arr = rgb_array(image)
         c = self.config
         h, w = arr.shape[:2]
         pos = grid_positions(h, w, c.crop_size, c.inference_crops, c.crop_align)

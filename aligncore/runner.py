@@ -120,7 +120,7 @@ def plan_job(rr: ResolvedRun, store: ScoreStore, rank_store: ScoreStore | None =
         done = [rank_store.known(fp, [hashes[i] for i in mine]) for fp in fps.values()]
         needs = {i: [bi for bi in needs[i] if hashes[i] not in done[bi]] for i in mine}
     todo = [LoadItem(i, records[i].path, tuple(needs[i])) for i in mine if needs[i]]
-    if any(getattr(rr.branches[bi], "bucket_by_size", False) for it in todo for bi in it.needs):
+    if any(rr.branches[bi].bucket_by_size for it in todo for bi in it.needs):
         todo.sort(key=lambda it: size_bucket(it.path))
     return ScoringJob(records, hashes, unreadable, fps, reused, todo)
 

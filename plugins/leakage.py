@@ -120,6 +120,7 @@ def leakage_audit(set_path: str | Path, pixel_branch: str, out_dir: str | Path, 
     """Cross-validated AUC of ``pixel_branch`` on the unprocessed and the processed images of a semantic set."""
     from aligncore.errors import ConfigError
     from aligncore.registry import create_branch, get_registry
+    from aligncore.train import train_branch
 
     get_registry().get("branch", pixel_branch)  # unknown names fail before any work
     if folds < 2:
@@ -147,8 +148,8 @@ def leakage_audit(set_path: str | Path, pixel_branch: str, out_dir: str | Path, 
             if log:
                 log(f"{variant}: fold {k + 1}/{folds}: training {pixel_branch} on {len(train)} {what}")
             data = _link_folder(out / variant / f"fold{k}" / "train", train)
-            trainer = create_branch(pixel_branch, None, **bopts)
-            ckpt = trainer.train(str(data), out / variant / f"fold{k}" / "checkpoint", dict(train_options or {}))
+            ckpt = train_branch(pixel_branch, str(data), out / variant / f"fold{k}" / "checkpoint",
+                                branch_options=bopts, train_options=dict(train_options or {}), progress=False).checkpoint
             scorer = create_branch(pixel_branch, None, **{**bopts, "checkpoint": str(ckpt)})
             fs = _score(scorer, [paths[i] for i in test])
             for i, s in zip(test, fs):

@@ -19,6 +19,7 @@ from pydantic import Field
 from aligncore import hookimpl
 from aligncore.data.crops import crop, grid_positions
 from aligncore.errors import AlignCoreError
+from aligncore.data.images import rgb_array
 from aligncore.pixel import PixelBranch, PixelBranchConfig
 from aligncore.safeio import load_numpy_arrays, save_numpy_arrays
 from aligncore.train.linear_config import LinearTrainConfig
@@ -73,7 +74,7 @@ class SpectrumBranch(PixelBranch):
         return spectrum_features(arr, c.tile, c.max_tiles, c.crop_align, c.pad_mode)
 
     def preprocess(self, image) -> np.ndarray:
-        return self.features(np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8))
+        return self.features(rgb_array(image))
 
     def set_linear_params(self, params: dict[str, np.ndarray]) -> None:
         """Use fitted weights (``mean``, ``scale``, ``coef``, ``intercept``): the linear trainer's hand-over."""

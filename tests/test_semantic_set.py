@@ -15,6 +15,7 @@ from PIL import Image
 from aligncore import create_builder, hookimpl
 from aligncore.branch import Branch, BranchConfig
 from aligncore.testing import make_image_folder
+from aligncore.train import TrainConfig, Trainer, TrainResult
 
 PARAMS = ["pp_scale", "pp_noise_sigma", "pp_noise_seed", "pp_blur_sigma", "pp_jpeg_quality", "pp_resample_down", "pp_resample_up"]
 
@@ -159,13 +160,19 @@ class ResidualBranch(Branch):
         z = (x - self.w["mean"]) / self.w["std"] @ np.asarray(self.w["coef"]) + self.w["bias"]
         return (1 / (1 + np.exp(-z))).tolist()
 
-    def train(self, supervision, out_dir, train_config=None, **kw):
+
+
+class ResidualTrainer(Trainer):
+    """Fits the residual branch's logistic regression (a third-party training method in the new shape)."""
+
+    def train(self, train_set, out_dir):
         from sklearn.linear_model import LogisticRegression
 
         from aligncore.data import load_dataset, load_image
 
-        recs = load_dataset(supervision).records
-        x = np.stack([self.preprocess(load_image(r.path)) for r in recs])
+        branch = self.new_branch()
+        recs = load_dataset(train_set).records
+        x = np.stack([branch.preprocess(load_image(r.path)) for r in recs])
         y = np.array([r.label for r in recs])
         mean, std = x.mean(0), x.std(0) + 1e-9
         lr = LogisticRegression(C=10.0).fit((x - mean) / std, y)
@@ -173,7 +180,11 @@ class ResidualBranch(Branch):
         out.mkdir(parents=True, exist_ok=True)
         (out / "w.json").write_text(json.dumps({"mean": mean.tolist(), "std": std.tolist(),
                                                 "coef": lr.coef_[0].tolist(), "bias": float(lr.intercept_[0])}))
-        return out
+        return TrainResult(out)
+
+
+ResidualBranch.trainer_class = ResidualTrainer
+ResidualBranch.train_config_class = TrainConfig
 
 
 @pytest.fixture

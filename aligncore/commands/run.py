@@ -110,6 +110,6 @@ def run_cmd(scoring: Scoring, data, config_file, workers, out, explain, allow_ou
         allow_outside_paths=allow_outside_paths, suite=suite, perturb=perturb,
         fusion_state=read_fusion_state(fusion_state))
     result = run(cfg, progress=scoring.progress, log=None if scoring.quiet else echo_err)
-    if not result.metrics:  # a non-zero rank of a distributed run: rank 0 reports
+    if not result.is_main:  # a non-zero rank of a distributed run: rank 0 reports
         return
     _print_result(result)

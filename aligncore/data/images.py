@@ -197,3 +197,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode == "1":
         return img.convert("L").convert("RGB")
     return img.convert("RGB")
+
+
+def rgb_array(image) -> np.ndarray:
+    """A PIL image (any mode) or an H×W×3 uint8 array → H×W×3 uint8 array, converting only when needed.
+
+    Images from :func:`load_image` are RGB already, so this is one copy, not two.
+    """
+    if isinstance(image, np.ndarray):
+        return np.asarray(image, dtype=np.uint8)
+    if image.mode != "RGB":
+        image = to_rgb(image)
+    return np.asarray(image, dtype=np.uint8)

@@ -22,7 +22,6 @@ the last one. The same entry point works under ``accelerate launch -m aligncore 
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -39,29 +38,12 @@ def read_rows(supervision: Any, rationale_column: str) -> list[dict[str, Any]]:
     """A labelled set (manifest, folder or records) → [{path, label, rationale}], in a stable order."""
     from ..data import Record, load_dataset
 
-    if isinstance(supervision, (list, tuple)):
-        records: Sequence[Record] = supervision
-        manifest = None
-    else:
-        src = Path(supervision)
-        if src.is_dir() and (src / "manifest.csv").exists():
-            src = src / "manifest.csv"  # a builder's output folder
-        records = load_dataset(src).records
-        manifest = src if src.is_file() and src.suffix.lower() == ".csv" else None
-    rationales: dict[str, str] = {}
-    if manifest is not None:
-        with open(manifest, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            if rationale_column in (reader.fieldnames or []):
-                for row in reader:
-                    text = (row.get(rationale_column) or "").strip()
-                    if text:
-                        rationales[str((manifest.parent / row["path"]).resolve())] = text
+    records: Sequence[Record] = supervision if isinstance(supervision, (list, tuple)) else load_dataset(supervision).records
     rows = []
     for r in records:
         if r.label is None:
             raise DataError(f"{r.path}: DPO training needs a label (real/fake) for every image.")
-        rows.append({"path": r.path, "label": int(r.label), "rationale": rationales.get(str(Path(r.path).resolve()), "")})
+        rows.append({"path": r.path, "label": int(r.label), "rationale": (r.extra.get(rationale_column) or "").strip()})
     if not rows:
         raise DataError(f"no images in the training set {supervision}.")
     if len({r["label"] for r in rows}) < 2:
