@@ -182,7 +182,8 @@ def test_dinov2_pretrained_weights_load_through_safeio(tmp_path, monkeypatch):
 
     reads = []
     monkeypatch.setattr(dm, "load_state_dict", lambda path: reads.append(path) or safeio.load_state_dict(path))
-    br = create_branch("dinov2", model=name, weights=str(tmp_path), crop_size=28, device="cpu").ensure_loaded()
+    br = create_branch("dinov2", model=name, weights=str(tmp_path), crop_size=28, device="cpu")
+    br.build_model()  # the trainer's way in: scoring refuses a dinov2 without a checkpoint (its head is untrained)
     assert reads == [tmp_path / "model.safetensors"]
     bb = br.model.backbone
     assert torch.equal(bb.blocks[0].attn.qkv.base_layer.weight, sd["blocks.0.attn.qkv.weight"])

@@ -20,7 +20,7 @@ def _print_outcome(o) -> None:
 @click.option("--root", type=click.Path(file_okay=False), help="Folder the suite's dataset paths are relative to "
               "(default: the suite's root_env variable, then $ALIGNCORE_BENCH_ROOT).")
 @click.option("--perturb", help="Perturb every image before scoring, e.g. jpeg:75 (see alignctl run --help).")
-@click.option("--metric", default="accuracy", show_default=True, help="Leaderboard metric printed at the end.")
+@click.option("--metric", default="auc", show_default=True, help="Leaderboard metric printed at the end.")
 @scoring_options
 def bench_cmd(suite, root, perturb, metric, scoring: Scoring) -> None:
     """Run a detector on every dataset of SUITE that is present; skip the others with one line each."""
@@ -35,5 +35,5 @@ def bench_cmd(suite, root, perturb, metric, scoring: Scoring) -> None:
     outcomes = run_suite(s, root_path, opts, progress=scoring.progress, on_event=_print_outcome)
     if any(o.status == "ran" for o in outcomes):
         with ScoreStore(scoring.store) as st:
-            ds, rows = leaderboard(st, s.name, metric)
+            ds, rows = leaderboard(st, s.name, metric, include_random=True)  # this suite's rows, marked random or not
         click.echo(render(ds, rows, "table", metric, s.name))

@@ -23,8 +23,10 @@ class LoadItem:
     needs: tuple[int, ...]
 
 
-#: what the loader yields per image: (key, {preprocessor: input}, {preprocessor: error})
+#: what the loader yields per image: (key, {preprocessor: input}, {preprocessor: error}); a file that
+#: cannot be read or decoded has its reason under :data:`UNREADABLE` too (a fault of the file, not of a branch)
 Loaded = tuple[int, dict[int, Any], dict[int, str]]
+UNREADABLE = -1
 
 
 class DecodeOnce:
@@ -43,7 +45,7 @@ class DecodeOnce:
         try:
             img = load_image(it.path)
         except ImageLoadError as exc:
-            return it.key, {}, {b: exc.reason for b in it.needs}
+            return it.key, {}, {UNREADABLE: exc.reason, **{b: exc.reason for b in it.needs}}
         if self.perturb is not None:
             try:
                 img = self.perturb(img)  # once, so every branch sees the same perturbed pixels

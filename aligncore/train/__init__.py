@@ -46,18 +46,25 @@ def train_config_for(branch_class: type, options: dict[str, Any] | None) -> Trai
 
 def train_branch(branch: str, train_set: Any, out: str | Path, *, branch_options: dict[str, Any] | None = None,
                  train_options: dict[str, Any] | None = None, progress: bool = True,
-                 on_step: Callable[[int], None] | None = None) -> TrainResult:
+                 on_step: Callable[[int], None] | None = None, allow_outside_paths: bool = False) -> TrainResult:
     """Train the registered branch ``branch`` on ``train_set`` (a builder's folder, a 0_real/1_fake folder,
-    a manifest, or records) into ``out``; both option dicts are validated before any work."""
+    a manifest, or records) into ``out``; both option dicts are validated before any work. The checkpoint
+    records its training data's digest and the resolved configs (``training.json``); the result's
+    ``summary`` says what happened (:func:`aligncore.train.base.format_summary` makes it one line)."""
     return train_branch_class(trainable_branch(branch), train_set, out, branch_options=branch_options,
-                              train_options=train_options, progress=progress, on_step=on_step)
+                              train_options=train_options, progress=progress, on_step=on_step,
+                              allow_outside_paths=allow_outside_paths)
 
 
 def train_branch_class(branch_class: type, train_set: Any, out: str | Path, *,
                        branch_options: dict[str, Any] | None = None, train_options: dict[str, Any] | None = None,
-                       progress: bool = True, on_step: Callable[[int], None] | None = None) -> TrainResult:
+                       progress: bool = True, on_step: Callable[[int], None] | None = None,
+                       allow_outside_paths: bool = False) -> TrainResult:
     """:func:`train_branch` for a branch class (e.g. one not registered under a name)."""
     tcfg = train_config_for(branch_class, train_options)
     bcfg = branch_class.make_config(branch_options)
-    trainer = branch_class.trainer_class(branch_class, bcfg, tcfg, progress=progress, on_step=on_step)
+    kwargs: dict[str, Any] = {"progress": progress, "on_step": on_step}
+    if allow_outside_paths:
+        kwargs["allow_outside_paths"] = True  # a third-party trainer written before the option need not take it
+    trainer = branch_class.trainer_class(branch_class, bcfg, tcfg, **kwargs)
     return trainer.train(train_set, out)
