@@ -139,7 +139,7 @@ def _weights_label(r: dict) -> tuple[str, bool]:
         return "?", False
     names = [b for b in (r["branches"] or "").split(",") if b] or sorted(w)
     random = any(w.get(b) == "random" for b in names)
-    if len(set(w.values())) == 1 and len(w) > 1:
+    if len(set(w.values())) == 1:  # one branch, or every branch alike (e.g. all random)
         return next(iter(w.values())), random
     return ",".join(f"{b}={w.get(b, '?')}" for b in names), random
 

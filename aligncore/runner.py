@@ -123,8 +123,9 @@ class ScoringJob:
 
 def plan(config: RunConfig) -> ResolvedRun:
     """Resolve names, build components, read the dataset and check the run folder, before any work."""
-    branches = create_branches(config.branches, config.device, config.preset, config.batch_size, config.branch_options)
     fusion = get_registry().create("fusion", config.fusion, config.fusion_options)
+    check_fusion_state(config, fusion)  # a bad state fails now, not after every image is scored
+    branches = create_branches(config.branches, config.device, config.preset, config.batch_size, config.branch_options)
     dataset = load_dataset(config.data, allow_outside=config.allow_outside_paths)
     dist = DistContext.from_env()
     if dist.enabled and not config.out:
@@ -135,6 +136,15 @@ def plan(config: RunConfig) -> ResolvedRun:
     if dist.is_main:
         RunDir.check_writable(out)
     return ResolvedRun(config, run_id, out, branches, fusion, dataset, dist, parse_perturb(config.perturb))
+
+
+def check_fusion_state(config: RunConfig, fusion=None, where: str = "the fusion state") -> None:
+    """Validate ``config.fusion_state`` against the fusion and the run's branches (types, finite numbers,
+    shapes, branch names), raising a ConfigError that names ``where``."""
+    if not config.fusion_state:
+        return
+    fusion = fusion or get_registry().create("fusion", config.fusion, config.fusion_options)
+    apply_state(fusion, parse_state(config.fusion_state, where), config.branches, where)
 
 
 def plan_job(rr: ResolvedRun, store: ScoreStore, rank_store: ScoreStore | None = None) -> ScoringJob:
@@ -366,10 +376,14 @@ def run(config: RunConfig, progress: bool = True, log: Callable[[str], None] | N
 
 def refuse(run_dir: str | Path, fusion_name: str, fusion_options: dict | None = None,
            store_path: str | None = None, fusion_state: dict | None = None,
-           allow_partial: bool | None = None) -> tuple[Path, dict]:
+           allow_partial: bool | None = None, state_source: str | None = None) -> tuple[Path, dict]:
     """Re-fuse a finished run from its recorded scores (no model is loaded); writes RUN/fusions/<name>/."""
     rd = RunDir.open(run_dir)
     fusion = get_registry().create("fusion", fusion_name, fusion_options or {})
+    if fusion_state:  # named after its file in every error
+        apply_state(fusion, parse_state(fusion_state, state_source or "the fusion state"),
+                    list(rd.config.get("fingerprints") or rd.config.get("branches") or []),
+                    state_source or "the fusion state")
     resolved = dict(rd.config)
     resolved.update(fusion=fusion_name, fusion_options=fusion_options or {}, fusion_state=fusion_state)
     if allow_partial is not None:

@@ -274,7 +274,7 @@ def test_train_branch_leaves_callers_alone_and_the_old_method_warns(tmp_path):
 # ---------------------------------------------------------------------- alignctl train
 
 
-@pytest.mark.parametrize("branch,expected", [("npr", "epochs = 3"), ("spectrum", "C = 0.1"), ("qwen", "beta = 0.05"),
+@pytest.mark.parametrize("branch,expected", [("npr", "epochs = None  Passes over the training pairs (or balanced images). Unset: 3"), ("spectrum", "C = 0.1"), ("qwen", "beta = 0.05"),
                                              ("dinov2", "from_scratch = False")])
 def test_train_options_lists_the_trainers_options(branch, expected):
     r = _cli("train", branch, "--options")

@@ -25,7 +25,8 @@ def fuse_cmd(run_dir, fusion, fusion_options, fusion_state, store, allow_partial
     from ..runner import refuse
 
     out, metrics = refuse(run_dir, fusion, parse_kv(fusion_options, "--fusion-option"), store,
-                          read_fusion_state(fusion_state), allow_partial)
+                          read_fusion_state(fusion_state), allow_partial,
+                          state_source=f"fusion state {fusion_state}" if fusion_state else None)
     print_metrics(metrics)
     click.echo(f"fusion {fusion} written to {out}")
     accepted = allow_partial if allow_partial is not None else bool(RunDir.open(run_dir).config.get("allow_partial"))

@@ -151,6 +151,10 @@ def run_cmd(scoring: Scoring, data, config_file, workers, out, explain, allow_ou
         config_file, **scoring.run_options(), data=data, workers=workers, out=out, explain=explain,
         allow_outside_paths=allow_outside_paths, suite=suite, perturb=perturb,
         fusion_state=read_fusion_state(fusion_state), allow_partial=allow_partial)
+    if fusion_state:
+        from ..runner import check_fusion_state
+
+        check_fusion_state(cfg, where=f"fusion state {fusion_state}")
     result = run(cfg, progress=scoring.progress, log=None if scoring.quiet else echo_err)
     if not result.is_main:  # a non-zero rank of a distributed run: rank 0 reports
         return
