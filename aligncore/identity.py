@@ -75,10 +75,17 @@ def _package_imports(name: str) -> list[str]:
     path = _module_file(name)
     if path is None or path.suffix != ".py":
         return []
+    st = path.stat()
+    return list(_imports_of(name, str(path), st.st_size, st.st_mtime_ns))
+
+
+@lru_cache(maxsize=256)
+def _imports_of(name: str, path_text: str, size: int, mtime_ns: int) -> tuple[str, ...]:
+    path = Path(path_text)
     try:
         tree = ast.parse(_read(path))
     except (SyntaxError, ValueError):
-        return []
+        return ()
     top = name.split(".")[0]
     is_pkg = path.name == "__init__.py"
     base = name.split(".") if is_pkg else name.split(".")[:-1]
@@ -97,7 +104,7 @@ def _package_imports(name: str) -> list[str]:
             found.append(mod)
             # ``from . import x`` / ``from .pkg import mod``: the names may be modules themselves
             found += [f"{mod}.{a.name}" for a in node.names if _module_file(f"{mod}.{a.name}") is not None]
-    return [m for m in found if m != name and _module_file(m) is not None]
+    return tuple(m for m in found if m != name and _module_file(m) is not None)
 
 
 def _read(path: Path) -> bytes:

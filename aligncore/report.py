@@ -41,6 +41,7 @@ def make_figures(rs: RunScores) -> list[tuple[str, str, str]]:
     fused, verdict = rs.fused, rs.verdicts
     y = rs.labels
     lab = y >= 0
+    judged = lab & np.isfinite(fused)  # a verdict exists only where every branch scored the image
     series = {"fused": fused, **{f"branch {b}": rs.scores[b] for b in rs.branches}}
     figs = []
 
@@ -60,12 +61,12 @@ def make_figures(rs: RunScores) -> list[tuple[str, str, str]]:
     figs.append(("ROC curves", "Fused score and each branch alone; the dashed line marks 5% FPR.", _png(fig)))
 
     # accuracy per generator (fused verdicts); reals grouped by their source
-    groups = sorted({(int(y[i]), str(rs.generators[i]) or "(none)") for i in range(len(y)) if lab[i]})
+    groups = sorted({(int(y[i]), str(rs.generators[i]) or "(none)") for i in range(len(y)) if judged[i]})
     if groups:
         fig, ax = plt.subplots(figsize=(max(5.0, 0.45 * len(groups) + 2), 4.2))
         names, accs, colors = [], [], []
         for cls, g in groups:
-            m = lab & (y == cls) & (np.array([str(x) or "(none)" for x in rs.generators]) == g)
+            m = judged & (y == cls) & (np.array([str(x) or "(none)" for x in rs.generators]) == g)
             acc = float((verdict[m] == (cls == 1)).mean())
             names.append(f"{g} ({m.sum()})")
             accs.append(acc)
@@ -90,8 +91,8 @@ def make_figures(rs: RunScores) -> list[tuple[str, str, str]]:
     figs.append(("Score histograms", "Per class, for each branch and for the fused score.", _png(fig)))
 
     # confusion matrix of the fused verdicts
-    if lab.any():
-        cm = confusion_matrix(y[lab], verdict[lab].astype(int), labels=[0, 1])
+    if judged.any():
+        cm = confusion_matrix(y[judged], verdict[judged].astype(int), labels=[0, 1])
         fig, ax = plt.subplots(figsize=(3.8, 3.4))
         ax.imshow(cm, cmap="Blues")
         for i in range(2):
