@@ -229,11 +229,11 @@ class ScoreStore:
         score is not a finite number in [0, 1] is left out (so it is scored again), a non-finite logit is None."""
         hs = list(dict.fromkeys(hashes))
         out: dict[str, tuple] = {}
-        logit = "logit" if "logit" in self._columns("scores") else "NULL"
+        logit_col = "logit" if "logit" in self._columns("scores") else "NULL"  # a read-only store from before it
         for i in range(0, len(hs), 900):
             chunk = hs[i : i + 900]
             q = (
-                f"SELECT sha256, score, explanation, error, {logit} FROM scores WHERE fingerprint = ? "
+                f"SELECT sha256, score, explanation, error, {logit_col} FROM scores WHERE fingerprint = ? "
                 f"AND sha256 IN ({','.join('?' * len(chunk))})"
             )
             for sha, score, expl, err, logit in self.conn.execute(q, [fingerprint, *chunk]):

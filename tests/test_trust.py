@@ -591,6 +591,16 @@ def test_a_store_with_planted_triggers_or_views_is_refused(ds, tmp_path, planted
     assert res.exit_code == 1 and needle in res.stderr and "refused" in res.stderr and "Traceback" not in res.output
 
 
+def test_scores_and_logits_come_back_for_more_hashes_than_one_query_holds(tmp_path):
+    from aligncore.store import ScoreStore
+
+    with ScoreStore(tmp_path / "s.sqlite") as st:
+        rows = [(f"{i:064x}", i / 2000, None, None, float(i)) for i in range(2000)]
+        assert st.put_scores("fp", "b", rows) == 2000
+        got = st.get_scores("fp", [r[0] for r in rows])  # read in chunks of 900
+        assert len(got) == 2000 and all(got[h] == (s, None, None, z) for h, s, _, _, z in rows)
+
+
 def test_a_store_whose_scores_table_is_defined_otherwise_is_refused(tmp_path):
     from aligncore.errors import AlignCoreError
     from aligncore.store import ScoreStore
