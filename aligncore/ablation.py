@@ -193,11 +193,16 @@ def ablate(run_dirs: Sequence[str | Path], fusions: Sequence[str] = DEFAULT_FUSI
             {"cal_fraction": cal_fraction, "seed": seed, "target_fpr": target_fpr, "fusions": list(fusions),
              "splits": splits}, indent=1, sort_keys=True) + "\n"),
     }
+    written = set()
     for ds, entries in states.items():  # one file per fitted fusion, ready for --fusion-state
         for name, entry in entries.items():
             safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ds)
-            result.files[f"state:{ds}:{name}"] = _write(out / f"{name}-{safe}.state.json",
-                                                       json.dumps(entry, indent=2, sort_keys=True) + "\n")
+            path = out / f"{name}-{safe}.state.json"
+            result.files[f"state:{ds}:{name}"] = _write(path, json.dumps(entry, indent=2, sort_keys=True) + "\n")
+            written.add(path.name)
+    for old in out.glob("*.state.json"):  # a state left by an earlier ablation here would not match this table
+        if old.name not in written:
+            old.unlink()
     return result
 
 

@@ -403,7 +403,8 @@ def test_report_reads_and_never_rewrites_an_existing_ablation(tmp_path):
     from study_utils import make_scored_run
 
     run_dir, _ = make_scored_run(tmp_path / "run", n=200)
-    assert alignctl("ablate", run_dir, "--fusions", "or,max", "--target-fpr", "0.05").exit_code == 0
+    assert alignctl("ablate", run_dir, "--fusions", "learned,and", "--target-fpr", "0.05").exit_code == 0
+    assert alignctl("ablate", run_dir, "--fusions", "or,max", "--target-fpr", "0.05").exit_code == 0  # replaces it
     before = {p.name: p.read_bytes() for p in (run_dir / "ablation").iterdir()}
     res = alignctl("report", run_dir)
     assert res.exit_code == 0, res.output
@@ -411,6 +412,8 @@ def test_report_reads_and_never_rewrites_an_existing_ablation(tmp_path):
     page = (run_dir / "report.html").read_text()
     assert "fusion:max" in page and "fusion:learned" not in page and "5.00% FPR" in page
     assert "read from ablation/" in page
+    assert sorted(p.name for p in (run_dir / "ablation").glob("*.state.json")) == ["max-synthetic.state.json",
+                                                                                  "or-synthetic.state.json"]
     res = alignctl("report", run_dir, "--fusions", "learned")
     assert "ignores --fusions" in res.stderr and (run_dir / "ablation" / "ablation.csv").read_bytes() == before["ablation.csv"]
 

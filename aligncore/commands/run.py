@@ -33,8 +33,11 @@ def print_metrics(metrics: dict) -> None:
         f"real {f(o['real_accuracy'])}  fake {f(o['fake_accuracy'])}  bacc {f(o['balanced_accuracy'])}  "
         f"AP {f(o['ap'])}  AUC {f(o['auc'])}  EER {f(o.get('eer'))}  TPR@5%FPR {f(o['tpr_at_5fpr'])}"
     )
+    by_reason: dict[str, list[str]] = {}
     for k, why in (o.get("undefined") or {}).items():
-        click.echo(f"  {k}: undefined ({why})")
+        by_reason.setdefault(why, []).append(k)
+    for why, keys in by_reason.items():
+        click.echo(f"  undefined ({why}): {', '.join(keys)}")
 
 
 def finish_incomplete(metrics: dict, out_dir, allow_partial: bool) -> None:
