@@ -158,6 +158,9 @@ class LearnedFusion(Fusion):
                                                       LearnedState.model_fields)) from None
         except TypeError:
             raise ConfigError("the learned fusion state must be a JSON object (write it with alignctl ablate).") from None
+        if st.logit_spread is not None and st.logit_spread < MIN_LOGIT_SPREAD:
+            raise ConfigError(f"the learned fusion state is a degenerate fit (its logit varied by {st.logit_spread:.1e} "
+                              "over its calibration images: a constant, not a detector); fit it on more images.")
         self._state = st.model_dump(exclude_none=True)
         self._degenerate = None
         self.config.threshold = st.threshold

@@ -350,6 +350,7 @@ def test_fitted_states_record_their_images_and_are_left_out_of_metrics(tmp_path)
     assert fused.exit_code == 0, fused.output
     n_cal = len(split["calibration"])
     assert f"less {n_cal} image(s) the fusion state was fitted on (left out)" in fused.stdout
+    assert f"fusion state fitted on {n_cal} image(s) of run synthetic-synthetic-0; {n_cal} of them are in this run" in fused.stdout
     m = _metrics(run_dir / "fusions" / "or")
     assert m["fused_over"]["left_out_fitted"] == n_cal and m["fusion"]["config"]["thresholds"] == or_state["config"]["thresholds"]
     assert m["overall"]["n"] == m["fused_over"]["images"] - n_cal
@@ -365,6 +366,8 @@ def test_fitted_states_record_their_images_and_are_left_out_of_metrics(tmp_path)
     ({"name": "or", "config": {"thresholds": {"nope": 0.5}}, "state": {}}, "nope"),
     ({"name": "or", "state": {}, "fitted_on": ["not-a-hash"]}, "fitted_on"),
     ({"name": "max", "state": {"branches": ["pix"], "coef": [1.0], "intercept": 0}}, "keeps no fitted state"),
+    ({"name": "learned", "state": {"branches": ["pix", "sem"], "coef": [1e-5, 1e-5], "intercept": 0.0,
+                                   "logit_spread": 1e-5}}, "degenerate fit"),
 ])
 def test_fusion_states_are_validated_like_configs(tmp_path, state, needle):
     from study_utils import make_scored_run

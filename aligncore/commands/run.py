@@ -22,6 +22,11 @@ def print_metrics(metrics: dict) -> None:
     def f(v):
         return "n/a" if v is None else f"{v:.4f}"
 
+    fitted = (metrics.get("fusion") or {}).get("fitted_on")
+    if fitted:
+        click.echo(f"fusion state fitted on {fitted['images']} image(s)"
+                   + (f" of run {fitted['run_id']}" if fitted.get("run_id") else "")
+                   + f"; {fitted['left_out_here']} of them are in this run and left out of its metrics")
     over = metrics.get("fused_over")
     if over:
         line = f"fused metrics over the {over['images']} of {over['of']} images every branch scored"
