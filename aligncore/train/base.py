@@ -140,11 +140,12 @@ def format_summary(summary: dict[str, Any]) -> str:
     def show(v: Any) -> str:
         if v is None:
             return "n/a"
-        return f"{v:.4f}" if isinstance(v, float) and not float(v).is_integer() else str(int(v) if isinstance(v, float) else v)
+        return f"{v:.4g}" if isinstance(v, float) and not float(v).is_integer() else str(int(v) if isinstance(v, float) else v)
 
+    auc = summary.get("val_auc")
     parts = [f"steps {show(summary.get('steps'))}", f"epochs {show(summary.get('epochs'))}",
              f"stopped: {summary.get('stop_reason') or 'n/a'}", f"best epoch {show(summary.get('best_epoch'))}",
-             f"validation AUC {show(summary.get('val_auc'))}"]
+             f"validation AUC {'n/a' if auc is None else f'{float(auc):.4f}'}"]
     if summary.get("data_digest"):
         parts.append(f"data {str(summary['data_digest'])[:12]}")
     return ", ".join(parts)
