@@ -132,15 +132,17 @@ def source_digest(cls: type) -> str:
 
 def library_versions(names: Iterable[str]) -> dict[str, str]:
     """``{distribution: "major.minor"}`` for the named distributions (``"absent"`` when not installed)."""
+    return {n: _major_minor(n) for n in sorted(set(names))}
+
+
+@lru_cache(maxsize=64)
+def _major_minor(name: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
-    out = {}
-    for n in sorted(set(names)):
-        try:
-            out[n] = ".".join(version(n).split(".")[:2])
-        except PackageNotFoundError:
-            out[n] = "absent"
-    return out
+    try:
+        return ".".join(version(name).split(".")[:2])
+    except PackageNotFoundError:
+        return "absent"
 
 
 # ---------------------------------------------------------------------- large weight files
