@@ -15,7 +15,12 @@ from .errors import ConfigError
 class RunConfig(ComponentConfig):
     branches: list[str] = Field(..., min_length=1, description="Registered branch names (alignctl branches lists them).")
     fusion: str = Field("or", description="Fusion rule applied to the branch scores.")
-    data: str = Field(..., description="A dataset folder (0_real/1_fake or real/fake) or a CSV/JSONL manifest.")
+    data: str = Field(..., description="A dataset folder (0_real/1_fake or real/fake), a CSV/JSONL manifest, a parquet "
+                      "or Arrow table, a datasets.save_to_disk folder, or a Hub dataset hf:OWNER/NAME[:SPLIT].")
+    data_options: dict[str, Any] = Field(
+        default_factory=dict, description="How to read a table dataset: image_column, label_column, generator_column, "
+        "subset_column, labels ({value: 0 or 1}), split."
+    )
     preset: str | None = Field(None, description="Preset passed to every branch (e.g. 'tiny' for offline models).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     batch_size: int | None = Field(None, ge=1, description="Override every branch's batch size.")
@@ -28,6 +33,8 @@ class RunConfig(ComponentConfig):
     fusion_options: dict[str, Any] = Field(default_factory=dict, description="Fusion config overrides.")
     explain: bool = Field(False, description="Ask branches that can explain for a short rationale per image.")
     allow_outside_paths: bool = Field(False, description="Allow manifest paths outside the manifest's folder.")
+    allow_download: bool = Field(False, description="Download an hf: dataset or hf: checkpoint missing from the "
+                                 "Hugging Face cache (never by default; HF_HUB_OFFLINE always wins).")
     suite: str | None = Field(None, description="Benchmark suite this run belongs to (for the leaderboard).")
     dataset_name: str | None = Field(None, description="Name of the dataset in the leaderboard (default: folder name).")
     perturb: str | None = Field(

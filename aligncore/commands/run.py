@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from ..cli_options import Scoring, echo_err, scoring_options
+from ..cli_options import Scoring, echo_err, parse_kv, scoring_options
 
 
 def print_metrics(metrics: dict) -> None:
@@ -84,7 +84,13 @@ def _print_result(result) -> None:
 
 
 @click.command("run")
-@click.option("--data", help="Dataset folder (0_real/1_fake, real/fake) or CSV/JSONL manifest.")
+@click.option("--data", help="Dataset: a folder (0_real/1_fake, real/fake), a CSV/JSONL manifest, a parquet or Arrow "
+              "table, a datasets.save_to_disk folder, or hf:OWNER/NAME[:SPLIT] (from the Hugging Face cache).")
+@click.option("--data-option", "data_options", multiple=True,
+              help="How to read a table: image_column=, label_column=, generator_column=, labels={ai: 1, human: 0}, "
+                   "split=.")
+@click.option("--allow-download", is_flag=True, default=None,
+              help="Download an hf: dataset or checkpoint missing from the Hugging Face cache (never by default).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML/TOML/JSON run config.")
 @scoring_options(branches_required=False, default_fusion=None)
 @click.option("--workers", type=int, help="Data loader workers (default 0).")
@@ -96,8 +102,8 @@ def _print_result(result) -> None:
 @fusion_state_option
 @click.option("--num-processes", type=int, default=1, show_default=True,
               help="Shard scoring across N processes (GPUs, or CPU ranks) with accelerate launch.")
-def run_cmd(scoring: Scoring, data, config_file, workers, out, explain, allow_outside_paths, suite, perturb,
-            fusion_state, num_processes) -> None:
+def run_cmd(scoring: Scoring, data, data_options, allow_download, config_file, workers, out, explain,
+            allow_outside_paths, suite, perturb, fusion_state, num_processes) -> None:
     """Score a dataset with one or more branches, fuse, and write predictions and metrics."""
     from ..config import make_run_config
     from ..runner import run
@@ -108,7 +114,8 @@ def run_cmd(scoring: Scoring, data, config_file, workers, out, explain, allow_ou
     cfg = make_run_config(
         config_file, **scoring.run_options(), data=data, workers=workers, out=out, explain=explain,
         allow_outside_paths=allow_outside_paths, suite=suite, perturb=perturb,
-        fusion_state=read_fusion_state(fusion_state))
+        fusion_state=read_fusion_state(fusion_state), data_options=parse_kv(data_options, "--data-option") or None,
+        allow_download=allow_download)
     result = run(cfg, progress=scoring.progress, log=None if scoring.quiet else echo_err)
     if not result.is_main:  # a non-zero rank of a distributed run: rank 0 reports
         return
