@@ -9,7 +9,21 @@ import os
 
 import click
 
-from ..cli_options import parse_kv
+from ..cli_options import echo_err, parse_kv
+
+
+def command_line() -> str:
+    """This process's command line as ``alignctl ...``, absolute paths cut to their names (no machine paths)."""
+    import shlex
+    import sys
+
+    def portable(arg: str) -> str:
+        key, eq, value = arg.partition("=")
+        if eq and os.path.isabs(value):
+            return f"{key}={os.path.basename(value.rstrip(os.sep)) or value}"
+        return os.path.basename(arg.rstrip(os.sep)) or arg if os.path.isabs(arg) else arg
+
+    return shlex.join(["alignctl", *(portable(a) for a in sys.argv[1:])])
 
 
 def _print_options(branch_class) -> None:
@@ -60,7 +74,8 @@ def train_cmd(branch, train_set, out, config_file, preset, device, options, bran
     if device is not None:
         bopts["device"] = device
     # train_branch_class validates both option sets before it reads the set or writes anything
+    main = int(os.environ.get("RANK", "0")) == 0
     result = train_branch_class(branch_class, train_set, out, branch_options=bopts, train_options=topts,
-                                progress=not quiet)
+                                progress=not quiet, log=echo_err if main else None, command=command_line())
     if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch, rank 0 reports
         click.echo(f"checkpoint written to {result.checkpoint}")
