@@ -102,9 +102,35 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+#: what a run adds to its config when it writes RUN/config.yaml (``runner.resolved_config``)
+RUN_RECORD_KEYS = ("run_id", "fingerprints")
+
+
+def is_run_record(data: dict[str, Any]) -> bool:
+    """A run's own ``config.yaml`` (the config as run, with what was resolved), not a hand-written config."""
+    return all(k in data for k in RUN_RECORD_KEYS)
+
+
+def from_run_record(data: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a run's ``config.yaml``: the run's fields, without what it resolved (fingerprints,
+    dataset, ...) and without its ``out`` (a repeat goes to a new folder unless ``--out`` says otherwise)."""
+    fields = set(RunConfig.model_fields) - {"out"}
+    out = {k: v for k, v in data.items() if k in fields}
+    root = (data.get("dataset") or {}).get("root") if isinstance(data.get("dataset"), dict) else None
+    if isinstance(root, str) and root and (root.startswith("hf:") or Path(root).is_absolute()):
+        out["data"] = root  # the dataset as it was resolved: the repeat does not depend on the working folder
+    return out
+
+
 def make_run_config(file: str | Path | None = None, **overrides: Any) -> RunConfig:
-    """File values first, then every override that is not None."""
+    """File values first, then every override that is not None.
+
+    ``file`` may be a run's own ``RUN/config.yaml``: it repeats that run (same branches, options,
+    checkpoints, data and fusion) into a new folder.
+    """
     data = read_config_file(file) if file else {}
+    if file and is_run_record(data):
+        data = from_run_record(data)
     for k, v in overrides.items():
         if v is None:
             continue
@@ -118,4 +144,5 @@ def make_run_config(file: str | Path | None = None, **overrides: Any) -> RunConf
     try:
         return RunConfig(**data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(f"the run (config file {file})" if file else "the run", err)) from None
+        raise ConfigError(format_validation_error(f"the run (config file {file})" if file else "the run", err,
+                                                  RunConfig.model_fields)) from None

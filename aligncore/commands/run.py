@@ -91,7 +91,8 @@ def _print_result(result) -> None:
                    "split=.")
 @click.option("--allow-download", is_flag=True, default=None,
               help="Download an hf: dataset or checkpoint missing from the Hugging Face cache (never by default).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML/TOML/JSON run config.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML/TOML/JSON run config (e.g. configs/run.yaml), or a run's RUN/config.yaml to repeat it.")
 @scoring_options(branches_required=False, default_fusion=None)
 @click.option("--workers", type=int, help="Data loader workers (default 0).")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<run id>).")
@@ -120,3 +121,19 @@ def run_cmd(scoring: Scoring, data, data_options, allow_download, config_file, w
     if not result.is_main:  # a non-zero rank of a distributed run: rank 0 reports
         return
     _print_result(result)
+    if config_file:
+        _compare_with_recorded(config_file, result)
+
+
+def _compare_with_recorded(config_file: str, result) -> None:
+    """Repeating a run from its RUN/config.yaml: say which branch no longer has the recorded fingerprint."""
+    from ..config import is_run_record, read_config_file
+
+    recorded = read_config_file(config_file)
+    if not is_run_record(recorded):
+        return
+    for name, st in result.branches.items():
+        before = (recorded.get("fingerprints") or {}).get(name)
+        if before and before != st.fingerprint:
+            echo_err(f"warning: branch {name}'s fingerprint {st.fingerprint} differs from the recorded run's {before}: "
+                     "the code, options or weights changed since, so its scores may differ.")

@@ -44,7 +44,9 @@ def _print_options(branch_class) -> None:
 @click.argument("branch")
 @click.option("--set", "train_set", help="Training set: a builder's output folder, a 0_real/1_fake folder or a manifest.")
 @click.option("--out", type=click.Path(file_okay=False), help="Checkpoint directory (the same --out resumes).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML/TOML/JSON file of training options.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML/TOML/JSON file of training options (and a `branch:` mapping of branch options), e.g. "
+                   "configs/train-npr.yaml.")
 @click.option("--preset", help="Branch preset, e.g. tiny.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
 @click.option("-o", "--option", "options", multiple=True, help="Training option KEY=VALUE (overrides --config); see --options.")
@@ -67,8 +69,11 @@ def train_cmd(branch, train_set, out, config_file, preset, device, options, bran
     if not train_set or not out:
         raise click.UsageError("--set and --out are required (or --options to list the training options).")
     topts = read_config_file(config_file) if config_file else {}
+    bopts = topts.pop("branch", None) or {}  # a config file's `branch:` mapping holds branch options
+    if not isinstance(bopts, dict):
+        raise click.BadParameter(f"{config_file}: `branch` must be a mapping of branch options", param_hint="--config")
     topts.update(parse_kv(options, "--option"))
-    bopts = parse_kv(branch_options, "--branch-option")
+    bopts = {**bopts, **parse_kv(branch_options, "--branch-option")}
     if preset is not None:
         bopts["preset"] = preset
     if device is not None:

@@ -38,7 +38,10 @@ def read_rows(supervision: Any, rationale_column: str) -> list[dict[str, Any]]:
     """A labelled set (manifest, folder or records) → [{path, label, rationale}], in a stable order."""
     from ..data import Record, load_dataset
 
+    from ..data.datasets import require_files
+
     records: Sequence[Record] = supervision if isinstance(supervision, (list, tuple)) else load_dataset(supervision).records
+    require_files(records, "DPO training")
     rows = []
     for r in records:
         if r.label is None:
