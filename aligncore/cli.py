@@ -147,9 +147,33 @@ def build_cli() -> click.Group:
     return cli
 
 
+def _wants_noise(args: list[str]) -> bool:
+    """``--debug``, ``-v`` or ``--verbose`` among the group's options (before the command name)."""
+    if os.environ.get(DEBUG_ENV) == "1":
+        return True
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a in ("-p", "--plugin"):
+            skip = True
+            continue
+        if not a.startswith("-"):
+            return False  # the command: its own -v means something else
+        if a in ("--debug", "-v", "--verbose"):
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not _wants_noise(args):  # before plugins are imported, so their imports are quiet too
+        from .quiet import quiet_third_party
+
+        quiet_third_party()
     build_cli()
-    cli.main(args=argv, prog_name="alignctl")
+    cli.main(args=args, prog_name="alignctl")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -6,7 +6,7 @@ A pretrained folder (a Hub model repository holds the same files)::
     aligncore.json   {"format": 1, "branches": {NAME: {"path": ".", "options": {...}, "fingerprint": ...}},
                       "fusion": {"name": ..., "options": {...}, "state": {...}}}
     README.md        the model card (branch, fingerprint, training data and command, metrics, license, limits)
-    training.json    how the weights were trained (when they were): data, command, options, summary
+    training_run.json  how the weights were trained (when they were): data, command, options, summary
     metrics.csv      the training's per-epoch validation metrics (when there were any)
     <weights>        one branch: its checkpoint files at the top, so ``--checkpoint DIR`` works as is;
     NAME/...         several branches: one folder each, holding the same files
@@ -30,10 +30,12 @@ from .hub import HUB_PREFIX, parse_hub_ref, resolve_weights
 
 LAYOUT_FILE = "aligncore.json"
 CARD_FILE = "README.md"
-TRAINING_RECORD = "training.json"
+TRAINING_RECORD = "training_run.json"  # written by aligncore.train.train_branch beside a trainer's output
 TRAINING_METRICS = "metrics.csv"
+#: what a trainer records beside the weights about their training data (digest, counts) and configs
+TRAINING_DATA = "training.json"
 #: files of a checkpoint folder that describe it and never decide a score
-RECORD_FILES = (LAYOUT_FILE, CARD_FILE, TRAINING_RECORD, TRAINING_METRICS)
+RECORD_FILES = (LAYOUT_FILE, CARD_FILE, TRAINING_RECORD, TRAINING_METRICS, TRAINING_DATA)
 #: top-level entries of a checkpoint folder that are never part of the weights (resumable trainer state)
 NOT_WEIGHTS = ("trainer", "state", "last", "best")
 FORMAT = 1
@@ -154,7 +156,7 @@ def _branch_of_checkpoint(folder: Path) -> str:
 
 
 def training_record(folder: str | Path, above: bool = True) -> dict[str, Any]:
-    """The ``training.json`` beside a checkpoint (in it, or, with ``above``, in the trainer's output folder
+    """The ``training_run.json`` beside a checkpoint (in it, or, with ``above``, in the trainer's output folder
     above it); {} if none."""
     for cand in (Path(folder), Path(folder).parent) if above else (Path(folder),):
         f = cand / TRAINING_RECORD
@@ -177,9 +179,19 @@ def training_metrics(folder: str | Path, above: bool = True) -> list[dict[str, s
     return []
 
 
+def training_data(folder: str | Path) -> dict[str, Any]:
+    """The ``data`` entry of the trainer's ``training.json`` beside the weights ({} if none)."""
+    f = Path(folder) / TRAINING_DATA
+    try:
+        data = json.loads(f.read_text(encoding="utf-8")).get("data") if f.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        data = None
+    return data if isinstance(data, dict) else {}
+
+
 def _record_paths(folder: Path) -> dict[str, Path]:
     out = {}
-    for name in (TRAINING_RECORD, TRAINING_METRICS):
+    for name in (TRAINING_DATA, TRAINING_RECORD, TRAINING_METRICS):
         for cand in (folder, folder.parent):
             if (cand / name).is_file():
                 out[name] = cand / name
@@ -335,7 +347,9 @@ def _branch_card(name: str, entry: dict[str, Any], folder: Path, note: str | Non
     if rows:  # the epoch whose weights were kept (the trainer's record says which), else the last
         kept = (record.get("summary") or {}).get("best_epoch")
         best = next((r for r in rows if str(r.get("epoch")) == str(kept)), rows[-1])
-    return {"name": name, "entry": entry, "record": record, "best": best, "epochs": len(rows), "note": note}
+    data = training_data(folder) if folder.is_dir() else {}
+    return {"name": name, "entry": entry, "record": record, "data": data, "best": best, "epochs": len(rows),
+            "note": note}
 
 
 def model_card(layout: dict[str, Any], branches: list[dict[str, Any]], *, repo_id: str | None = None,
@@ -370,16 +384,23 @@ def model_card(layout: dict[str, Any], branches: list[dict[str, Any]], *, repo_i
         lines += ["The fingerprint is the key of this branch's scores in aligncore's score store when the weights "
                   "are loaded from a folder; loaded as `hf:OWNER/NAME`, the repository's commit is added to it.", ""]
         lines += ["### Training", ""]
+        data = b["data"]
+        if data.get("n_images") is not None:
+            source = Path(str(data.get("source") or "")).name or (rec.get("train_set") if rec else None) or "n/a"
+            lines += [f"- data: `{_md(source)}`: {data['n_images']} images ({data.get('n_real', '?')} real, "
+                      f"{data.get('n_fake', '?')} fake), content digest `{_md(str(data.get('digest', ''))[:16])}`"]
         if rec:
             summary = rec.get("summary") or {}
-            lines += [f"- data: `{_md(rec.get('train_set') or 'n/a')}`"
-                      + (f" ({summary.get('n_train')} training / {summary.get('n_val')} validation images)"
-                         if summary.get("n_train") is not None else ""),
+            lines += ([] if data.get("n_images") is not None else [f"- data: `{_md(rec.get('train_set') or 'n/a')}`"])
+            lines += [f"- split: {summary.get('n_train')} training / {summary.get('n_val')} validation images"
+                      if summary.get("n_train") is not None else "- split: n/a",
                       f"- command: `{_md(rec.get('command') or 'n/a (trained through the Python API)')}`",
                       f"- method: {_md(rec.get('method') or 'n/a')}; options: "
                       f"`{_md(json.dumps(rec.get('train_options') or {}, sort_keys=True))}`",
                       f"- stopped: {_md(summary.get('stop_reason') or 'n/a')} after {_md(summary.get('steps'))} steps",
                       f"- aligncore {_md(rec.get('aligncore_version') or '?')}", ""]
+        elif data:
+            lines.append("")
         else:
             lines += ["No training record: these weights were not trained with `alignctl train` (or the record was "
                       "not kept)." + (" They are RANDOM (a test preset): the detector has learnt nothing."

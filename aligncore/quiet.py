@@ -19,6 +19,16 @@ THIRD_PARTY = ("transformers", "trl", "peft", "accelerate", "diffusers", "torch"
                "huggingface_hub", "tokenizers", "safetensors", "pyarrow", "sklearn", "skimage", "PIL", "matplotlib",
                "numpy", "scipy", "tqdm", "pydantic")
 _PATTERN = r"(" + "|".join(THIRD_PARTY) + r")(\.|$)"
+QUIET_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+    "DIFFUSERS_VERBOSITY": "error",
+    "DATASETS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' weight loading/saving bars follow it
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
+}
 
 
 def quiet_third_party() -> None:
@@ -26,18 +36,21 @@ def quiet_third_party() -> None:
     for category in (FutureWarning, DeprecationWarning, PendingDeprecationWarning):
         warnings.filterwarnings("ignore", category=category)  # developer notices, never the user's business
     warnings.filterwarnings("ignore", module=_PATTERN)
-    # child processes (accelerate launch, data-loader workers started fresh) start quiet too
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    os.environ.setdefault("DATASETS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning,ignore::DeprecationWarning")
+    # libraries read these when they are imported (later, inside the command), and child processes
+    # (accelerate launch ranks, fresh data-loader workers) inherit them
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
     for name in ("transformers", "trl", "peft", "accelerate", "diffusers", "datasets", "huggingface_hub", "timm",
                  "torch.distributed"):
         logging.getLogger(name).setLevel(logging.ERROR)
-    if "transformers" in sys.modules:  # its own handler was set up at import: tell it too
+    if "transformers" in sys.modules:  # set up at import: tell it too
         try:
             sys.modules["transformers"].logging.set_verbosity_error()
+            sys.modules["transformers"].logging.disable_progress_bar()
+        except AttributeError:
+            pass
+    if "huggingface_hub" in sys.modules:
+        try:
+            sys.modules["huggingface_hub"].utils.disable_progress_bars()
         except AttributeError:
             pass

@@ -53,7 +53,7 @@ def train_branch(branch: str, train_set: Any, out: str | Path, *, branch_options
     a manifest, or records) into ``out``; both option dicts are validated before any work.
 
     ``log`` receives one line per logging step (per epoch for pixel branches); ``command`` (the
-    command line that asked for the training) is kept in ``OUT/training.json`` for model cards.
+    command line that asked for the training) is kept in ``OUT/training_run.json`` for model cards.
     """
     return train_branch_class(trainable_branch(branch), train_set, out, branch_options=branch_options,
                               train_options=train_options, progress=progress, on_step=on_step, log=log, command=command)
@@ -75,7 +75,7 @@ def train_branch_class(branch_class: type, train_set: Any, out: str | Path, *,
 
 def write_training_record(out: Path, branch_class: type, train_set: Any, branch_config: Any, train_config: Any,
                           result: TrainResult, command: str | None) -> Path:
-    """``OUT/training.json``: what was trained on what, how, and what came of it (read by model cards).
+    """``OUT/training_run.json``: what was trained on what, how, and what came of it (read by model cards).
 
     Paths are kept as names only (a record travels with the weights to other machines).
     """
@@ -100,7 +100,7 @@ def write_training_record(out: Path, branch_class: type, train_set: Any, branch_
         "aligncore_version": __version__,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    path = out / "training.json"
+    path = out / "training_run.json"
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
     os.replace(tmp, path)
