@@ -35,10 +35,21 @@ def hf_cache(tmp_path, monkeypatch) -> Path:
 
 
 def place_in_cache(cache: Path, folder: Path, repo: str = "o/n", commit: str = COMMIT, ref: str | None = "main") -> Path:
+    """Lay ``folder`` out as huggingface_hub does: content in ``blobs/<sha256>``, the snapshot's files
+    relative symlinks to them, ``refs/<ref>`` naming the commit."""
+    import hashlib
+    import os
+
     storage = cache / ("models--" + repo.replace("/", "--"))
     snap = storage / "snapshots" / commit
-    snap.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(folder, snap)
+    (storage / "blobs").mkdir(parents=True, exist_ok=True)
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        data = f.read_bytes()
+        blob = storage / "blobs" / hashlib.sha256(data).hexdigest()
+        blob.write_bytes(data)
+        link = snap / f.relative_to(folder)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(os.path.relpath(blob, link.parent), link)
     if ref:
         (storage / "refs").mkdir(exist_ok=True)
         (storage / "refs" / ref).write_text(commit)

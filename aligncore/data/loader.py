@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
-from .images import ImageLoadError
+from .images import ImageLoadError, load_image
 from .sources import ImageSource, load_record_image
 
 
@@ -46,7 +46,8 @@ class DecodeOnce:
     def __getitem__(self, i: int) -> Loaded:
         it = self.items[i]
         try:
-            img = load_record_image(it.path, it.source)
+            # a file decodes straight from disk, as before; a table row through its source's bytes
+            img = load_image(it.path) if it.source is None else load_record_image(it.path, it.source)
         except ImageLoadError as exc:
             return it.key, {}, {b: exc.reason for b in it.needs}
         if self.perturb is not None:

@@ -79,7 +79,11 @@ def table_options(options: dict[str, Any] | None) -> TableOptions:
 
 
 def is_table_source(src: str | Path) -> bool:
-    """``hf:...``, a ``.parquet``/``.arrow`` file, a ``save_to_disk`` folder, or a folder of parquet files without images."""
+    """``hf:...``, a ``.parquet``/``.arrow`` file (or a glob of them), a ``save_to_disk`` folder, or a folder
+    with parquet files and no images in its top two levels (a downloaded Hub dataset).
+
+    Only the top two levels of a folder are looked at, so an image folder is not walked twice.
+    """
     text = str(src)
     if text.startswith(HUB_PREFIX):
         return True
@@ -87,7 +91,18 @@ def is_table_source(src: str | Path) -> bool:
     if p.is_file():
         return p.suffix.lower() in TABLE_SUFFIXES
     if p.is_dir():
-        return _is_saved_dataset(p) or (_parquet_files(p) != [] and not _has_images(p))
+        if _is_saved_dataset(p):
+            return True
+        from .datasets import IMAGE_SUFFIXES
+
+        parquet = False
+        for pattern in ("*", "*/*"):
+            for f in p.glob(pattern):  # names only: stops at the first image, stats nothing else
+                suffix = f.suffix.lower()
+                if suffix in IMAGE_SUFFIXES:
+                    return False
+                parquet = parquet or (suffix == ".parquet" and f.is_file())
+        return parquet
     return any(ch in text for ch in "*?[") and bool(_glob(text))
 
 
@@ -104,12 +119,6 @@ def _is_saved_dataset(p: Path) -> bool:
 
 def _parquet_files(p: Path) -> list[Path]:
     return sorted(f for f in p.rglob("*.parquet") if f.is_file() and not any(s.startswith(".") for s in f.relative_to(p).parts))
-
-
-def _has_images(p: Path) -> bool:
-    from .datasets import IMAGE_SUFFIXES
-
-    return any(f.suffix.lower() in IMAGE_SUFFIXES for f in p.rglob("*") if f.is_file())
 
 
 @dataclass
