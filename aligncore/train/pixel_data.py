@@ -17,6 +17,7 @@ from typing import Iterable
 import numpy as np
 
 from ..data import load_dataset
+from ..data.datasets import require_files
 from ..errors import DataError
 
 
@@ -35,6 +36,7 @@ def load_training_set(source, allow_outside: bool = False) -> list[TrainRecord]:
     if isinstance(source, (list, tuple)):
         return list(source)
     ds = load_dataset(source, allow_outside=allow_outside)  # a builder's output folder is read through its manifest
+    require_files(ds.records, "training")
     out = []
     for r in ds.records:
         if r.label is None:
