@@ -123,7 +123,8 @@ def describe_training_data(records: Any, source: Any = None) -> dict[str, Any]:
         n_real += int(label) == 0
         n_fake += int(label) == 1
     digest = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
-    where = None if source is None or isinstance(source, (list, tuple)) else str(source)
+    # the set's name only: the record travels with the weights to other machines (no machine paths)
+    where = None if source is None or isinstance(source, (list, tuple)) else (Path(str(source)).name or str(source))
     return {"digest": digest, "n_images": len(lines), "n_real": n_real, "n_fake": n_fake, "source": where}
 
 
