@@ -16,8 +16,8 @@ from .registry import get_registry
 class Prediction:
     source: str
     scores: dict[str, float]  # per-branch P(fake); NaN for a branch that could not score the image
-    score: float  # fused score (NaN when no branch scored the image)
-    verdict: str | None  # "fake" or "real"; None when the image could not be scored at all
+    score: float  # fused score (NaN unless every branch scored the image)
+    verdict: str | None  # "fake" or "real"; None unless every branch scored the image
     error: str | None = None  # why the image (or a branch on it) could not be scored
 
     @property
@@ -31,8 +31,9 @@ class Detector:
     ``branch_options`` maps a branch name to config overrides (e.g. ``{"npr": {"checkpoint": "ckpt/"}}``).
     Scores go through the runner's scoring path (:mod:`aligncore.scoring`): a branch that fails on an
     image, or returns a score outside [0, 1] (NaN, a logit), gives that image an ``error`` instead of a
-    score. An image no branch could score (unreadable, or every branch failed) has ``verdict None``;
-    the rest of the batch is scored as usual.
+    score. As in a run, an image gets a fused score and a verdict only when every branch scored it;
+    otherwise (unreadable, or some branch failed) ``verdict`` is None and ``error`` says why. The rest
+    of the batch is scored as usual.
     """
 
     def __init__(self, branches: Sequence[str] | str = ("fake",), fusion: str = "or", preset: str | None = None,
@@ -101,7 +102,7 @@ class Detector:
         out = []
         for i, name in enumerate(names):
             scored = {b: float(s[i]) for b, s in per_branch.items()}
-            if all(np.isnan(v) for v in scored.values()):
+            if any(np.isnan(v) for v in scored.values()):
                 out.append(Prediction(name, scored, float("nan"), None, "; ".join(errors.get(i, ["not scored"]))))
                 continue
             out.append(Prediction(name, scored, float(fused.score[i]), "fake" if fused.verdict[i] else "real",

@@ -16,6 +16,27 @@ from .hashing import hash_directory
 from .torchutil import resolve_device
 
 
+class Scores(list):
+    """What ``score_batch`` may return instead of a plain list: P(fake) per image plus the logit each was
+    computed from, so the run records the logit too (a confident score saturates at 1.0, its logit does not)."""
+
+    def __init__(self, probabilities: Sequence[float], logits: Sequence[float] | None = None):
+        super().__init__(probabilities)
+        self.logits = None if logits is None else [float(z) for z in logits]
+        if self.logits is not None and len(self.logits) != len(self):
+            raise ValueError(f"{len(self)} scores but {len(self.logits)} logits")
+
+
+def scores_from_logits(logits: Sequence[float]) -> Scores:
+    """Logits → :class:`Scores`: P(fake) = sigmoid(logit) in float64 (exact in [0, 1], no overflow), with the logits."""
+    import numpy as np
+
+    z = np.asarray(logits, dtype=np.float64).reshape(-1)
+    e = np.exp(-np.abs(z))
+    p = np.where(z >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
+    return Scores(p.tolist(), z.tolist())
+
+
 class BranchConfig(ComponentConfig):
     preset: str | None = Field(
         None, description="Named settings for the fields you leave unset, e.g. 'tiny': a small offline model "
@@ -52,8 +73,14 @@ class Branch(Component):
     """
 
     config_class: ClassVar[type[BranchConfig]] = BranchConfig
-    #: bump when a change to the code changes scores, so stored scores are not reused
+    #: a label for the scoring code; the fingerprint also holds a digest of the source itself
+    #: (:func:`aligncore.identity.source_digest`), so an edit never needs a hand-bumped version
     version: ClassVar[str] = "1"
+    #: distributions whose major.minor version enters the fingerprint (the ones that compute the score;
+    #: Pillow decodes every image); subclasses add theirs, e.g. ("torch", "timm")
+    score_libraries: ClassVar[tuple[str, ...]] = ("numpy", "pillow")
+    #: modules beyond the class's own (and its bases') whose code decides scores: their source enters the fingerprint
+    source_modules: ClassVar[tuple[str, ...]] = ("aligncore.data.images",)
     #: config fields that never change a score (left out of the fingerprint)
     nonscoring_fields: ClassVar[frozenset[str]] = frozenset({"device", "batch_size", "allow_download"})
     #: whether :meth:`explain_batch` produces text rationales
@@ -123,9 +150,17 @@ class Branch(Component):
     # ------------------------------------------------------------------ lifecycle
     def ensure_loaded(self) -> "Branch":
         if not self._loaded:
+            problem = self.untrained()
+            if problem:
+                raise AlignCoreError(problem)
             self.load()
             self._loaded = True
         return self
+
+    def untrained(self) -> str | None:
+        """Why this branch cannot give meaningful scores (no trained or pretrained weights and no preset
+        that asks for random ones), or None. Scoring refuses such a branch; training is unaffected."""
+        return None
 
     def load(self) -> None:
         """Build or load the model (and the checkpoint in ``config.checkpoint``)."""
@@ -153,7 +188,8 @@ class Branch(Component):
         return list(items)
 
     def score_batch(self, batch: Any) -> Sequence[float]:
-        """Batch → P(fake) in [0, 1] per image. Called without gradients."""
+        """Batch → P(fake) in [0, 1] per image. Called without gradients. A branch that computes a logit
+        returns :func:`scores_from_logits` (a :class:`Scores`), so predictions carry the logit too."""
         raise NotImplementedError
 
     def explain_batch(self, batch: Any) -> list[str] | None:
@@ -210,16 +246,30 @@ class Branch(Component):
         digest = hashlib.sha256(f"{self.name}:{self.version}".encode()).hexdigest()[:16]
         return f"builtin@{digest}"
 
+    def base_weights_identity(self) -> str:
+        """The resolved pretrained weights a checkpoint builds on (Hub revision or file digest); "" when none.
+        Branches that load a base model override it (a different model at the same id or path changes it)."""
+        return ""
+
     def fingerprint(self) -> str:
-        """Changes whenever anything that can change a score changes (code version, config, weights)."""
+        """Changes whenever anything that can change a score changes: the config, the source of the
+        modules that define the branch, the checkpoint's and the base model's weights, and the
+        major.minor versions of the libraries that compute the score."""
+        from .identity import library_versions, source_digest
+
         cfg = {k: v for k, v in self.config.model_dump(mode="json").items() if k not in self.nonscoring_fields}
         cfg.pop("checkpoint", None)  # the path does not matter, its content does
         payload = {
             "branch": self.name,
             "version": self.version,
+            "code": source_digest(type(self)),
+            "libraries": library_versions(self.score_libraries),
             "config": cfg,
             "weights": self.weights_digest(),
         }
+        base = self.base_weights_identity()
+        if base:
+            payload["base"] = base
         extra = self.scoring_identity()
         if extra:
             payload["resolved"] = extra

@@ -14,9 +14,10 @@ RESERVED_PRESET_KEYS = frozenset({"weights"})
 
 
 class ComponentConfig(BaseModel):
-    """Base of every component config: unknown fields are errors, not silently ignored."""
+    """Base of every component config: unknown fields are errors, not silently ignored, and a float is
+    finite (NaN or inf in a config or a fitted state is an error, never a silent "real")."""
 
-    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), validate_assignment=True, allow_inf_nan=False)
 
 
 def close_matches(word: str, known: Iterable[str]) -> list[str]:
@@ -110,6 +111,13 @@ class Component:
     @classmethod
     def kind_name(cls) -> str:
         return "component"
+
+    @classmethod
+    def code_digest(cls) -> str:
+        """Digest of the source that defines this component (see :func:`aligncore.identity.source_digest`)."""
+        from .identity import source_digest
+
+        return source_digest(cls)
 
     @classmethod
     def options_help(cls) -> list[tuple[str, str, str]]:

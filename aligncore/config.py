@@ -42,7 +42,12 @@ class RunConfig(ComponentConfig):
         "e.g. jpeg:75, webp:80, blur:1.0, resize:0.5, crop:0.8 (chain with '+')."
     )
     fusion_state: dict[str, Any] | None = Field(
-        None, description="Fitted state of a learned fusion (as written by alignctl ablate)."
+        None, description="A fitted or calibrated fusion's state file (as written by alignctl ablate): its config, "
+        "fitted state and the images it was fitted on (left out of the run's metrics)."
+    )
+    allow_partial: bool = Field(
+        False, description="Accept a run in which a branch failed on some images: it records a leaderboard row and "
+        "`alignctl run` exits 0 instead of 3 (the metrics cover only the images every branch scored either way)."
     )
 
     @field_validator("perturb")

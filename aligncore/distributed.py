@@ -61,12 +61,12 @@ def merge_shards(shard_dir: Path, store: ScoreStore) -> int:
     for shard in sorted(shard_dir.glob("rank*.sqlite")):
         src = ScoreStore(shard)
         try:
-            rows = src.conn.execute("SELECT sha256, fingerprint, branch, score, explanation, error FROM scores").fetchall()
+            rows = src.conn.execute("SELECT sha256, fingerprint, branch, score, explanation, error, logit FROM scores").fetchall()
         finally:
             src.close()
         by_fp: dict[tuple[str, str], list[tuple]] = {}
-        for sha, fp, branch, score, expl, err in rows:
-            by_fp.setdefault((fp, branch), []).append((sha, score, expl, err))
+        for sha, fp, branch, score, expl, err, logit in rows:  # put_scores writes only valid scores
+            by_fp.setdefault((fp, branch), []).append((sha, score, expl, err, logit))
         for (fp, branch), rs in by_fp.items():
             added += store.put_scores(fp, branch, rs)
         for suffix in ("", "-wal", "-shm"):

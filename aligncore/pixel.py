@@ -23,9 +23,9 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from .branch import Branch, BranchConfig
+from .branch import Branch, BranchConfig, scores_from_logits
 from .data.images import rgb_array
-from .data.crops import crop, grid_positions
+from .data.crops import center_position, crop, grid_positions
 from .errors import ConfigError
 from .hashing import digest_files
 from .torchutil import autocast_for, resolve_precision
@@ -72,6 +72,7 @@ class PixelBranch(Branch):
     architecture_fields: ClassVar[tuple[str, ...]] = ("crop_size", "crop_align")
     #: files of a checkpoint folder whose bytes decide scores
     weight_files: ClassVar[tuple[str, ...]] = (BRANCH_FILE,)
+    source_modules = ("aligncore.data.crops",)
     config: PixelBranchConfig
 
     # ------------------------------------------------------------------ checkpoints
@@ -110,9 +111,27 @@ class PixelBranch(Branch):
         arr = rgb_array(image)
         c = self.config
         h, w = arr.shape[:2]
-        pos = grid_positions(h, w, c.crop_size, c.inference_crops, c.crop_align)
-        pos = [pos[i % len(pos)] for i in range(c.inference_crops)]  # a small image repeats its windows
-        return np.stack([crop(arr, t, l, c.crop_size, c.pad_mode) for t, l in pos])
+        return np.stack([crop(arr, t, l, c.crop_size, c.pad_mode) for t, l in window_positions(h, w, c.crop_size,
+                                                                                             c.inference_crops, c.crop_align)])
+
+
+def window_positions(h: int, w: int, size: int, n: int, align: int) -> list[tuple[int, int]]:
+    """Exactly ``n`` window positions whose mean counts every window used equally.
+
+    An image with at least ``n`` aligned positions gives ``n`` distinct windows. A smaller one cannot
+    fill ``n`` distinct windows (the batch needs ``n`` per image), so it uses ``s`` of them, ``s`` the
+    largest divisor of ``n`` it can offer, each ``n / s`` times: the mean over the ``n`` windows is the
+    mean over those ``s``, never a mean that counts one window more often than another.
+    """
+    pos = grid_positions(h, w, size, n, align)
+    if len(pos) >= n:
+        return pos[:n]
+    s = max(k for k in range(1, len(pos) + 1) if n % k == 0)
+    if s == 1:
+        pick = [center_position(h, w, size, align)]
+    else:
+        pick = [pos[round(i * (len(pos) - 1) / (s - 1))] for i in range(s)]
+    return [p for p in pick for _ in range(n // s)]
 
 
 class NeuralPixelBranch(PixelBranch):
@@ -128,7 +147,18 @@ class NeuralPixelBranch(PixelBranch):
     train_config_class = PixelTrainConfig
 
     weight_files = (BRANCH_FILE, "model.safetensors", "head.safetensors", "adapter_model.safetensors", "adapter_config.json")
+    score_libraries = PixelBranch.score_libraries + ("torch",)
     model: Any = None
+
+    def untrained(self) -> str | None:
+        """A neural pixel branch scores with trained weights (``checkpoint``) or, for tests and demos, a preset
+        that asks for random weights; anything else would be a random model presented as a detector."""
+        if self.config.checkpoint or self.preset_flag(self.config.preset, "weights") == "random":
+            return None
+        randoms = sorted(p for p in self.presets if self.preset_flag(p, "weights") == "random")
+        hint = f", or use the random-weight preset for tests (--preset {randoms[0]})" if randoms else ""
+        return (f"branch {self.name!r} has no trained weights to score with: train it (`alignctl train {self.name} "
+                f"--set SET --out DIR`) and score with --checkpoint DIR{hint}.")
 
     def preprocess(self, image):
         import torch
@@ -160,13 +190,17 @@ class NeuralPixelBranch(PixelBranch):
         x = batch.reshape(b * k, *batch.shape[2:]).to(dev, non_blocking=dev.startswith("cuda"))
         with autocast_for(dev, self.resolved_precision()):
             z = self.logits(x).float().reshape(b, k).mean(dim=1)  # average the windows' logits
-        return torch.sigmoid(z).cpu().tolist()
+        # P(fake) from the logit in float64: a float32 sigmoid rounds every |logit| > ~17 to exactly 0 or 1
+        return scores_from_logits(z.cpu().double().tolist())
 
     # ------------------------------------------------------------------ training hooks
     def build_model(self, for_training: bool = False) -> None:
         raise NotImplementedError
 
     def load(self) -> None:
+        problem = self.untrained()
+        if problem:
+            raise ConfigError(problem)
         self.build_model()
         if self.config.checkpoint:
             self.load_weights(self.checkpoint_dir)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .ablation import METRIC_TITLES, TABLE_METRICS, ablate
+from .ablation import FPR_COLUMNS, METRIC_TITLES, TABLE_METRICS, ablate, describe, notes, read_ablation
 from .errors import AlignCoreError
 from .rundir import RunDir, RunScores
 
@@ -53,13 +53,14 @@ def make_figures(rs: RunScores, fused_threshold: float | None = 0.5) -> list[tup
 def figures(rs: RunScores, fused_threshold: float | None = 0.5) -> list[tuple[str, str, Any]]:
     """(title, caption, matplotlib figure) for every figure of the report (the caller closes them)."""
     lab = rs.labels >= 0
+    judged = lab & np.isfinite(rs.fused)  # a fused verdict exists only where every branch scored the image
     figs = [_roc_figure(rs, lab)]
-    acc = _group_accuracy_figure(rs, lab)
+    acc = _group_accuracy_figure(rs, judged)
     if acc is not None:
         figs.append(acc)
     figs.append(_histograms_figure(rs, lab, fused_threshold))
-    if lab.any():
-        figs.append(_confusion_figure(rs, lab))
+    if judged.any():
+        figs.append(_confusion_figure(rs, judged))
     return figs
 
 
@@ -256,6 +257,35 @@ def _f(v) -> str:
     return "n/a" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
 
+def ablation_section(run_dir: Path, fusions: tuple[str, ...] | None, target_fpr: float | None) -> tuple[str, str]:
+    """(table HTML, note) of the run's ablation: read from ``RUN/ablation/`` when it exists (never rewritten,
+    so a third-party fusion's rows or an ``ablate --target-fpr`` calibration stay as they were); run with
+    ``fusions`` and ``target_fpr`` only when the folder is absent."""
+    from .ablation import DEFAULT_FUSIONS
+
+    folder = run_dir / "ablation"
+    try:
+        if (folder / "ablation.csv").is_file():
+            rows, settings = read_ablation(folder)
+            cal_fraction, target = settings.get("cal_fraction"), settings.get("target_fpr")
+            origin = f"read from {folder.name}/ (written by alignctl ablate)"
+        else:
+            ab = ablate([run_dir], fusions or DEFAULT_FUSIONS, target_fpr=target_fpr)
+            rows, cal_fraction, target = ab.rows, ab.cal_fraction, target_fpr
+            origin = f"computed now and written to {folder.name}/"
+    except AlignCoreError as exc:
+        return "", f"Ablation not available: {exc}"
+    cols = (*TABLE_METRICS, *FPR_COLUMNS)
+    body = [[r["group"], r["method"], f"{r['n']} ({r['n_real']}/{r['n_fake']})", *[_f(r.get(k)) for k in cols]]
+            for r in rows]
+    table = _table(["group", "method", "n (real/fake)", *[METRIC_TITLES[k] for k in cols]], body)
+    note = (describe(target, cal_fraction) if cal_fraction is not None else "") + f" ({origin})"
+    extra = notes(rows)
+    if extra:
+        table += "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in extra) + "</ul>"
+    return table, note.strip()
+
+
 def write_report(run_dir: str | Path, out: str | Path | None = None, fusions: tuple[str, ...] | None = None,
                  target_fpr: float | None = None, note: str | None = None) -> Path:
     """Write ``RUN/report.html`` (or ``out``) and return its path."""
@@ -263,18 +293,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, fusions: tu
     run_dir, info, metrics, cfg = rd.path, rd.info, rd.metrics(), rd.config
     rs = rd.scores()
     figs = make_figures(rs, fused_decision_threshold(rs, metrics))
-    from .ablation import DEFAULT_FUSIONS
-
-    try:
-        ab = ablate([run_dir], fusions or DEFAULT_FUSIONS, target_fpr=target_fpr)
-        ab_rows = [[r["group"], r["method"], f"{r['n']} ({r['n_real']}/{r['n_fake']})",
-                    *[_f(r.get(k)) for k in TABLE_METRICS]] for r in ab.rows]
-        ablation_html = _table(["group", "method", "n (real/fake)", *[METRIC_TITLES[k] for k in TABLE_METRICS]], ab_rows)
-        ablation_note = (f"Measured on the evaluation split ({1 - ab.cal_fraction:.0%} of images by content hash); "
-                         "learned fusion fitted on the disjoint calibration split"
-                         + (f"; thresholds calibrated to {target_fpr:.0%} FPR." if target_fpr is not None else "."))
-    except AlignCoreError as exc:
-        ablation_html, ablation_note = "", f"Ablation not available: {exc}"
+    ablation_html, ablation_note = ablation_section(run_dir, fusions, target_fpr)
     o = metrics["overall"]
     overall = _table(["images", "real", "fake", *[METRIC_TITLES[k] for k in TABLE_METRICS]],
                      [[o["n"], o["n_real"], o["n_fake"], *[_f(o.get(k)) for k in TABLE_METRICS]]])

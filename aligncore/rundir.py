@@ -1,7 +1,9 @@
 """Run folders: what a scoring run (or a re-fusion) leaves on disk, written and read by one type.
 
-A run folder holds ``predictions.csv`` (one row per scored image, scores as round-trippable
-floats, so any tool recomputes ``metrics.json`` from it exactly), ``skipped.csv``,
+A run folder holds ``predictions.csv`` (one row per image that could be read, scores as round-trippable
+floats, so any tool recomputes ``metrics.json`` from it exactly, plus a ``logit_<branch>`` column for
+branches that compute a logit; an empty score is a branch that failed on the image, and the fused score
+and verdict are empty unless every branch scored it), ``skipped.csv`` (files that could not be read),
 ``metrics.json``, ``config.yaml`` and ``run.json``; ``run.json`` lists the sha256 of every other
 file. :meth:`RunDir.write` publishes a run atomically: every file is written into a hidden
 sibling folder, which is then swapped with the run folder in one ``renameat2(RENAME_EXCHANGE)``,
@@ -62,16 +64,18 @@ class ScoreTable:
     subsets: np.ndarray  # object: str, "" when none
     scores: dict[str, np.ndarray]  # branch → float, NaN = this branch did not score the image
     errors: list[str]  # per image, "" when none
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of images no branch scored
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (path, reason) of files that could not be read
+    logits: dict[str, np.ndarray] = field(default_factory=dict)  # branch → float, NaN = no logit (branches that have one)
 
     def __len__(self) -> int:
         return len(self.paths)
 
     @classmethod
     def from_records(cls, records: Sequence[Any], hashes: Sequence[str], scores: dict[str, dict[str, float | None]],
-                     errors: dict[str, dict[str, str]], skipped: list[tuple[str, str]]) -> "ScoreTable":
+                     errors: dict[str, dict[str, str]], skipped: list[tuple[str, str]],
+                     logits: dict[str, dict[str, float | None]] | None = None) -> "ScoreTable":
         """Rows of ``records`` (with their ``hashes``): ``scores`` {branch: {sha256: score}}, ``errors``
-        {sha256: {branch: why}}; a score missing for an image is NaN."""
+        {sha256: {branch: why}}, ``logits`` like scores (only branches that gave one); a missing value is NaN."""
         return cls(
             branches=list(scores), paths=[r.path for r in records], sha256=list(hashes),
             labels=np.array([-1 if r.label is None else r.label for r in records], dtype=int),
@@ -79,9 +83,26 @@ class ScoreTable:
             subsets=np.array([r.subset or "" for r in records], dtype=object),
             scores={b: np.array([np.nan if got.get(h) is None else got[h] for h in hashes], dtype=float)
                     for b, got in scores.items()},
-            errors=["; ".join(f"{b}: {e}" for b, e in sorted(errors.get(h, {}).items())) for h in hashes],
+            errors=["; ".join(f"{b}: {e}" for b, e in sorted(errors.get(h, {}).items()) if b) for h in hashes],
             skipped=skipped,
+            logits={b: np.array([np.nan if got.get(h) is None else got[h] for h in hashes], dtype=float)
+                    for b, got in (logits or {}).items() if any(got.get(h) is not None for h in hashes)},
         )
+
+    def complete(self) -> np.ndarray:
+        """True for the images every branch scored: the only ones a fused result is given for."""
+        if not self.branches:
+            return np.zeros(len(self), dtype=bool)
+        return np.all([np.isfinite(self.scores[b]) for b in self.branches], axis=0)
+
+    def coverage(self) -> dict[str, dict[str, int]]:
+        """{branch: {"scored", "failed", "total"}} over the table's images (every readable image of the run)."""
+        n = len(self)
+        out = {}
+        for b in self.branches:
+            k = int(np.isfinite(self.scores[b]).sum())
+            out[b] = {"scored": k, "failed": n - k, "total": n}
+        return out
 
     def subset(self, mask: np.ndarray):
         """The rows where ``mask`` is True (same type, other fields kept)."""
@@ -89,6 +110,7 @@ class ScoreTable:
         cols: dict[str, Any] = {k: [getattr(self, k)[i] for i in idx] for k in ("paths", "sha256", "errors")}
         cols.update({k: getattr(self, k)[idx] for k in ("labels", "generators", "subsets")})
         cols["scores"] = {b: s[idx] for b, s in self.scores.items()}
+        cols["logits"] = {b: s[idx] for b, s in self.logits.items()}
         for k in ("fused", "verdicts"):
             if getattr(self, k, None) is not None:
                 cols[k] = getattr(self, k)[idx]
@@ -170,6 +192,8 @@ class RunDir:
             generators=np.array([r["generator"] for r in rows], dtype=object),
             subsets=np.array([r["subset"] for r in rows], dtype=object),
             scores={b: np.array([_num(r[f"score_{b}"]) for r in rows], dtype=float) for b in branches},
+            logits={b: np.array([_num(r[f"logit_{b}"]) for r in rows], dtype=float)
+                    for b in branches if rows and f"logit_{b}" in rows[0]},
             errors=[r.get("error") or "" for r in rows], skipped=self.skipped(),
             run_id=self.run_id, run_dir=self.path, dataset=dataset, perturb=cfg.get("perturb"),
             fused=np.array([_num(r["fused_score"]) for r in rows], dtype=float),
@@ -239,15 +263,17 @@ def _float_cell(v: float) -> str:
 
 
 def _predictions_csv(table: ScoreTable, fused) -> bytes:
+    with_logit = [b for b in table.branches if b in table.logits]
     cols = ["path", "sha256", "label", "generator", "subset", *[f"score_{b}" for b in table.branches],
-            "fused_score", "verdict", "error"]
+            *[f"logit_{b}" for b in with_logit], "fused_score", "verdict", "error"]
     rows = []
     for k in range(len(table)):
         row = {"path": table.paths[k], "sha256": table.sha256[k], "label": "" if table.labels[k] < 0 else int(table.labels[k]),
                "generator": table.generators[k] or "", "subset": table.subsets[k] or ""}
         row.update({f"score_{b}": _float_cell(table.scores[b][k]) for b in table.branches})
-        row.update(fused_score=_float_cell(fused.score[k]), verdict="fake" if fused.verdict[k] else "real",
-                   error=table.errors[k] or "")
+        row.update({f"logit_{b}": _float_cell(table.logits[b][k]) for b in with_logit})
+        verdict = "" if math.isnan(fused.score[k]) else ("fake" if fused.verdict[k] else "real")
+        row.update(fused_score=_float_cell(fused.score[k]), verdict=verdict, error=table.errors[k] or "")
         rows.append(row)
     return _csv_bytes(rows, cols)
 

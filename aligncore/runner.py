@@ -19,16 +19,20 @@ from . import leaderboard
 from .config import RunConfig
 from .data import Dataset, Record, load_dataset
 from .data.datasets import hash_records
-from .data.loader import LoadItem, load_images, size_bucket
+from .data.loader import UNREADABLE, LoadItem, load_images, size_bucket
 from .distributed import DistContext, gather_reports, merge_shards, open_shard, sum_reports
 from .errors import AlignCoreError
-from .fusion import FusionOutput
+from .fusion import FittedState, FusionOutput, apply_state, parse_state
 from .metrics import compute_metrics
 from .perturb import PerturbChain, parse_perturb, perturbed_fingerprint
 from .registry import get_registry
 from .rundir import SHARDS, RunDir, ScoreTable, make_run_id
 from .scoring import BranchScorer, Scored, create_branches
 from .store import ScoreStore
+
+
+#: the key of a file's own error (unreadable, not decodable) in the per-image errors {sha256: {branch: why}}
+FILE_ERROR = ""
 
 
 @dataclass
@@ -48,6 +52,39 @@ class RunResult:
     skipped: list[tuple[str, str]]
     table: ScoreTable | None = None
     is_main: bool = True  # False on the other ranks of a distributed run: rank 0 gathers and reports
+
+    @property
+    def coverage(self) -> dict[str, dict[str, int]]:
+        """{branch: {"scored", "failed", "total"}} over the run's readable images."""
+        return self.metrics.get("coverage", {})
+
+    @property
+    def complete(self) -> bool:
+        """Every branch scored every readable image (and there was at least one)."""
+        cov = self.coverage
+        return bool(cov) and all(c["failed"] == 0 and c["total"] > 0 for c in cov.values())
+
+    @property
+    def scored_any(self) -> bool:
+        """At least one image was scored by at least one branch."""
+        return any(c["scored"] > 0 for c in self.coverage.values())
+
+    def incomplete_summary(self) -> str:
+        """One line naming every branch that failed and its counts ("" for a complete run)."""
+        return coverage_summary(self.coverage, self.metrics.get("fused_over", {}))
+
+
+def coverage_summary(coverage: dict[str, dict[str, int]], fused_over: dict | None = None) -> str:
+    """``branch B failed on 12 of 12 images; fused metrics over 0 images`` ("" when nothing failed)."""
+    failed = [f"branch {b} failed on {c['failed']} of {c['total']} images" for b, c in coverage.items() if c["failed"]]
+    total = max((c["total"] for c in coverage.values()), default=0)
+    if not failed and total > 0:
+        return ""
+    if total == 0:
+        return "no image could be read, so nothing was scored"
+    n = (fused_over or {}).get("images")
+    tail = f"; fused metrics cover the {n} image(s) every branch scored" if n is not None else ""
+    return "; ".join(failed) + tail
 
 
 @dataclass
@@ -86,9 +123,10 @@ class ScoringJob:
 
 def plan(config: RunConfig) -> ResolvedRun:
     """Resolve names, build components, read the dataset and check the run folder, before any work."""
+    fusion = get_registry().create("fusion", config.fusion, config.fusion_options)
+    check_fusion_state(config, fusion)  # a bad state fails now, not after every image is scored
     branches = create_branches(config.branches, config.device, config.preset, config.batch_size, config.branch_options,
                                config.allow_download)
-    fusion = get_registry().create("fusion", config.fusion, config.fusion_options)
     dataset = load_dataset(config.data, allow_outside=config.allow_outside_paths, options=config.data_options or None,
                            allow_download=config.allow_download)
     dist = DistContext.from_env()
@@ -100,6 +138,15 @@ def plan(config: RunConfig) -> ResolvedRun:
     if dist.is_main:
         RunDir.check_writable(out)
     return ResolvedRun(config, run_id, out, branches, fusion, dataset, dist, parse_perturb(config.perturb))
+
+
+def check_fusion_state(config: RunConfig, fusion=None, where: str = "the fusion state") -> None:
+    """Validate ``config.fusion_state`` against the fusion and the run's branches (types, finite numbers,
+    shapes, branch names), raising a ConfigError that names ``where``."""
+    if not config.fusion_state:
+        return
+    fusion = fusion or get_registry().create("fusion", config.fusion, config.fusion_options)
+    apply_state(fusion, parse_state(config.fusion_state, where), config.branches, where)
 
 
 def plan_job(rr: ResolvedRun, store: ScoreStore, rank_store: ScoreStore | None = None) -> ScoringJob:
@@ -147,7 +194,7 @@ def score(job: ScoringJob, rr: ResolvedRun, target: ScoreStore,
         for r in results:
             h = job.hashes[r.key]  # type: ignore[index]
             if r.error is None:
-                rows.append((h, r.score, r.explanation, None))
+                rows.append((h, r.score, r.explanation, None, r.logit))
             else:
                 errors.setdefault(h, {})[name] = f"branch {name!r} failed: {r.error}"  # type: ignore[index]
         stats[name].scored += len(rows)
@@ -162,7 +209,8 @@ def score(job: ScoringJob, rr: ResolvedRun, target: ScoreStore,
     for loaded in load_images(job.todo, preprocess, chunk, rr.config.workers, pin, rr.perturb):
         for key, inputs, errs in loaded:
             for bi, why in errs.items():
-                errors.setdefault(job.hashes[key], {})[names[bi]] = why  # type: ignore[index]
+                who = FILE_ERROR if bi == UNREADABLE else names[bi]
+                errors.setdefault(job.hashes[key], {})[who] = why  # type: ignore[index]
             for bi, x in inputs.items():
                 commit(bi, scorers[bi].add(key, x))
         if bar is not None:
@@ -195,52 +243,94 @@ def gather_ranks(rr: ResolvedRun, stats: dict[str, BranchStats], errors: dict, s
 
 
 def gather(job: ScoringJob, store: ScoreStore, errors: dict[str, dict[str, str]]) -> ScoreTable:
-    """Every image that at least one branch scored, with every branch's stored score; the rest are skipped."""
+    """Every readable image with every branch's valid stored score (NaN where a branch failed on it); files
+    that could not be read or decoded are skipped with their reason."""
     known = [h for h in job.hashes if h]
     stored = {b: store.get_scores(fp, known) for b, fp in job.fingerprints.items()}
     scores = {b: {h: row[0] for h, row in got.items()} for b, got in stored.items()}
+    logits = {b: {h: row[3] for h, row in got.items()} for b, got in stored.items()}
     keep, skipped = [], list(job.unreadable)
     for r, h in zip(job.records, job.hashes):
-        if h is not None and all(scores[b].get(h) is None for b in scores):
-            skipped.append((r.path, "; ".join(sorted(set(errors.get(h, {}).values()))) or "not scored"))
-        elif h is not None:
+        if h is None:
+            continue
+        if FILE_ERROR in errors.get(h, {}) and all(scores[b].get(h) is None for b in scores):
+            skipped.append((r.path, errors[h][FILE_ERROR]))
+        else:
             keep.append((r, h))
-    return ScoreTable.from_records([r for r, _ in keep], [h for _, h in keep], scores, errors, skipped)
+    return ScoreTable.from_records([r for r, _ in keep], [h for _, h in keep], scores, errors, skipped, logits)
 
 
 # ---------------------------------------------------------------------- report
 
 
 def fuse(table: ScoreTable, fusion, state: dict | None = None) -> tuple[FusionOutput, dict]:
-    """The fused output over ``table`` and the metrics of the fused verdicts and of each branch alone."""
-    if fusion.needs_fit and not state:
+    """The fused output over ``table`` and the metrics of the fused verdicts and of each branch alone.
+
+    A fused score and verdict are given only for images every branch scored; the fused metrics are
+    over those images, each branch's over the images it scored (``coverage`` says how many). With a
+    ``state`` (a fitted fusion), the images it was fitted on are left out of every metric.
+    """
+    fitted = _load_state(fusion, state, table.branches)
+    if fusion.needs_fit and fitted is None:
         raise AlignCoreError(
             f"fusion {fusion.name!r} must be fitted on labelled scores first; "
             "fit it on a calibration split (alignctl ablate) and pass its state, or choose a rule such as 'or'."
         )
-    if state:
-        fusion.load_state_dict(state)
-    fused = fusion.predict(table.scores) if len(table) else FusionOutput(np.array([]), np.array([], dtype=bool))
-    metrics = compute_metrics(table.labels, fused.score, fused.verdict, table.generators, table.subsets)
-    metrics["fusion"] = {"name": fusion.name, "config": fusion.config.model_dump(mode="json"), "state": fusion.state_dict()}
+    if fitted is not None:
+        fusion = fitted[0]
+    complete = table.complete()
+    if len(table):
+        fused = fusion.predict(table.scores)
+        fused = FusionOutput(np.where(complete, fused.score, np.nan), fused.verdict & complete)
+    else:
+        fused = FusionOutput(np.array([]), np.array([], dtype=bool))
+    fitted_on = set(fitted[1].fitted_on) if fitted is not None else set()
+    measured = np.array([h not in fitted_on for h in table.sha256], dtype=bool)
+    view = table.subset(measured) if fitted_on else table
+    f_score, f_verdict = (fused.score[measured], fused.verdict[measured]) if fitted_on else (fused.score, fused.verdict)
+    metrics = compute_metrics(view.labels, f_score, f_verdict, view.generators, view.subsets)
+    metrics["coverage"] = table.coverage()
+    metrics["fused_over"] = {"images": int(complete.sum()), "of": len(table),
+                             "rule": "images every branch scored (a missing score is never read as real)"}
+    if fitted_on:
+        metrics["fused_over"]["left_out_fitted"] = int((~measured).sum())
+    state_out = fusion.state_dict()
+    metrics["fusion"] = {"name": fusion.name, "config": fusion.config.model_dump(mode="json"), "state": state_out,
+                         "fingerprint": fusion.fingerprint()}
+    if fitted is not None:
+        metrics["fusion"]["fitted_on"] = {"images": len(fitted_on), "left_out_here": int((~measured).sum()),
+                                          **{k: v for k, v in fitted[1].info.items() if k in ("run_id", "dataset")}}
     metrics["skipped"] = len(table.skipped)
-    metrics["per_branch"] = {b: compute_metrics(table.labels, s, s >= 0.5)["overall"] for b, s in table.scores.items()}
+    metrics["per_branch"] = {b: compute_metrics(view.labels, s, s >= 0.5)["overall"] for b, s in view.scores.items()}
     return fused, metrics
+
+
+def _load_state(fusion, state: dict | None, branches: list[str]) -> tuple[Any, FittedState] | None:
+    """(the fusion with the state applied, the parsed state), or None without a state."""
+    if not state:
+        return None
+    fitted = parse_state(state)
+    return apply_state(fusion, fitted, branches), fitted
 
 
 def write_run(out: Path, run_id: str, kind: str, table: ScoreTable, fusion, resolved: dict,
               store: ScoreStore | None, summary: dict | None = None) -> dict:
-    """Fuse, publish the run folder, and record the run (and its leaderboard row) in ``store``."""
+    """Fuse, publish the run folder, and record the run (and, unless a branch failed on some image and the
+    run does not allow that, its leaderboard row) in ``store``."""
     fused, metrics = fuse(table, fusion, resolved.get("fusion_state"))
+    fusion_cfg = metrics["fusion"]
+    partial = bool(coverage_summary(metrics["coverage"]))
     RunDir.write(out, run_id=run_id, kind=kind, table=table, fused=fused, metrics=metrics, config=resolved, summary=summary)
     if store is not None:
         store.add_run(run_id, kind, str(out), resolved, summary)
-        leaderboard.add_row(
-            store, run_id=run_id, dataset=resolved.get("dataset_name") or Path(resolved["dataset"]["root"]).name,
-            branches=table.branches, fusion=fusion.name, metrics=metrics, checkpoints=resolved.get("checkpoints"),
-            fusion_config=fusion.config.model_dump(mode="json"), suite=resolved.get("suite"),
-            perturb=resolved.get("perturb"),
-        )
+        if not partial or resolved.get("allow_partial"):
+            leaderboard.add_row(
+                store, run_id=run_id, dataset=resolved.get("dataset_name") or Path(resolved["dataset"]["root"]).name,
+                branches=table.branches, fusion=fusion.name, metrics=metrics, checkpoints=resolved.get("checkpoints"),
+                fusion_config=fusion_cfg["config"], suite=resolved.get("suite"), perturb=resolved.get("perturb"),
+                fingerprints=resolved.get("fingerprints"), weights=resolved.get("weights"),
+                fusion_fingerprint=fusion_cfg["fingerprint"],
+            )
     return metrics
 
 
@@ -249,6 +339,7 @@ def resolved_config(rr: ResolvedRun, store: ScoreStore, fingerprints: dict[str, 
     resolved = rr.config.model_dump(mode="json")
     resolved.update(
         run_id=rr.run_id, out=str(rr.out), store=str(store.path), fingerprints=fingerprints,
+        weights={b.name: b.weights_provenance() for b in rr.branches},
         checkpoints={b.name: b.config.checkpoint for b in rr.branches if b.config.checkpoint},
         branch_configs={b.name: b.config.model_dump(mode="json") for b in rr.branches},
         dataset={"root": rr.dataset.root, "layout": rr.dataset.layout, "n_records": len(rr.dataset.records)},
@@ -286,12 +377,19 @@ def run(config: RunConfig, progress: bool = True, log: Callable[[str], None] | N
 
 
 def refuse(run_dir: str | Path, fusion_name: str, fusion_options: dict | None = None,
-           store_path: str | None = None, fusion_state: dict | None = None) -> tuple[Path, dict]:
+           store_path: str | None = None, fusion_state: dict | None = None,
+           allow_partial: bool | None = None, state_source: str | None = None) -> tuple[Path, dict]:
     """Re-fuse a finished run from its recorded scores (no model is loaded); writes RUN/fusions/<name>/."""
     rd = RunDir.open(run_dir)
     fusion = get_registry().create("fusion", fusion_name, fusion_options or {})
+    if fusion_state:  # named after its file in every error
+        apply_state(fusion, parse_state(fusion_state, state_source or "the fusion state"),
+                    list(rd.config.get("fingerprints") or rd.config.get("branches") or []),
+                    state_source or "the fusion state")
     resolved = dict(rd.config)
     resolved.update(fusion=fusion_name, fusion_options=fusion_options or {}, fusion_state=fusion_state)
+    if allow_partial is not None:
+        resolved["allow_partial"] = allow_partial
     out = rd.path / "fusions" / fusion_name
     store = ScoreStore(store_path or resolved.get("store"))
     try:

@@ -50,6 +50,7 @@ class Scored:
     score: float | None
     error: str | None = None
     explanation: str | None = None
+    logit: float | None = None  # where the branch has one (see aligncore.branch.Scores)
 
 
 def checked(value: Any) -> tuple[float | None, str | None]:
@@ -63,23 +64,43 @@ def checked(value: Any) -> tuple[float | None, str | None]:
     return s, None
 
 
-def score_with_fallback(branch, xs: list, batch) -> tuple[list[float | None], list[str | None]]:
-    """Score a collated batch; if it raises, score image by image so one bad image fails alone."""
+def _logits_of(result: Any, n: int) -> list[float | None]:
+    logits = getattr(result, "logits", None)
+    if logits is None or len(logits) != n:
+        return [None] * n
+    out = []
+    for z in logits:
+        try:
+            z = float(z)
+        except (TypeError, ValueError):
+            z = math.nan
+        out.append(z if math.isfinite(z) else None)
+    return out
+
+
+def score_with_fallback(branch, xs: list, batch) -> tuple[list[float | None], list[str | None], list[float | None]]:
+    """Score a collated batch; if it raises, score image by image so one bad image fails alone.
+    Returns (scores, errors, logits); a logit is None where the branch gives none."""
     try:
-        raw = list(branch.score_batch(batch))
+        result = branch.score_batch(batch)
+        raw = list(result)
         if len(raw) != len(xs):
             raise AlignCoreError(f"branch {branch.name!r} returned {len(raw)} scores for {len(xs)} images")
+        logits = _logits_of(result, len(raw))
     except Exception as batch_exc:
         if len(xs) == 1:
-            return [None], [f"{type(batch_exc).__name__}: {batch_exc}"]
-        raw = []
+            return [None], [f"{type(batch_exc).__name__}: {batch_exc}"], [None]
+        raw, logits = [], []
         for x in xs:
             try:
-                raw.append(branch.score_batch(branch.collate([x]))[0])
+                one = branch.score_batch(branch.collate([x]))
+                raw.append(list(one)[0])
+                logits.append(_logits_of(one, 1)[0])
             except Exception as exc:
                 raw.append(exc)
+                logits.append(None)
     out = [(None, f"{type(v).__name__}: {v}") if isinstance(v, Exception) else checked(v) for v in raw]
-    return [s for s, _ in out], [e for _, e in out]
+    return [s for s, _ in out], [e for _, e in out], [z if e is None else None for z, (_, e) in zip(logits, out)]
 
 
 class BranchScorer:
@@ -111,9 +132,10 @@ class BranchScorer:
         self._keys, self._xs = [], []
         with torch.inference_mode():
             batch = self.branch.collate(xs)
-            scores, errors = score_with_fallback(self.branch, xs, batch)
+            scores, errors, logits = score_with_fallback(self.branch, xs, batch)
             expl = self.branch.explain_batch(batch) if self.explain and any(e is None for e in errors) else None
-        return [Scored(k, s, e, expl[i] if expl and e is None else None) for i, (k, s, e) in enumerate(zip(keys, scores, errors))]
+        return [Scored(k, s, e, expl[i] if expl and e is None else None, z)
+                for i, (k, s, e, z) in enumerate(zip(keys, scores, errors, logits))]
 
 
 def score_images(branches: Sequence, images: Sequence[Any], explain: bool = False) -> dict[str, list[Scored]]:

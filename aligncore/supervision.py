@@ -109,6 +109,11 @@ class SupervisionBuilder(Component):
         save_image(img, self._out_dir / path, self.config.format, self.config.jpeg_quality)
         return {"path": path}
 
+    def limited(self, items: list[WorkItem], n: int) -> list[WorkItem]:
+        """The items ``limit=n`` keeps: the first ``n`` in sorted order. A builder whose plan mixes classes
+        overrides this so that a limit keeps them balanced instead of taking one class first."""
+        return items[:n]
+
     # ---------------------------------------------------------------- template
     def build(
         self,
@@ -125,7 +130,7 @@ class SupervisionBuilder(Component):
         srcs = [Path(s) for s in sources]
         items = self.plan(srcs)
         if self.config.limit:
-            items = items[: self.config.limit]
+            items = self.limited(items, self.config.limit)
         keys = [it.key for it in items]
         if len(set(keys)) != len(keys):
             raise ValueError(f"builder {self.name!r} planned duplicate item keys")

@@ -64,6 +64,7 @@ class DINOv2Branch(NeuralPixelBranch):
     #: tiny: a 2-block ViT on two 14-pixel patches a side, random weights
     presets = {"tiny": {"crop_size": 28, "weights": "random"}}
     train_config_class = DINOv2TrainConfig
+    score_libraries = NeuralPixelBranch.score_libraries + ("timm", "peft")
     config: DINOv2Config
 
     def __init__(self, config=None, **overrides):
@@ -78,6 +79,26 @@ class DINOv2Branch(NeuralPixelBranch):
     @property
     def random_weights(self) -> bool:
         return super().random_weights or (not self.config.checkpoint and self.config.from_scratch)
+
+    def untrained(self) -> str | None:
+        problem = super().untrained()
+        if problem and not self.config.from_scratch:
+            problem += (" Without a checkpoint its classification head is untrained (the pretrained backbone alone "
+                        "gives no verdict).")
+        elif problem:
+            problem += " from_scratch=true without a checkpoint is a random model."
+        return problem
+
+    def base_weights_identity(self) -> str:
+        """The pretrained backbone a LoRA checkpoint builds on: its Hub revision or its file's digest."""
+        from aligncore.identity import weights_identity
+
+        from . import dinov2_model as dm
+
+        c = self.config
+        if self.tiny or c.from_scratch:
+            return ""
+        return weights_identity(dm.pretrained_file(c.model, c.weights, c.allow_download))
 
     def pretrained_provenance(self) -> str:
         from aligncore.hashing import sha256_file

@@ -45,11 +45,6 @@ class NPRBranch(NeuralPixelBranch):
 
         if self.config.crop_size % 2:
             raise AlignCoreError("npr needs an even crop_size (the residual works on 2×2 cells).")
-        if not for_training and not self.config.checkpoint and not self.random_weights:
-            raise AlignCoreError(
-                "npr has no pretrained weights: train it (`alignctl train npr --set SET --out DIR`) and score with "
-                "--checkpoint DIR, or use --preset tiny for a random-weight model."
-            )
         width = self.config.width
         if for_training:
             self.model = NPRNet(width)  # initialised from the trainer's seed

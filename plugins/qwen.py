@@ -76,6 +76,7 @@ class QwenBranch(Branch):
     presets = {"tiny": {"min_pixels": 56 * 56, "max_pixels": 112 * 112, "weights": "random"}}
     trainer_class = DPOTrainer
     train_config_class = DPOTrainConfig
+    score_libraries = Branch.score_libraries + ("torch", "transformers", "peft")
     config: QwenConfig
     #: ``alignctl demo``: the semantic expert, tiny; a tiny random VLM needs a far higher learning rate
     #: than the paper's 1e-6 for 7B
@@ -180,10 +181,12 @@ class QwenBranch(Branch):
         return left_pad_collate(items, self.processor().tokenizer.pad_token_id)
 
     def score_batch(self, batch) -> list[float]:
-        from aligncore_plugins.qwen_model import to_device, verdict_probabilities
+        from aligncore.branch import scores_from_logits
+        from aligncore_plugins.qwen_model import to_device, verdict_logits
 
         self.ensure_loaded()
-        return verdict_probabilities(self._model, to_device(batch, self.device, self.dtype), self._real_ids, self._fake_ids)
+        return scores_from_logits(verdict_logits(self._model, to_device(batch, self.device, self.dtype),
+                                                 self._real_ids, self._fake_ids))
 
     def explain_batch(self, batch) -> list[str]:
         from aligncore_plugins.qwen_model import generate_rationales, to_device
@@ -205,6 +208,17 @@ class QwenBranch(Branch):
         if self.tiny:
             h.update(f"|tiny={TINY_RECIPE_VERSION}".encode())
         return h.hexdigest()
+
+    def base_weights_identity(self) -> str:
+        """The base model scored (or adapted): its Hub revision, or a digest of every file of a local folder
+        (hashed once and remembered); "" for the tiny preset and for a checkpoint that carries its own base."""
+        from aligncore.identity import weights_identity
+        from aligncore_plugins import qwen_model as qm
+
+        ck = Path(self.config.checkpoint) if self.config.checkpoint else None
+        if self.tiny or (ck is not None and (ck / qm.BASE_DIR / "config.json").exists()):
+            return ""
+        return weights_identity(self._base_source())
 
     def pretrained_provenance(self) -> str:
         """``pretrained:<id>@<revision>`` for a cached Hub model; a local folder gets a digest of its

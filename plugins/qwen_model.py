@@ -294,13 +294,21 @@ def to_device(batch: dict[str, torch.Tensor], device, dtype: torch.dtype) -> dic
     return out
 
 
-def verdict_probabilities(model, batch: dict[str, torch.Tensor], real_ids: list[int], fake_ids: list[int]) -> list[float]:
-    """P(fake) per row from one forward pass (only the last position's logits are computed)."""
+def verdict_logits(model, batch: dict[str, torch.Tensor], real_ids: list[int], fake_ids: list[int]) -> list[float]:
+    """logsumexp(fake verdict logits) − logsumexp(real verdict logits) per row, from one forward pass
+    (only the last position's logits are computed); P(fake) is its sigmoid."""
     out = model(**batch, logits_to_keep=1, use_cache=False)
     logits = out.logits[:, -1, :].float()
     fake = torch.logsumexp(logits[:, fake_ids], dim=-1)
     real = torch.logsumexp(logits[:, real_ids], dim=-1)
-    return torch.sigmoid(fake - real).tolist()
+    return (fake - real).double().tolist()
+
+
+def verdict_probabilities(model, batch: dict[str, torch.Tensor], real_ids: list[int], fake_ids: list[int]) -> list[float]:
+    """P(fake) per row (float64 sigmoid of :func:`verdict_logits`)."""
+    from aligncore.branch import scores_from_logits
+
+    return list(scores_from_logits(verdict_logits(model, batch, real_ids, fake_ids)))
 
 
 def generate_rationales(model, processor, batch: dict[str, torch.Tensor], max_new_tokens: int) -> list[str]:

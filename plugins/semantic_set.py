@@ -209,6 +209,18 @@ class SemanticSetBuilder(SupervisionBuilder):
             keys = sorted(chosen)
         return [items[k] for k in keys]
 
+    def limited(self, items: list[WorkItem], n: int) -> list[WorkItem]:
+        """``limit=n`` keeps both classes: a seeded sample taken from real and fake in turn (real first),
+        never the first ``n`` keys (which sort every fake before every real)."""
+        by_class = {cls: sorted((it for it in items if it.key.startswith(cls)), key=lambda it: item_seed(self.config.seed, it.key))
+                    for cls in ("real/", "fake/")}
+        chosen: list[WorkItem] = []
+        for k in range(max(len(v) for v in by_class.values()) if items else 0):
+            for cls in ("real/", "fake/"):
+                if k < len(by_class[cls]) and len(chosen) < n:
+                    chosen.append(by_class[cls][k])
+        return sorted(chosen, key=lambda it: it.key)
+
     # ---------------------------------------------------------------- processing
     def process(self, item: WorkItem, out_dir: Path) -> list[dict[str, Any]]:
         from aligncore.data import ImageLoadError, load_image

@@ -17,6 +17,7 @@ import numpy as np
 from pydantic import Field
 
 from aligncore import hookimpl
+from aligncore.branch import scores_from_logits
 from aligncore.data.crops import crop, grid_positions
 from aligncore.errors import AlignCoreError
 from aligncore.data.images import rgb_array
@@ -80,6 +81,12 @@ class SpectrumBranch(PixelBranch):
         """Use fitted weights (``mean``, ``scale``, ``coef``, ``intercept``): the linear trainer's hand-over."""
         self.params = dict(params)
 
+    def untrained(self) -> str | None:
+        if self.config.checkpoint or self.random_weights:
+            return None
+        return ("spectrum must be fitted first: `alignctl train spectrum --set SET --out DIR`, then score with "
+                "--checkpoint DIR (or --preset tiny for a random linear model).")
+
     def load(self) -> None:
         if self.config.checkpoint:
             self.params = load_numpy_arrays(self.checkpoint_dir / WEIGHTS)
@@ -97,7 +104,7 @@ class SpectrumBranch(PixelBranch):
         p = self.params
         x = np.atleast_2d(np.asarray(batch, dtype=np.float64))
         z = ((x - p["mean"]) / p["scale"]) @ p["coef"].astype(np.float64) + float(p["intercept"][0])
-        return (1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))).tolist()
+        return scores_from_logits(z)
 
     def save(self, out_dir) -> Path:
         if self.params is None:

@@ -38,6 +38,7 @@ def make_scored_run(out: Path, n: int = 200, seed: int = 0, dataset: str = "synt
     with ScoreStore() as store:
         resolved = {"branches": ["pix", "sem"], "fusion": "or", "data": f"/data/{dataset}", "fingerprints": fps,
                     "dataset": {"root": f"/data/{dataset}", "layout": "0_real/1_fake", "n_records": n},
-                    "dataset_name": dataset, "suite": suite, "perturb": None, "checkpoints": {}, "store": str(store.path)}
+                    "dataset_name": dataset, "suite": suite, "perturb": None, "checkpoints": {}, "store": str(store.path),
+                    "allow_partial": True}  # ``sem`` misses a few images, as a run with --allow-partial would
         metrics = write_run(out, run_id, "run", table, create_fusion("or"), resolved, store, {"branches": {}})
     return out, metrics

@@ -85,9 +85,9 @@ def test_bench_present_dataset_writes_leaderboard_row(tmp_path):
     assert [r_["setA"] for r_ in asc["rows"]] == sorted(r_["setA"] for r_ in asc["rows"])
     csv_out = CliRunner().invoke(cli, ["leaderboard", "--suite", "mini", "--format", "csv", "--metric", "auc"]).output
     header = next(csv.reader(io.StringIO(csv_out)))
-    assert header == ["branches", "checkpoints", "fusion", "perturb", "setA", "setB", "average", "run_ids"]
+    assert header == ["branches", "weights", "fusion", "perturb", "setA", "setB", "average", "run_ids"]
     md = CliRunner().invoke(cli, ["leaderboard", "--suite", "mini", "--format", "md"]).output
-    assert md.count("| fake |") == 2 and "| max(threshold=0.99) |" in md and "| or |" in md
+    assert md.count("| fake#") == 2 and "| max(threshold=0.99) |" in md and "| or |" in md
     html_out = CliRunner().invoke(cli, ["leaderboard", "--suite", "mini", "--format", "html"]).output
     assert html_out.startswith("<!DOCTYPE html>") and html_out.count("<tr>") == 3
     bad = CliRunner().invoke(cli, ["leaderboard", "--sort", "nonsense"])

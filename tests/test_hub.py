@@ -83,7 +83,8 @@ def test_save_pretrained_checkpoint_scores_identically_from_the_offline_cache(tr
     det = aligncore.Detector(["npr"], device="cpu", branch_options={"npr": {"checkpoint": str(trained_npr)}})
     saved = det.save_pretrained(tmp_path / "saved", repo_id="o/n")
     assert sorted(p.name for p in saved.iterdir()) == [
-        "README.md", "aligncore.json", "branch.json", "metrics.csv", "model.safetensors", "training_run.json"]
+        "README.md", "aligncore.json", "branch.json", "metrics.csv", "model.safetensors", "training.json",
+        "training_run.json"]  # training.json: the checkpoint's record of its training data (digest) and configs
     place_in_cache(hf_cache, saved)
 
     local = _run(["--branches", "npr", "--checkpoint", str(trained_npr), "--data", str(image_folder),
@@ -178,7 +179,7 @@ def test_push_uploads_the_exact_files_and_card(trained_npr, tmp_path, monkeypatc
     assert seen["create"] == ("o/n", {"repo_type": "model", "private": True, "exist_ok": True})
     assert seen["upload"][0] == "o/n" and seen["upload"][1]["repo_type"] == "model"
     assert seen["files"] == ["README.md", "aligncore.json", "branch.json", "metrics.csv", "model.safetensors",
-                             "training_run.json"]
+                             "training.json", "training_run.json"]
     card = seen["card"]
     fp = seen["layout"]["branches"]["npr"]["fingerprint"]
     from aligncore import create_branch

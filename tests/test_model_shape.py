@@ -182,7 +182,8 @@ def test_dinov2_pretrained_weights_load_through_safeio(tmp_path, monkeypatch):
 
     reads = []
     monkeypatch.setattr(dm, "load_state_dict", lambda path: reads.append(path) or safeio.load_state_dict(path))
-    br = create_branch("dinov2", model=name, weights=str(tmp_path), crop_size=28, device="cpu").ensure_loaded()
+    br = create_branch("dinov2", model=name, weights=str(tmp_path), crop_size=28, device="cpu")
+    br.build_model()  # the trainer's way in: scoring refuses a dinov2 without a checkpoint (its head is untrained)
     assert reads == [tmp_path / "model.safetensors"]
     bb = br.model.backbone
     assert torch.equal(bb.blocks[0].attn.qkv.base_layer.weight, sd["blocks.0.attn.qkv.weight"])
@@ -273,7 +274,7 @@ def test_train_branch_leaves_callers_alone_and_the_old_method_warns(tmp_path):
 # ---------------------------------------------------------------------- alignctl train
 
 
-@pytest.mark.parametrize("branch,expected", [("npr", "epochs = 3"), ("spectrum", "C = 0.1"), ("qwen", "beta = 0.05"),
+@pytest.mark.parametrize("branch,expected", [("npr", "epochs = None  Passes over the training pairs (or balanced images). Unset: 3"), ("spectrum", "C = 0.1"), ("qwen", "beta = 0.05"),
                                              ("dinov2", "from_scratch = False")])
 def test_train_options_lists_the_trainers_options(branch, expected):
     r = _cli("train", branch, "--options")

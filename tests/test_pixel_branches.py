@@ -232,7 +232,7 @@ def test_dinov2_missing_weights_fail_fast_naming_the_model(tmp_path, monkeypatch
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf" / "hub"))
     t = time.monotonic()
     with pytest.raises(ModelUnavailableError) as err:
-        create_branch("dinov2", device="cpu").ensure_loaded()
+        create_branch("dinov2", device="cpu").build_model()  # what training and a checkpoint's scoring load first
     assert time.monotonic() - t < 20
     msg = str(err.value)
     assert "vit_large_patch14_dinov2.lvd142m" in msg and "weights=" in msg and "from_scratch" in msg
@@ -250,7 +250,7 @@ def test_spectrum_fits_and_round_trips_without_pickle(pair_set, tmp_path):
     row = read_metrics(tmp_path / "s")[0]
     assert float(row["val_auc"]) >= 0.99 and res.summary["val_auc"] == pytest.approx(float(row["val_auc"]))
     assert res.summary["stop_reason"] == "converged" and res.summary["solver_iterations"] >= 1
-    assert {p.name for p in ckpt.iterdir()} == {"spectrum.safetensors", "branch.json"}
+    assert {p.name for p in ckpt.iterdir()} == {"spectrum.safetensors", "branch.json", "training.json"}
     ims = [Image.open(p) for p in sorted(pair_set.parent.rglob("p00*.png"))]
     re = create_branch("spectrum", checkpoint=str(tmp_path / "s"))
     assert re.config.tile == 32 and re.config.max_tiles == 4

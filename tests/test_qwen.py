@@ -95,8 +95,16 @@ def test_fingerprint_covers_prompt_pixels_and_adapter(tmp_path):
     assert create_branch("qwen", preset="tiny", device="cpu", batch_size=3).fingerprint() == fp
     assert create_branch("qwen", preset="tiny", device="cpu", prompt="Real or fake?").fingerprint() != fp
     assert create_branch("qwen", preset="tiny", device="cpu", max_pixels=200 * 200).fingerprint() != fp
-    assert create_branch("qwen", device="cpu", model="/some/other/model").fingerprint() != \
-        create_branch("qwen", device="cpu").fingerprint()
+    # the base model's resolved weights: the same local folder with other weights is another model
+    model = tmp_path / "base"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"weights one")
+    before = create_branch("qwen", device="cpu", model=str(model)).fingerprint()
+    (model / "model.safetensors").write_bytes(b"other weights, same path")
+    assert create_branch("qwen", device="cpu", model=str(model)).fingerprint() != before
+    with pytest.raises(ModelUnavailableError):  # an unresolvable base has no identity: it fails as loading would
+        create_branch("qwen", device="cpu", model=str(tmp_path / "missing")).fingerprint()
 
 
 def test_full_size_default_without_weights_fails_fast(tmp_path, monkeypatch):

@@ -21,15 +21,20 @@ def ablate_cmd(runs, fusions, target_fpr, cal_fraction, seed, out, generators) -
     Each RUN is one dataset. Learned fusions are fitted, and thresholds calibrated, on a calibration
     split disjoint from the evaluation images every number is measured on.
     """
-    from ..ablation import ablate, to_text
+    from ..ablation import ablate, describe, to_text
 
     res = ablate(runs, csv_list(fusions) or [], target_fpr, cal_fraction, seed, out_dir=out)
     rows = res.rows if generators else [r for r in res.rows if r["scope"] == "dataset"]
-    thr = f"thresholds calibrated to {target_fpr:.1%} FPR" if target_fpr is not None else "configured thresholds"
-    click.echo(f"evaluation split: {1 - cal_fraction:.0%} of images by content hash; learned fusions fitted on the rest; {thr}")
+    click.echo(describe(target_fpr, cal_fraction))
+    left = {ds: len(sp["left_out"]) for ds, sp in res.splits.items() if sp.get("left_out")}
+    for ds, n in left.items():
+        click.echo(f"{ds}: {n} labelled image(s) some branch did not score are left out of both splits")
     click.echo(to_text(rows))
     for k in ("csv", "md", "fusions"):
         click.echo(f"{k}: {res.files[k]}")
-    for k, p in res.files.items():
-        if k.startswith("state:"):
-            click.echo(f"fitted state ({k[6:]}): {p}   (reuse: alignctl run ... --fusion-state {p})")
+    states = [(k[6:], p) for k, p in res.files.items() if k.startswith("state:")]
+    for name, p in states:
+        click.echo(f"fitted state ({name}): {p}")
+    if states:
+        click.echo("reuse a state with `alignctl run|fuse ... --fusion NAME --fusion-state FILE`, best on other data: "
+                   "on this run its calibration images are left out of the metrics (the file lists them).")

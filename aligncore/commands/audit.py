@@ -15,14 +15,17 @@ def _cell(value, delta) -> str:
 @click.argument("data")
 @click.option("--reencode", default="jpeg:95", show_default=True,
               help="Comma-separated re-encodings applied identically to both classes, e.g. jpeg:95,webp:90.")
+@click.option("--out", type=click.Path(file_okay=False),
+              help="Folder for the runs (one per condition) and the table (audit.json, audit.csv); default: runs/<run id> "
+              "per condition and the table on the terminal only.")
 @scoring_options
-def audit_format_cmd(data, reencode, scoring: Scoring) -> None:
+def audit_format_cmd(data, reencode, out, scoring: Scoring) -> None:
     """Format-bias audit: formats per class, and how much each branch's accuracy moves when both
     classes are re-encoded identically."""
     from ..audit import AUDIT_METRICS, audit_format
 
     res = audit_format(data, scoring.run_options(), csv_list(reencode) or [], progress=scoring.progress,
-                       log=None if scoring.quiet else echo_err)
+                       log=None if scoring.quiet else echo_err, out=out)
     for cls, counts in res.census.items():
         total = sum(counts.values()) or 1
         click.echo(f"{cls:<5} formats: " + ", ".join(f"{k} {v} ({v / total:.0%})" for k, v in counts.items()))
@@ -32,3 +35,5 @@ def audit_format_cmd(data, reencode, scoring: Scoring) -> None:
         click.echo(f"{r['detector']:<22} {r['condition']:<12} " + " ".join(f"{c:>14}" for c in cells))
     click.echo("(change against as-is in brackets; a large drop means the detector leaned on the file format)")
     click.echo("runs: " + ", ".join(f"{c}={rid}" for c, rid in res.runs.items()))
+    if out:
+        click.echo(f"table written to {out}/audit.json and {out}/audit.csv")

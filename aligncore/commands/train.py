@@ -52,8 +52,10 @@ def _print_options(branch_class) -> None:
 @click.option("-o", "--option", "options", multiple=True, help="Training option KEY=VALUE (overrides --config); see --options.")
 @click.option("-b", "--branch-option", "branch_options", multiple=True, help="Branch option KEY=VALUE; see --options.")
 @click.option("--options", "list_options", is_flag=True, help="List BRANCH's training and branch options with defaults and help.")
+@click.option("--allow-outside-paths", is_flag=True, help="Allow manifest paths outside the manifest's folder.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def train_cmd(branch, train_set, out, config_file, preset, device, options, branch_options, list_options, quiet) -> None:
+def train_cmd(branch, train_set, out, config_file, preset, device, options, branch_options, list_options,
+              allow_outside_paths, quiet) -> None:
     """Train BRANCH on a labelled set and write a checkpoint that `run --checkpoint` reloads.
 
     Every option is checked before any work: an unknown -o or -b key fails at once, naming the
@@ -81,6 +83,9 @@ def train_cmd(branch, train_set, out, config_file, preset, device, options, bran
     # train_branch_class validates both option sets before it reads the set or writes anything
     main = int(os.environ.get("RANK", "0")) == 0
     result = train_branch_class(branch_class, train_set, out, branch_options=bopts, train_options=topts,
-                                progress=not quiet, log=echo_err if main else None, command=command_line())
-    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch, rank 0 reports
-        click.echo(f"checkpoint written to {result.checkpoint}")
+                                progress=not quiet, log=echo_err if main else None, command=command_line(),
+                                allow_outside_paths=allow_outside_paths)
+    if main:  # under accelerate launch, rank 0 reports
+        from ..train.base import format_summary
+
+        click.echo(f"trained {branch}: {format_summary(result.summary)}; checkpoint written to {result.checkpoint}")

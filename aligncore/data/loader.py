@@ -28,8 +28,10 @@ class LoadItem:
     source: ImageSource | None = None
 
 
-#: what the loader yields per image: (key, {preprocessor: input}, {preprocessor: error})
+#: what the loader yields per image: (key, {preprocessor: input}, {preprocessor: error}); a file that
+#: cannot be read or decoded has its reason under :data:`UNREADABLE` too (a fault of the file, not of a branch)
 Loaded = tuple[int, dict[int, Any], dict[int, str]]
+UNREADABLE = -1
 
 
 class DecodeOnce:
@@ -49,7 +51,7 @@ class DecodeOnce:
             # a file decodes straight from disk, as before; a table row through its source's bytes
             img = load_image(it.path) if it.source is None else load_record_image(it.path, it.source)
         except ImageLoadError as exc:
-            return it.key, {}, {b: exc.reason for b in it.needs}
+            return it.key, {}, {UNREADABLE: exc.reason, **{b: exc.reason for b in it.needs}}
         if self.perturb is not None:
             try:
                 img = self.perturb(img)  # once, so every branch sees the same perturbed pixels

@@ -48,25 +48,32 @@ def train_config_for(branch_class: type, options: dict[str, Any] | None) -> Trai
 def train_branch(branch: str, train_set: Any, out: str | Path, *, branch_options: dict[str, Any] | None = None,
                  train_options: dict[str, Any] | None = None, progress: bool = True,
                  on_step: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None,
-                 command: str | None = None) -> TrainResult:
+                 command: str | None = None, allow_outside_paths: bool = False) -> TrainResult:
     """Train the registered branch ``branch`` on ``train_set`` (a builder's folder, a 0_real/1_fake folder,
     a manifest, or records) into ``out``; both option dicts are validated before any work.
 
     ``log`` receives one line per logging step (per epoch for pixel branches); ``command`` (the
     command line that asked for the training) is kept in ``OUT/training_run.json`` for model cards.
+    The checkpoint folder records its training data's digest and the resolved configs (``training.json``);
+    the result's ``summary`` says what happened (:func:`aligncore.train.base.format_summary` makes it one line).
     """
     return train_branch_class(trainable_branch(branch), train_set, out, branch_options=branch_options,
-                              train_options=train_options, progress=progress, on_step=on_step, log=log, command=command)
+                              train_options=train_options, progress=progress, on_step=on_step, log=log, command=command,
+                              allow_outside_paths=allow_outside_paths)
 
 
 def train_branch_class(branch_class: type, train_set: Any, out: str | Path, *,
                        branch_options: dict[str, Any] | None = None, train_options: dict[str, Any] | None = None,
                        progress: bool = True, on_step: Callable[[int], None] | None = None,
-                       log: Callable[[str], None] | None = None, command: str | None = None) -> TrainResult:
+                       log: Callable[[str], None] | None = None, command: str | None = None,
+                       allow_outside_paths: bool = False) -> TrainResult:
     """:func:`train_branch` for a branch class (e.g. one not registered under a name)."""
     tcfg = train_config_for(branch_class, train_options)
     bcfg = branch_class.make_config(branch_options)
-    trainer = branch_class.trainer_class(branch_class, bcfg, tcfg, progress=progress, on_step=on_step, log=log)
+    kwargs: dict[str, Any] = {"progress": progress, "on_step": on_step, "log": log}
+    if allow_outside_paths:
+        kwargs["allow_outside_paths"] = True  # a third-party trainer written before the option need not take it
+    trainer = branch_class.trainer_class(branch_class, bcfg, tcfg, **kwargs)
     result = trainer.train(train_set, out)
     if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch, rank 0 keeps the record
         write_training_record(Path(out), branch_class, train_set, bcfg, tcfg, result, command)

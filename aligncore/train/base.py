@@ -76,11 +76,25 @@ class Trainer:
     config_class: ClassVar[type[TrainConfig]] = TrainConfig
 
     def __init__(self, branch_class: type, branch_config: Any, config: TrainConfig, *, progress: bool = True,
-                 on_step: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None):
+                 on_step: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None,
+                 allow_outside_paths: bool = False):
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         self.branch_class, self.branch_config, self.config = branch_class, branch_config, config
         self.progress, self.on_step, self.log = progress, on_step, log
+        self.allow_outside_paths = allow_outside_paths  # manifest paths outside the manifest's folder
+
+    def training_record(self, records: Any, train_set: Any, **resolved: Any) -> dict[str, Any]:
+        """What a checkpoint records about its training: the data (digest of every image's content hash and
+        label), the train config as resolved, and the branch config."""
+        return {
+            "branch": getattr(self.branch_class, "name", ""),
+            "trainer": type(self).__name__,
+            "data": describe_training_data(records, train_set),
+            "train_config": {**self.config.model_dump(mode="json"), **resolved},
+            "branch_config": self.branch_config.model_dump(mode="json") if hasattr(self.branch_config, "model_dump")
+            else dict(self.branch_config or {}),
+        }
 
     def new_branch(self, **overrides: Any):
         """A branch of the trainer's own, from the branch config plus the train config's branch fields."""
@@ -88,6 +102,56 @@ class Trainer:
 
     def train(self, train_set: Any, out_dir: str | Path) -> TrainResult:
         raise NotImplementedError
+
+
+TRAINING_FILE = "training.json"
+
+
+def describe_training_data(records: Any, source: Any = None) -> dict[str, Any]:
+    """``{"digest", "n_images", "n_real", "n_fake", "source"}`` of a training set given as records with
+    ``path`` and ``label`` (or dicts with those keys). The digest covers the sha256 of every image's bytes and
+    its label, in a stable order, so the same folder with one image changed gives another digest."""
+    import hashlib
+
+    from ..hashing import sha256_file
+
+    lines = []
+    n_real = n_fake = 0
+    for r in records:
+        path, label = (r["path"], r["label"]) if isinstance(r, dict) else (r.path, r.label)
+        lines.append(f"{sha256_file(path)}\t{int(label)}")
+        n_real += int(label) == 0
+        n_fake += int(label) == 1
+    digest = hashlib.sha256("\n".join(sorted(lines)).encode()).hexdigest()
+    # the set's name only: the record travels with the weights to other machines (no machine paths)
+    where = None if source is None or isinstance(source, (list, tuple)) else (Path(str(source)).name or str(source))
+    return {"digest": digest, "n_images": len(lines), "n_real": n_real, "n_fake": n_fake, "source": where}
+
+
+def write_training_record(folder: str | Path, record: dict[str, Any]) -> Path:
+    """``folder/training.json``: the record of :meth:`Trainer.training_record` (beside the weights)."""
+    import json
+
+    path = Path(folder) / TRAINING_FILE
+    path.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    return path
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """One line: steps, epochs, stop reason, best epoch, validation AUC (and the data digest)."""
+
+    def show(v: Any) -> str:
+        if v is None:
+            return "n/a"
+        return f"{v:.4g}" if isinstance(v, float) and not float(v).is_integer() else str(int(v) if isinstance(v, float) else v)
+
+    auc = summary.get("val_auc")
+    parts = [f"steps {show(summary.get('steps'))}", f"epochs {show(summary.get('epochs'))}",
+             f"stopped: {summary.get('stop_reason') or 'n/a'}", f"best epoch {show(summary.get('best_epoch'))}",
+             f"validation AUC {'n/a' if auc is None else f'{float(auc):.4f}'}"]
+    if summary.get("data_digest"):
+        parts.append(f"data {str(summary['data_digest'])[:12]}")
+    return ", ".join(parts)
 
 
 def append_metrics(path: Path, row: dict) -> None:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from ..errors import AlignCoreError, ConfigError, DataError
-from .base import Trainer, TrainResult, make_summary
+from .base import Trainer, TrainResult, make_summary, write_training_record
 from .dpo_config import DPOTrainConfig
 
 TRAINER_DIR = "trainer"  # resumable trainer checkpoints (not part of the weights)
@@ -34,13 +34,13 @@ PREFERENCE_MODEL_PROTOCOL = ("processor", "load_base", "prompt", "lora_targets",
 VERDICTS = ("real", "fake")
 
 
-def read_rows(supervision: Any, rationale_column: str) -> list[dict[str, Any]]:
+def read_rows(supervision: Any, rationale_column: str, allow_outside: bool = False) -> list[dict[str, Any]]:
     """A labelled set (manifest, folder or records) → [{path, label, rationale}], in a stable order."""
     from ..data import Record, load_dataset
-
     from ..data.datasets import require_files
 
-    records: Sequence[Record] = supervision if isinstance(supervision, (list, tuple)) else load_dataset(supervision).records
+    records: Sequence[Record] = (supervision if isinstance(supervision, (list, tuple))
+                                 else load_dataset(supervision, allow_outside=allow_outside).records)
     require_files(records, "DPO training")
     rows = []
     for r in records:
@@ -153,8 +153,10 @@ class DPOTrainer(Trainer):
     config: DPOTrainConfig
 
     def __init__(self, branch_class, branch_config, config: DPOTrainConfig, *, progress: bool = True,
-                 on_step: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None):
-        super().__init__(branch_class, branch_config, config, progress=progress, on_step=on_step, log=log)
+                 on_step: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None,
+                 allow_outside_paths: bool = False):
+        super().__init__(branch_class, branch_config, config, progress=progress, on_step=on_step, log=log,
+                         allow_outside_paths=allow_outside_paths)
         missing = [m for m in PREFERENCE_MODEL_PROTOCOL if not hasattr(branch_class, m)]
         if missing:
             raise AlignCoreError(f"branch {branch_class.name!r} cannot use the DPO trainer: it lacks {', '.join(missing)}.")
@@ -174,7 +176,8 @@ class DPOTrainer(Trainer):
         cfg, branch = self.config, self.branch
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        rows = read_rows(train_set, cfg.rationale_column)
+        rows = read_rows(train_set, cfg.rationale_column, self.allow_outside_paths)
+        record = self.training_record(rows, train_set)
         args = build_dpo_config(cfg, out, str(branch.device) == "cpu", progress=self.progress)
         processor = branch.processor()
         transformers.set_seed(cfg.seed)
@@ -197,14 +200,17 @@ class DPOTrainer(Trainer):
             "global_step": int(trainer.state.global_step),
             "train_loss": float(result.training_loss) if result.training_loss is not None else None,
             "resumed_from": Path(last).name if last else None,
+            "training_data": record["data"],
         }
         trainer.save_model(str(out))  # gathers sharded (DeepSpeed) weights; writes adapter + processor
         if trainer.is_world_process_zero():
             (out / "training_args.bin").unlink(missing_ok=True)  # holds run paths; the metadata has the config
             branch.save_checkpoint(self.model, out, info)
+            write_training_record(out, record)
         stop = "max_steps" if cfg.max_steps > 0 and info["global_step"] >= cfg.max_steps else "epochs"
         summary = make_summary(steps=info["global_step"], epochs=float(trainer.state.epoch or 0), stop_reason=stop,
-                               train_loss=info["train_loss"], resumed_from=info["resumed_from"], rows=len(rows))
+                               train_loss=info["train_loss"], resumed_from=info["resumed_from"], rows=len(rows),
+                               data_digest=record["data"]["digest"])
         return TrainResult(out, summary)
 
     def _callbacks(self) -> list | None:

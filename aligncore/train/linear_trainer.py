@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import AlignCoreError
 from ..hashing import stable_int
-from .base import METRICS_FILE, Trainer, TrainResult, append_metrics, make_summary
+from .base import METRICS_FILE, Trainer, TrainResult, append_metrics, make_summary, write_training_record
 from .linear_config import LinearTrainConfig
 from .pixel_data import TrainRecord, load_training_set, split_by_group
 
@@ -66,7 +66,8 @@ class LinearTrainer(Trainer):
         cfg = self.config
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        train, val = split_by_group(load_training_set(train_set), cfg.val_fraction, cfg.seed)
+        train, val = split_by_group(load_training_set(train_set, self.allow_outside_paths), cfg.val_fraction, cfg.seed)
+        record = self.training_record(train + val, train_set)
         xtr, ytr = self.features(train, True), np.array([r.label for r in train])
         scaler = StandardScaler().fit(xtr)
         clf = LogisticRegression(C=cfg.C, max_iter=cfg.max_iter).fit(scaler.transform(xtr), ytr)
@@ -82,12 +83,14 @@ class LinearTrainer(Trainer):
         (out / "train_config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
         (out / "split.json").write_text(json.dumps({"n_train": len(train), "n_val": len(val),
                                                     "val_groups": sorted({r.group for r in val})}, indent=2) + "\n")
-        self.branch.save(out / "last")
+        write_training_record(self.branch.save(out / "last"), record)
         iterations = int(np.max(clf.n_iter_))
-        summary = make_summary(stop_reason="converged" if iterations < cfg.max_iter else "max_iter",
+        summary = make_summary(steps=iterations, epochs=None, stop_reason="converged" if iterations < cfg.max_iter else "max_iter",
                                val_auc=row.get("val_auc"), solver_iterations=iterations,
-                               n_train=len(train), n_val=len(val))
-        return TrainResult(self.branch.save(out / "best"), summary)
+                               n_train=len(train), n_val=len(val), data_digest=record["data"]["digest"])
+        best = self.branch.save(out / "best")
+        write_training_record(best, record)
+        return TrainResult(best, summary)
 
     def validate(self, val: list[TrainRecord]) -> dict:
         """Loss, AUC, AP and balanced accuracy of the fitted model on the held-out records."""

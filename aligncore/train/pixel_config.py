@@ -14,11 +14,18 @@ from pydantic import Field, model_validator
 from .base import TrainConfig
 
 
+DEFAULT_EPOCHS = 3
+UNLIMITED_EPOCHS = 10**9  # "until the budget ends"
+
+
 class PixelTrainConfig(TrainConfig):
     branch_fields: ClassVar[tuple[str, ...]] = ("crop_size",)
 
     # ---- schedule
-    epochs: int = Field(3, ge=1, description="Passes over the training pairs (or balanced images).")
+    epochs: int | None = Field(
+        None, ge=1, description="Passes over the training pairs (or balanced images). Unset: 3, or no limit when "
+        "max_minutes or max_steps is given (a budget given alone is the stopping rule)."
+    )
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs for the LR schedule).")
     max_minutes: float | None = Field(
         None, gt=0, description="Wall-clock budget; training stops at the next step boundary, saves and evaluates. "
@@ -57,6 +64,12 @@ class PixelTrainConfig(TrainConfig):
     )
     resume: bool = Field(True, description="Resume from OUT/state when it exists (a killed run continues where it stopped).")
     eval_batch_size: int = Field(16, ge=1, description="Images per forward pass during validation.")
+
+    def planned_epochs(self) -> int:
+        """The epoch limit in force: ``epochs`` when set, else 3, or (with a time or step budget) none."""
+        if self.epochs is not None:
+            return self.epochs
+        return UNLIMITED_EPOCHS if (self.max_minutes or self.max_steps) else DEFAULT_EPOCHS
 
     @model_validator(mode="after")
     def _check(self):

@@ -30,11 +30,12 @@ class TrainRecord:
     generator: str | None = None
 
 
-def load_training_set(source) -> list[TrainRecord]:
-    """A folder, manifest (path) or list of TrainRecords → labelled TrainRecords."""
+def load_training_set(source, allow_outside: bool = False) -> list[TrainRecord]:
+    """A folder, manifest (path) or list of TrainRecords → labelled TrainRecords (manifest paths outside the
+    manifest's folder only with ``allow_outside``)."""
     if isinstance(source, (list, tuple)):
         return list(source)
-    ds = load_dataset(source)  # a builder's output folder is read through its manifest
+    ds = load_dataset(source, allow_outside=allow_outside)  # a builder's output folder is read through its manifest
     require_files(ds.records, "training")
     out = []
     for r in ds.records:

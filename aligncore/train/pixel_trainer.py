@@ -31,8 +31,9 @@ import numpy as np
 
 from ..data.crops import crop, jpeg_roundtrip, random_position
 from ..errors import AlignCoreError
-from .base import METRICS_FILE, Trainer, TrainResult, append_metrics, make_summary, read_metrics
-from .pixel_config import PixelTrainConfig
+from .base import (METRICS_FILE, Trainer, TrainResult, append_metrics, make_summary, read_metrics,
+                   write_training_record)
+from .pixel_config import UNLIMITED_EPOCHS, PixelTrainConfig
 from .pixel_data import EpochPlan, ImageCache, TrainRecord, load_training_set, split_by_group
 
 __all__ = ["PixelTrainer", "read_metrics"]
@@ -62,8 +63,10 @@ class PixelTrainer(Trainer):
     config: PixelTrainConfig
 
     def __init__(self, branch_class, branch_config, config: PixelTrainConfig, *, progress: bool = True,
-                 on_step: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None):
-        super().__init__(branch_class, branch_config, config, progress=progress, on_step=on_step, log=log)
+                 on_step: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None,
+                 allow_outside_paths: bool = False):
+        super().__init__(branch_class, branch_config, config, progress=progress, on_step=on_step, log=log,
+                         allow_outside_paths=allow_outside_paths)
         missing = [m for m in PIXEL_MODEL_PROTOCOL if not callable(getattr(branch_class, m, None))]
         if missing:
             raise AlignCoreError(f"branch {branch_class.name!r} cannot use the pixel trainer: it lacks {', '.join(missing)}.")
@@ -78,6 +81,7 @@ class PixelTrainer(Trainer):
         acc = self._accelerator()
         model, opt, raw_model = self._prepare_model(acc)
         state = self._start_state(out, raw_model, opt)
+        self.record = self.training_record(data.train + data.val, train_set, epochs=cfg.planned_epochs())
         if acc.is_main_process:
             (out / "train_config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
             (out / "split.json").write_text(json.dumps({
@@ -91,13 +95,13 @@ class PixelTrainer(Trainer):
         summary = make_summary(steps=state["global_step"], epochs=state["epoch"], stop_reason=stopped or "epochs",
                                best_epoch=state["best_epoch"], val_auc=state["best_auc"],
                                last=getattr(self, "last_metrics", None), paired=data.paired,
-                               n_train=len(data.train), n_val=len(data.val))
+                               n_train=len(data.train), n_val=len(data.val), data_digest=self.record["data"]["digest"])
         return TrainResult(out / "best", summary)
 
     # ------------------------------------------------------------------ set-up
     def _load_data(self, train_set) -> _Data:
         cfg = self.config
-        records = load_training_set(train_set)
+        records = load_training_set(train_set, self.allow_outside_paths)
         train_recs, val_recs = split_by_group(records, cfg.val_fraction, cfg.seed)
         has_pairs = any(r.pair_id for r in train_recs)
         paired = has_pairs if cfg.paired == "auto" else cfg.paired == "yes"
@@ -148,15 +152,17 @@ class PixelTrainer(Trainer):
         import torch
 
         cfg, acc = self.config, self.acc
-        total_steps = data.plan.steps * cfg.epochs
+        epochs = cfg.planned_epochs()
+        total_steps = data.plan.steps * epochs
         if cfg.max_steps:
             total_steps = min(total_steps, cfg.max_steps)
         cache = ImageCache(cfg.cache_images)
         loss_fn = torch.nn.BCEWithLogitsLoss()
         t_start = time.monotonic() - state["elapsed_s"]
         stopped = ""
-        bar = self._progress_bar(total_steps, state["global_step"])
-        while state["epoch"] < cfg.epochs and not stopped:
+        bar = self._progress_bar(None if epochs == UNLIMITED_EPOCHS and not cfg.max_steps else total_steps,
+                                 state["global_step"])
+        while state["epoch"] < epochs and not stopped:
             epoch = state["epoch"]
             batches = data.plan.batches(epoch)
             model.train()
@@ -186,7 +192,7 @@ class PixelTrainer(Trainer):
                 if stopped:
                     break
             if state["global_step"] >= total_steps and not stopped:
-                stopped = "max_steps" if state["step_in_epoch"] < len(batches) or epoch + 1 < cfg.epochs else ""
+                stopped = "max_steps" if state["step_in_epoch"] < len(batches) or epoch + 1 < epochs else ""
             self._end_epoch(out, raw_model, data.val, cache, state, stopped)
             if not stopped or state["step_in_epoch"] >= len(batches):
                 state["epoch"] = epoch + 1
@@ -320,12 +326,12 @@ class PixelTrainer(Trainer):
         with self._unwrapped(raw_model):
             m = self.evaluate(val_recs, cache)
             if acc.is_main_process:
-                _replace_dir(out / "last", self.branch.save)
+                _replace_dir(out / "last", self._save_checkpoint)
                 auc = m.get("val_auc")
                 best = state["best_auc"]
                 if best is None or (auc is not None and auc > best) or not (out / "best").exists():
                     state["best_auc"], state["best_epoch"] = auc, state["epoch"]
-                    _replace_dir(out / "best", self.branch.save)
+                    _replace_dir(out / "best", self._save_checkpoint)
         row = {
             "epoch": state["epoch"], "step": state["global_step"],
             "train_loss": state["loss_sum"] / max(1, state["loss_n"]),
@@ -335,8 +341,13 @@ class PixelTrainer(Trainer):
         if acc.is_main_process:
             append_metrics(out / METRICS_FILE, row)
             if self.log is not None:
-                self.log(epoch_line(row, self.config.epochs))
+                self.log(epoch_line(row, self.config.planned_epochs()))
         self.last_metrics = row
+
+    def _save_checkpoint(self, folder: Path) -> None:
+        """The branch's weights plus ``training.json`` (what it was trained on, with which settings)."""
+        self.branch.save(folder)
+        write_training_record(folder, self.record)
 
     def _save_state(self, state_dir: Path, raw_model, opt, state: dict) -> None:
         import torch
@@ -372,8 +383,9 @@ class PixelTrainer(Trainer):
 
 
 def epoch_line(row: dict, epochs: int) -> str:
-    """One readable line per epoch: losses, validation metrics, time."""
-    parts = [f"epoch {int(row['epoch']) + 1}/{epochs}", f"step {row['step']}"]
+    """One readable line per epoch: losses, validation metrics, time (no epoch total when a budget rules)."""
+    total = "" if epochs >= UNLIMITED_EPOCHS else f"/{epochs}"
+    parts = [f"epoch {int(row['epoch']) + 1}{total}", f"step {row['step']}"]
     for k in ("train_loss", "val_loss", "val_auc", "val_ap", "val_balanced_accuracy"):
         v = row.get(k)
         if v is not None and v != "":
