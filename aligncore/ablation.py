@@ -1,7 +1,7 @@
 """Fusion ablation on stored scores: every fusion rule, and every branch alone, side by side.
 
-Nothing here loads a model or imports torch: the per-branch scores come from the run's
-``predictions.csv`` (written from the score store). Each run's images are split by a
+Nothing here loads a model or imports torch: the per-branch scores come from the run folder
+(:class:`aligncore.rundir.RunDir`, full-precision scores as the run wrote them). Each run's images are split by a
 hash of their content into a calibration part (learned fusions are fitted there, and
 thresholds picked there for ``target_fpr``) and a disjoint evaluation part on which every
 row of the table is measured. Identical files always fall on the same side, so a
@@ -14,7 +14,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -22,68 +21,16 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import AlignCoreError
-from .fusion import threshold_for_fpr
-from .metrics import binary_metrics
+from .fusion import calibration_note, state_entry, threshold_for_fpr
+from .metrics import binary_metrics, generator_groups
 from .registry import get_registry
+from .rundir import RunDir, RunScores
 
 DEFAULT_FUSIONS = ("or", "and", "max", "weighted", "learned")
-TABLE_METRICS = ("accuracy", "real_accuracy", "fake_accuracy", "balanced_accuracy", "ap", "auc", "tpr_at_5fpr")
+TABLE_METRICS = ("accuracy", "real_accuracy", "fake_accuracy", "balanced_accuracy", "ap", "auc", "eer", "tpr_at_5fpr")
 METRIC_TITLES = {"accuracy": "acc", "real_accuracy": "real acc", "fake_accuracy": "fake acc",
-                 "balanced_accuracy": "bal acc", "ap": "AP", "auc": "AUC", "tpr_at_5fpr": "TPR@5%FPR"}
-
-
-@dataclass
-class RunScores:
-    """A finished run's per-image branch scores, read without loading any model."""
-
-    run_id: str
-    run_dir: Path
-    dataset: str
-    branches: list[str]
-    paths: list[str]
-    sha256: list[str]
-    labels: np.ndarray  # int, -1 unlabelled
-    generators: np.ndarray  # object
-    subsets: np.ndarray  # object
-    scores: dict[str, np.ndarray]  # branch → (n,) float, NaN = not scored
-    perturb: str | None = None
-
-    def subset(self, mask: np.ndarray) -> "RunScores":
-        idx = np.flatnonzero(mask)
-        return RunScores(self.run_id, self.run_dir, self.dataset, self.branches,
-                         [self.paths[i] for i in idx], [self.sha256[i] for i in idx], self.labels[idx],
-                         self.generators[idx], self.subsets[idx], {b: s[idx] for b, s in self.scores.items()},
-                         self.perturb)
-
-
-def load_run_scores(run_dir: str | Path) -> RunScores:
-    run_dir = Path(run_dir)
-    info_path, pred_path = run_dir / "run.json", run_dir / "predictions.csv"
-    if not info_path.exists() or not pred_path.exists():
-        raise AlignCoreError(f"{run_dir} is not a finished run directory (needs run.json and predictions.csv); "
-                             "make one with alignctl run.")
-    info = json.loads(info_path.read_text(encoding="utf-8"))
-    cfg = info.get("config", {})
-    branches = list(cfg.get("fingerprints") or cfg.get("branches") or [])
-    with open(pred_path, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    missing = [b for b in branches if rows and f"score_{b}" not in rows[0]]
-    if missing:
-        raise AlignCoreError(f"{pred_path} has no score column for branch(es) {missing}.")
-
-    def num(v: str) -> float:
-        return math.nan if v == "" else float(v)
-
-    dataset = cfg.get("dataset_name") or Path((cfg.get("dataset") or {}).get("root", run_dir.name)).name
-    return RunScores(
-        run_id=info.get("run_id", run_dir.name), run_dir=run_dir, dataset=dataset, branches=branches,
-        paths=[r["path"] for r in rows], sha256=[r["sha256"] for r in rows],
-        labels=np.array([int(r["label"]) if r["label"] != "" else -1 for r in rows], dtype=int),
-        generators=np.array([r["generator"] for r in rows], dtype=object),
-        subsets=np.array([r["subset"] for r in rows], dtype=object),
-        scores={b: np.array([num(r[f"score_{b}"]) for r in rows], dtype=float) for b in branches},
-        perturb=cfg.get("perturb"),
-    )
+                 "balanced_accuracy": "bal acc", "ap": "AP", "auc": "AUC", "eer": "EER", "tpr_at_5fpr": "TPR@5%FPR",
+                 "calib_fpr": "calib FPR", "eval_fpr": "eval FPR"}
 
 
 def calibration_mask(sha256: Sequence[str], fraction: float, seed: int = 0) -> np.ndarray:
@@ -100,28 +47,32 @@ def calibration_mask(sha256: Sequence[str], fraction: float, seed: int = 0) -> n
 @dataclass
 class AblationResult:
     rows: list[dict]
-    fitted: dict[str, dict[str, dict]]  # dataset → method → {"name", "config", "state"}
-    splits: dict[str, dict[str, list[str]]]  # dataset → {"calibration": [sha256], "evaluation": [sha256]}
+    fitted: dict[str, dict[str, dict]]  # dataset → method → {"name", "config", "state", "calib_fpr", ...}
+    splits: dict[str, dict[str, list[str]]]  # dataset → {"calibration", "evaluation", "left_out": [sha256]}
     target_fpr: float | None
     cal_fraction: float
     files: dict[str, Path] = field(default_factory=dict)
+    states: dict[str, dict[str, dict]] = field(default_factory=dict)  # dataset → fusion → state file entry
+    seed: int = 0
 
 
 def _groups(rs: RunScores) -> list[tuple[str, str, np.ndarray]]:
-    """(scope, group, mask): the whole dataset, then each generator of fakes.
-
-    A generator whose folder holds its own reals (GenImage / UnivFD layouts) is measured on
-    them; a generator with fakes only (real/fake layouts) is measured against all the reals.
-    """
+    """(scope, group, mask): the whole dataset, then each generator of fakes (see
+    :func:`aligncore.metrics.generator_groups`: its own reals when its folder has them, else all reals)."""
     lab = rs.labels
-    out = [("dataset", "all", lab >= 0)]
-    for g in sorted({str(x) for x in rs.generators[lab == 1] if x}):
-        gm = rs.generators == g
-        if ((lab == 0) & gm).any():
-            out.append(("generator", g, gm & (lab >= 0)))
-        else:
-            out.append(("generator", g, (gm & (lab == 1)) | (lab == 0)))
-    return out
+    return [("dataset", "all", lab >= 0)] + [("generator", g, m) for g, m in generator_groups(lab, rs.generators)]
+
+
+def _fpr(verdict: np.ndarray, labels: np.ndarray) -> float | None:
+    reals = labels == 0
+    return round(float(verdict[reals].mean()), 6) if reals.any() else None
+
+
+def complete_rows(rs: RunScores) -> np.ndarray:
+    """Images every branch scored: the only ones a fusion (or a comparison of branches) is measured on."""
+    if not rs.branches:
+        return np.zeros(len(rs), dtype=bool)
+    return np.all([np.isfinite(rs.scores[b]) for b in rs.branches], axis=0)
 
 
 def ablate_run(rs: RunScores, fusions: Sequence[str] = DEFAULT_FUSIONS, target_fpr: float | None = None,
@@ -131,41 +82,69 @@ def ablate_run(rs: RunScores, fusions: Sequence[str] = DEFAULT_FUSIONS, target_f
     labelled = rs.labels >= 0
     if not labelled.any():
         raise AlignCoreError(f"run {rs.run_id} has no labelled images; an ablation needs labels.")
-    cal = calibration_mask(rs.sha256, cal_fraction, seed) & labelled
-    ev = ~calibration_mask(rs.sha256, cal_fraction, seed) & labelled
+    usable = labelled & complete_rows(rs)
+    in_cal = calibration_mask(rs.sha256, cal_fraction, seed)
+    cal, ev = in_cal & usable, ~in_cal & usable
     c, e = rs.subset(cal), rs.subset(ev)
     for part, name in ((c, "calibration"), (e, "evaluation")):
         if not ((part.labels == 0).any() and (part.labels == 1).any()):
             raise AlignCoreError(
                 f"dataset {rs.dataset}: the {name} split has {(part.labels == 0).sum()} real and "
-                f"{(part.labels == 1).sum()} fake images; both classes are needed. Use more images or change --cal-fraction."
+                f"{(part.labels == 1).sum()} fake images (scored by every branch); both classes are needed. "
+                "Use more images or change --cal-fraction."
             )
+    c_real = int((c.labels == 0).sum())
     methods: list[tuple[str, Any]] = []  # (row label, callable giving (score, verdict) on a RunScores)
     fitted: dict[str, dict] = {}
     for name in fusions:
-        fusion = reg.create("fusion", name, (fusion_options or {}).get(name, {}))
+        opts = dict((fusion_options or {}).get(name, {}))
+        if "seed" in reg.get("fusion", name).cls.config_class.model_fields:
+            opts.setdefault("seed", seed)  # --seed reaches a fusion's own randomness (the learned fusion's CV folds)
+        fusion = reg.create("fusion", name, opts)
         if fusion.needs_fit:
             fusion.fit(c.scores, c.labels)
-        if target_fpr is not None:
+        bad = fusion.degenerate()
+        if target_fpr is not None and not bad:
             fusion.calibrate(c.scores, c.labels, target_fpr)
-        fitted[f"fusion:{name}"] = {"name": name, "config": fusion.config.model_dump(mode="json"),
-                                   "state": fusion.state_dict()}
-        methods.append((f"fusion:{name}", lambda part, f=fusion: _fused(f, part)))
+        cal_v = fusion.predict(c.scores).verdict
+        note = bad or (calibration_note(int(cal_v[c.labels == 0].sum()), c_real, target_fpr) if target_fpr is not None
+                       else "")
+        fitted[f"fusion:{name}"] = {
+            "name": name, "config": fusion.config.model_dump(mode="json"), "state": fusion.state_dict(),
+            "calib_fpr": _fpr(cal_v, c.labels), "note": note, "degenerate": bool(bad),
+            "fitted": bool(fusion.needs_fit or target_fpr is not None), "fusion": fusion,
+        }
+        methods.append((f"fusion:{name}", None if bad else (lambda part, f=fusion: _fused(f, part))))
     if include_branches:
         for b in rs.branches:
             t = 0.5 if target_fpr is None else threshold_for_fpr(c.scores[b][c.labels == 0], target_fpr)
-            fitted[f"branch:{b}"] = {"name": b, "config": {"threshold": t}, "state": {}}
-            methods.append((f"branch:{b}", lambda part, b=b, t=t: (part.scores[b], np.nan_to_num(part.scores[b], nan=-1) >= t)))
+            cal_v = c.scores[b] >= t
+            fitted[f"branch:{b}"] = {
+                "name": b, "config": {"threshold": t}, "state": {}, "calib_fpr": _fpr(cal_v, c.labels),
+                "note": calibration_note(int(cal_v[c.labels == 0].sum()), c_real, target_fpr) if target_fpr is not None else "",
+                "degenerate": False, "fitted": target_fpr is not None,
+            }
+            methods.append((f"branch:{b}", lambda part, b=b, t=t: (part.scores[b], part.scores[b] >= t)))
     rows = []
-    outputs = [(label, *fn(e)) for label, fn in methods]
+    outputs = [(label, fn(e) if fn is not None else None) for label, fn in methods]
     for scope, group, mask in _groups(e):
-        for label, score, verdict in outputs:
-            m = binary_metrics(e.labels[mask], score[mask], verdict[mask])
+        for label, out in outputs:
+            if out is None:  # a degenerate fit: reported as such, never as a result
+                m = binary_metrics(e.labels[mask], np.full(int(mask.sum()), np.nan), np.zeros(int(mask.sum()), bool))
+                m.update({k: None for k in TABLE_METRICS}, n=int(mask.sum()), n_real=int((e.labels[mask] == 0).sum()),
+                         n_fake=int((e.labels[mask] == 1).sum()))
+                eval_fpr = None
+            else:
+                score, verdict = out
+                m = binary_metrics(e.labels[mask], score[mask], verdict[mask])
+                eval_fpr = _fpr(verdict[mask], e.labels[mask])
             row = {"dataset": rs.dataset, "run_id": rs.run_id, "scope": scope, "group": group, "method": label,
                    "n": m["n"], "n_real": m["n_real"], "n_fake": m["n_fake"]}
             row.update({k: m.get(k) for k in TABLE_METRICS})
+            row.update(calib_fpr=fitted[label]["calib_fpr"], eval_fpr=eval_fpr, note=fitted[label]["note"])
             rows.append(row)
-    split = {"calibration": list(c.sha256), "evaluation": list(e.sha256)}
+    split = {"calibration": list(c.sha256), "evaluation": list(e.sha256),
+             "left_out": [h for h, u, lab in zip(rs.sha256, usable, labelled) if lab and not u]}
     return rows, fitted, split
 
 
@@ -177,7 +156,8 @@ def _fused(fusion, part: RunScores) -> tuple[np.ndarray, np.ndarray]:
 def ablate(run_dirs: Sequence[str | Path], fusions: Sequence[str] = DEFAULT_FUSIONS, target_fpr: float | None = None,
            cal_fraction: float = 0.3, seed: int = 0, fusion_options: dict[str, dict] | None = None,
            out_dir: str | Path | None = None) -> AblationResult:
-    """Run the ablation over one or more finished runs (one dataset each) and write CSV, Markdown and JSON."""
+    """Run the ablation over one or more finished runs (one dataset each) and write CSV, Markdown and JSON,
+    plus one reusable state file per fitted or calibrated fusion (never for a degenerate fit)."""
     if target_fpr is not None and not 0.0 <= target_fpr < 1.0:
         raise AlignCoreError(f"--target-fpr must lie in [0, 1), not {target_fpr}.")
     reg = get_registry()
@@ -186,37 +166,75 @@ def ablate(run_dirs: Sequence[str | Path], fusions: Sequence[str] = DEFAULT_FUSI
     all_rows: list[dict] = []
     fitted: dict[str, dict] = {}
     splits: dict[str, dict] = {}
+    states: dict[str, dict] = {}
     for rd in run_dirs:
-        rs = load_run_scores(rd)
+        rs = RunDir.open(rd).scores()
         key = rs.dataset if rs.dataset not in fitted else f"{rs.dataset}#{rs.run_id}"
         rows, fit, split = ablate_run(rs, fusions, target_fpr, cal_fraction, seed, fusion_options)
         for r in rows:
             r["dataset"] = key
         all_rows += rows
+        for method, entry in fit.items():
+            fusion = entry.pop("fusion", None)
+            if fusion is not None and entry["fitted"] and not entry["degenerate"]:
+                states.setdefault(key, {})[entry["name"]] = state_entry(
+                    fusion, split["calibration"], run_id=rs.run_id, dataset=key, target_fpr=target_fpr,
+                    calib_fpr=entry["calib_fpr"], cal_fraction=cal_fraction, seed=seed)
         fitted[key] = fit
         splits[key] = split
-    result = AblationResult(all_rows, fitted, splits, target_fpr, cal_fraction)
+    result = AblationResult(all_rows, fitted, splits, target_fpr, cal_fraction, states=states, seed=seed)
     out = Path(out_dir) if out_dir else Path(run_dirs[0]) / "ablation"
     out.mkdir(parents=True, exist_ok=True)
     result.files = {
         "csv": _write(out / "ablation.csv", to_csv(all_rows)),
         "md": _write(out / "ablation.md", to_markdown(all_rows, target_fpr, cal_fraction)),
         "fusions": _write(out / "fusions.json", json.dumps(fitted, indent=2, sort_keys=True) + "\n"),
-        "split": _write(out / "split.json", json.dumps(
-            {"cal_fraction": cal_fraction, "seed": seed, "splits": splits}, indent=1, sort_keys=True) + "\n"),
+        "split": _write(out / SETTINGS, json.dumps(
+            {"cal_fraction": cal_fraction, "seed": seed, "target_fpr": target_fpr, "fusions": list(fusions),
+             "splits": splits}, indent=1, sort_keys=True) + "\n"),
     }
-    for ds, fit in fitted.items():  # one file per fitted fusion, ready for --fusion-state
-        for method, entry in fit.items():
-            if method.startswith("fusion:") and entry["state"]:
-                safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ds)
-                result.files[f"state:{ds}:{entry['name']}"] = _write(
-                    out / f"{entry['name']}-{safe}.state.json", json.dumps(entry, indent=2, sort_keys=True) + "\n")
+    written = set()
+    for ds, entries in states.items():  # one file per fitted fusion, ready for --fusion-state
+        for name, entry in entries.items():
+            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ds)
+            path = out / f"{name}-{safe}.state.json"
+            result.files[f"state:{ds}:{name}"] = _write(path, json.dumps(entry, indent=2, sort_keys=True) + "\n")
+            written.add(path.name)
+    for old in out.glob("*.state.json"):  # a state left by an earlier ablation here would not match this table
+        if old.name not in written:
+            old.unlink()
     return result
+
+
+SETTINGS = "split.json"
+
+
+def read_ablation(folder: str | Path) -> tuple[list[dict], dict]:
+    """The rows of an ablation folder's ``ablation.csv`` (numbers as numbers, empty cells as None) and its
+    settings (``split.json``: cal_fraction, seed, target_fpr, fusions); nothing is recomputed."""
+    folder = Path(folder)
+    with open(folder / "ablation.csv", newline="", encoding="utf-8") as f:
+        raw = list(csv.DictReader(f))
+    rows = []
+    for r in raw:
+        row: dict[str, Any] = dict(r)
+        for k in ("n", "n_real", "n_fake"):
+            row[k] = int(r[k]) if r.get(k) not in (None, "") else None
+        for k in (*TABLE_METRICS, "calib_fpr", "eval_fpr"):
+            row[k] = float(r[k]) if r.get(k) not in (None, "") else None
+        rows.append(row)
+    try:
+        settings = json.loads((folder / SETTINGS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        settings = {}
+    return rows, {k: settings.get(k) for k in ("cal_fraction", "seed", "target_fpr", "fusions")}
 
 
 # ---------------------------------------------------------------------- formatting
 
-COLUMNS = ("dataset", "scope", "group", "method", "n", "n_real", "n_fake", *TABLE_METRICS)
+COLUMNS = ("dataset", "scope", "group", "method", "n", "n_real", "n_fake", *TABLE_METRICS, "calib_fpr", "eval_fpr", "note")
+#: shown after the metrics: the FPR the thresholds give on the calibration split and on the evaluated images
+FPR_COLUMNS = ("calib_fpr", "eval_fpr")
 
 
 def _fmt(v) -> str:
@@ -236,26 +254,47 @@ def to_csv(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
+def describe(target_fpr: float | None, cal_fraction: float) -> str:
+    """One sentence on what the table measures."""
+    thr = f"thresholds calibrated to {target_fpr:.2%} FPR on the calibration reals" if target_fpr is not None \
+        else "configured thresholds (0.5 unless set)"
+    return (f"Evaluation split only ({1 - cal_fraction:.0%} of images by content hash, those every branch scored); "
+            f"learned fusions fitted on the disjoint calibration split; {thr}; calib FPR / eval FPR: the share of "
+            "reals called fake on the calibration split / on the evaluated images.")
+
+
+def notes(rows: list[dict]) -> list[str]:
+    """``method: note`` once per method that has one (a degenerate fit, an unreachable calibration target)."""
+    seen: dict[str, str] = {}
+    for r in rows:
+        key = f"{r['dataset']} {r['method']}"
+        if r.get("note") and key not in seen:
+            seen[key] = r["note"]
+    return [f"{k}: {v}" for k, v in seen.items()]
+
+
 def to_markdown(rows: list[dict], target_fpr: float | None = None, cal_fraction: float | None = None) -> str:
-    head = ["dataset", "group", "method", "n (real/fake)", *[METRIC_TITLES[k] for k in TABLE_METRICS]]
+    head = ["dataset", "group", "method", "n (real/fake)", *[METRIC_TITLES[k] for k in (*TABLE_METRICS, *FPR_COLUMNS)]]
     lines = []
     if cal_fraction is not None:
-        thr = f"thresholds calibrated to {target_fpr:.0%} FPR on the calibration reals" if target_fpr is not None \
-            else "configured thresholds (0.5 unless set)"
-        lines.append(f"Evaluation split only ({1 - cal_fraction:.0%} of images by content hash); learned fusions "
-                     f"fitted on the disjoint calibration split; {thr}.\n")
+        lines.append(describe(target_fpr, cal_fraction) + "\n")
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in rows:
         vals = [r["dataset"], r["group"], r["method"], f"{r['n']} ({r['n_real']}/{r['n_fake']})",
-                *[_fmt(r.get(k)) for k in TABLE_METRICS]]
+                *[_fmt(r.get(k)) for k in (*TABLE_METRICS, *FPR_COLUMNS)]]
         lines.append("| " + " | ".join(vals) + " |")
+    extra = notes(rows)
+    if extra:
+        lines.append("")
+        lines += [f"- {n}" for n in extra]
     return "\n".join(lines) + "\n"
 
 
 def to_text(rows: list[dict]) -> str:
-    head = ["dataset", "group", "method", "n", *[METRIC_TITLES[k] for k in TABLE_METRICS]]
-    body = [[r["dataset"], r["group"], r["method"], str(r["n"]), *[_fmt(r.get(k)) for k in TABLE_METRICS]] for r in rows]
+    cols = (*TABLE_METRICS, *FPR_COLUMNS)
+    head = ["dataset", "group", "method", "n", *[METRIC_TITLES[k] for k in cols]]
+    body = [[r["dataset"], r["group"], r["method"], str(r["n"]), *[_fmt(r.get(k)) for k in cols]] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     out.append("  ".join("-" * w for w in widths))
@@ -265,6 +304,9 @@ def to_text(rows: list[dict]) -> str:
             out.append("")
         prev = (r["dataset"], r["group"])
         out.append("  ".join(v.ljust(w) for v, w in zip(vals, widths)))
+    extra = notes(rows)
+    if extra:
+        out += ["", "notes:", *[f"  {n}" for n in extra]]
     return "\n".join(out)
 
 

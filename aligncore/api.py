@@ -15,10 +15,10 @@ from .registry import get_registry
 @dataclass
 class Prediction:
     source: str
-    scores: dict[str, float]  # per-branch P(fake)
-    score: float  # fused score
-    verdict: str  # "fake" or "real"
-    error: str | None = None
+    scores: dict[str, float]  # per-branch P(fake); NaN for a branch that could not score the image
+    score: float  # fused score (NaN unless every branch scored the image)
+    verdict: str | None  # "fake" or "real"; None unless every branch scored the image
+    error: str | None = None  # why the image (or a branch on it) could not be scored
 
     @property
     def is_fake(self) -> bool:
@@ -29,57 +29,82 @@ class Detector:
     """``Detector(branches=["qwen", "dinov2"], fusion="or", preset="tiny").predict(paths_or_images)``.
 
     ``branch_options`` maps a branch name to config overrides (e.g. ``{"npr": {"checkpoint": "ckpt/"}}``).
-    Images that cannot be read give a prediction with ``error`` set and no verdict of their own
-    (``verdict == "error"``) instead of stopping the batch.
+    Scores go through the runner's scoring path (:mod:`aligncore.scoring`): a branch that fails on an
+    image, or returns a score outside [0, 1] (NaN, a logit), gives that image an ``error`` instead of a
+    score. As in a run, an image gets a fused score and a verdict only when every branch scored it;
+    otherwise (unreadable, or some branch failed) ``verdict`` is None and ``error`` says why. The rest
+    of the batch is scored as usual.
     """
 
     def __init__(self, branches: Sequence[str] | str = ("fake",), fusion: str = "or", preset: str | None = None,
                  device: str = "auto", branch_options: dict[str, dict[str, Any]] | None = None,
-                 fusion_options: dict[str, Any] | None = None):
+                 fusion_options: dict[str, Any] | None = None, fusion_state: dict[str, Any] | None = None):
+        from .scoring import create_branches
+
         if isinstance(branches, str):
             branches = [b.strip() for b in branches.split(",") if b.strip()]
-        reg = get_registry()
-        for b in branches:
-            reg.get("branch", b)
-        self.fusion = reg.create("fusion", fusion, fusion_options or {})
-        opts = branch_options or {}
-        self.branches = []
-        for b in branches:
-            ov: dict[str, Any] = {"device": device}
-            if preset is not None:
-                ov["preset"] = preset
-            ov.update(opts.get(b, {}))
-            self.branches.append(reg.create("branch", b, None, **ov))
+        self.branches = create_branches(branches, device, preset, options=branch_options)
+        self.fusion = get_registry().create("fusion", fusion, fusion_options or {})
+        if fusion_state:
+            self.fusion.load_state_dict(fusion_state)
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, revision: str | None = None, allow_download: bool = False,
+                        device: str = "auto", **branch_overrides: Any) -> "Detector":
+        """A detector saved with :meth:`save_pretrained` or pushed with ``alignctl push``.
+
+        ``source`` is a local folder, ``OWNER/NAME`` or ``hf:OWNER/NAME[@REV]``: a Hub repository is
+        read from the Hugging Face cache (``HF_HOME``/``HF_HUB_CACHE``; ``HF_HUB_OFFLINE`` honoured) and
+        downloaded only with ``allow_download=True``; its commit enters each branch's fingerprint.
+        A bare checkpoint folder of one branch (a trainer's ``--out``) works too. ``branch_overrides``
+        set options of every branch (e.g. ``batch_size=8``). Weights load through the safe loaders only.
+        """
+        from .pretrained import detector_spec, fetch
+
+        folder = fetch(source, revision=revision, allow_download=allow_download)
+        spec = detector_spec(folder)
+        options = {b: {**o, **branch_overrides} for b, o in spec["branches"].items()}
+        fusion = spec["fusion"]
+        return cls(list(options), fusion=fusion.get("name") or "or", device=device, branch_options=options,
+                   fusion_options=fusion.get("options") or {}, fusion_state=fusion.get("state") or None)
+
+    def save_pretrained(self, out: str | Path, *, repo_id: str | None = None, license: str | None = None,
+                        eval_run: str | Path | None = None) -> Path:
+        """Write this detector as a pretrained folder (weights, ``aligncore.json``, model card) at ``out``.
+
+        The folder is what ``alignctl push`` uploads and what :meth:`from_pretrained` and
+        ``--checkpoint DIR`` read; ``eval_run`` (a run folder) adds that run's metrics to the card.
+        """
+        from .pretrained import write_pretrained
+
+        return write_pretrained(out, self.branches, self.fusion, repo_id=repo_id, license=license, eval_run=eval_run)
 
     def predict(self, images: Sequence[str | Path | Any] | str | Path | Any) -> list[Prediction]:
+        from .scoring import score_images
+
         if isinstance(images, (str, Path)) or hasattr(images, "convert"):
             images = [images]
         pil, names, errors = [], [], {}
         for i, im in enumerate(images):
-            name = str(im) if isinstance(im, (str, Path)) else f"<image {i}>"
-            names.append(name)
+            names.append(str(im) if isinstance(im, (str, Path)) else f"<image {i}>")
             try:
                 pil.append(load_image(im))
             except ImageLoadError as exc:
                 pil.append(None)
-                errors[i] = exc.reason
-        ok = [i for i, p in enumerate(pil) if p is not None]
-        per_branch = {}
-        for br in self.branches:
-            col = np.full(len(pil), np.nan)
-            if ok:
-                col[ok] = br.score([pil[i] for i in ok])
-            per_branch[br.name] = col
-        fused = self.fusion.predict(per_branch) if ok else None
+                errors[i] = [exc.reason]
+        results = score_images(self.branches, pil)
+        per_branch = {b: np.array([np.nan if r.score is None else r.score for r in rs]) for b, rs in results.items()}
+        for b, rs in results.items():
+            for r in rs:
+                if r.error is not None and pil[r.key] is not None:
+                    errors.setdefault(r.key, []).append(f"{b}: {r.error}")
+        fused = self.fusion.predict(per_branch) if pil else None
         out = []
         for i, name in enumerate(names):
-            if i in errors:
-                out.append(Prediction(name, {}, float("nan"), "error", errors[i]))
+            scored = {b: float(s[i]) for b, s in per_branch.items()}
+            if any(np.isnan(v) for v in scored.values()):
+                out.append(Prediction(name, scored, float("nan"), None, "; ".join(errors.get(i, ["not scored"]))))
                 continue
-            out.append(Prediction(
-                name,
-                {b: float(per_branch[b][i]) for b in per_branch},
-                float(fused.score[i]),
-                "fake" if fused.verdict[i] else "real",
-            ))
+            out.append(Prediction(name, scored, float(fused.score[i]), "fake" if fused.verdict[i] else "real",
+                                  "; ".join(errors[i]) if i in errors else None))
         return out

@@ -9,11 +9,13 @@ accuracy falls a lot under identical re-encoding was leaning on the format.
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .data import load_dataset
+from .data import load_dataset, record_bytes
 
 AUDIT_METRICS = ("accuracy", "real_accuracy", "fake_accuracy", "auc")
 
@@ -27,7 +29,7 @@ def format_census(data: str, allow_outside: bool = False) -> dict[str, dict[str,
         if r.label is None:
             continue
         try:
-            with Image.open(r.path) as im:
+            with Image.open(r.path if r.is_file else io.BytesIO(record_bytes(r))) as im:
                 fmt = im.format or "unknown"
         except Exception:
             fmt = "unreadable"
@@ -43,7 +45,10 @@ class AuditResult:
 
 
 def audit_format(data: str, run_options: dict[str, Any], reencode: Sequence[str] = ("jpeg:95",),
-                 progress: bool = True, log: Callable[[str], None] | None = None) -> AuditResult:
+                 progress: bool = True, log: Callable[[str], None] | None = None,
+                 out: str | None = None) -> AuditResult:
+    """Score ``data`` as-is and re-encoded; with ``out``, each condition's run goes to ``out/<condition>`` and
+    the table to ``out/audit.json`` and ``out/audit.csv``."""
     from .config import make_run_config
     from .perturb import normalize_perturb
     from .runner import run
@@ -54,7 +59,8 @@ def audit_format(data: str, run_options: dict[str, Any], reencode: Sequence[str]
     for cond in conditions:
         if log:
             log(f"scoring condition {cond}")
-        cfg = make_run_config(None, **{**run_options, "data": data, "perturb": None if cond == "as-is" else cond})
+        where = {"out": str(Path(out) / cond.replace(":", "-"))} if out else {}
+        cfg = make_run_config(None, **{**run_options, **where, "data": data, "perturb": None if cond == "as-is" else cond})
         res = run(cfg, progress=progress)
         results[cond], runs[cond] = res.metrics, res.run_id
     rows = []
@@ -70,4 +76,24 @@ def audit_format(data: str, run_options: dict[str, Any], reencode: Sequence[str]
                 b = base_entries[name].get(k)
                 row[f"delta_{k}"] = None if (vals.get(k) is None or b is None) else round(vals[k] - b, 6)
             rows.append(row)
-    return AuditResult(census, runs, rows)
+    result = AuditResult(census, runs, rows)
+    if out:
+        write_audit(result, Path(out))
+    return result
+
+
+def write_audit(result: AuditResult, out: Path) -> None:
+    """``out/audit.json`` (census, run ids, rows) and ``out/audit.csv`` (the rows)."""
+    import csv
+    import io
+    import json
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "audit.json").write_text(json.dumps({"census": result.census, "runs": result.runs, "rows": result.rows},
+                                               indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    cols = ["detector", "condition", *AUDIT_METRICS, *[f"delta_{k}" for k in AUDIT_METRICS]]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n", extrasaction="ignore")
+    w.writeheader()
+    w.writerows([{k: ("" if r.get(k) is None else r.get(k)) for k in cols} for r in result.rows])
+    (out / "audit.csv").write_text(buf.getvalue(), encoding="utf-8")

@@ -1,23 +1,28 @@
 """``alignctl demo``: the whole pipeline, offline, in a few minutes on a CPU.
 
-The demo is a list of steps over a :class:`DemoPlan`. Each step uses what is registered:
-the plan names the preferred pixel and semantic branches and builders (``npr`` + ``tiny-ae``,
-``qwen`` + ``semantic-set``); whatever is missing is replaced by a stand-in that is said out
-loud (the model-free ``fake`` branch, a resampling stand-in for decoder reconstructions), so
-the demo runs with the core alone and grows as plugins are installed. Its models are tiny
-and trained for seconds: its numbers demonstrate the plumbing, not detection quality.
+The demo is a list of steps over a :class:`DemoPlan`. It knows no component by name: each
+plugin says what it contributes through a ``demo_options`` class attribute on its branch or
+builder class (validated as :class:`DemoOptions`): a role (``pixel``, ``semantic`` or
+``fallback``), the options to build or load it with for the demo (e.g. a tiny preset), its
+training options and, optionally, the weight files that replace the random preset when the
+demo is given a weights folder. For each role the demo takes the first registered builder and
+branch that claim it (a :class:`DemoPlan` field can name another); whatever is missing is
+replaced by a stand-in that is said out loud (a resampling stand-in for decoder
+reconstructions, the model-free fallback branch), so the demo runs with the core alone and
+grows as plugins are installed. Its models are tiny and trained for seconds: its numbers
+demonstrate the plumbing, not detection quality.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .supervision import write_manifest
 
@@ -31,45 +36,107 @@ DISCLAIMER = (
 SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
                   "cat", "camera", "coins", "horse", "moon", "brick", "grass", "gravel")
 
+#: the roles a component can play in the demo, in the order the demo trains them
+TRAINED_ROLES = ("pixel", "semantic")
+
+
+class DemoOptions(BaseModel):
+    """What a branch or builder class contributes to the demo (its ``demo_options`` class attribute)."""
+
+    model_config = ConfigDict(extra="forbid")
+    role: Literal["pixel", "semantic", "fallback"] = Field(
+        ..., description="pixel: a builder that turns real photos into (photo, reconstruction) pairs, or a branch "
+                         "trained on such a set; semantic: a builder that takes a folder with real/ and "
+                         "fake/<generator>/ images, or a branch trained on its set; fallback: a model-free branch "
+                         "scored when no trainable branch is installed.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Config to build or load it with, e.g. a tiny preset.")
+    train: dict[str, Any] = Field(default_factory=dict, description="Training options (branches).")
+    weights: dict[str, str] = Field(
+        default_factory=dict, description="Option -> file name in the demo's weights folder; when every file is there "
+                                          "they are set and the random-weight preset is dropped.")
+
+
+@dataclass
+class Part:
+    """One component the demo uses: its registered name and what it contributes."""
+
+    name: str
+    demo: DemoOptions
+
+    def options(self, weights: str | None) -> tuple[dict[str, Any], str]:
+        """Build/load options with the weights folder applied, and a note saying which weights it has."""
+        opts = dict(self.demo.options)
+        if not self.demo.weights:
+            return opts, ""
+        files = {k: Path(weights) / f for k, f in self.demo.weights.items()} if weights else {}
+        if files and all(p.exists() for p in files.values()):
+            opts.pop("preset", None)
+            opts.update({k: str(p) for k, p in files.items()})
+            return opts, f"weights from {weights}"
+        wanted = ", ".join(self.demo.weights.values())
+        return opts, f"RANDOM weights (give --weights DIR holding {wanted}, or set ALIGNCORE_SHARED, for real ones)"
+
+
+def demo_parts(kind: str) -> dict[str, list[Part]]:
+    """Role → the registered components of ``kind`` that claim it, in registration order."""
+    from .component import format_validation_error
+    from .errors import ConfigError
+    from .registry import get_registry
+
+    out: dict[str, list[Part]] = {}
+    for name, reg in get_registry().components[kind].items():
+        raw = getattr(reg.cls, "demo_options", None)
+        if raw is None:
+            continue
+        try:
+            demo = DemoOptions(**raw)
+        except (ValidationError, TypeError) as err:
+            what = f"the demo_options of {kind} {name!r} (plugin {reg.plugin!r})"
+            raise ConfigError(format_validation_error(what, err) if isinstance(err, ValidationError) else
+                              f"{what} must be a mapping: {err}") from None
+        out.setdefault(demo.role, []).append(Part(name, demo))
+    return out
+
+
+def _pick(kind: str, role: str, chosen: str | None) -> Part | None:
+    """The plan's choice (any registered name), else the first component claiming ``role``."""
+    from .registry import get_registry
+
+    parts = demo_parts(kind).get(role, [])
+    if chosen is None:
+        return parts[0] if parts else None
+    get_registry().get(kind, chosen)  # an unknown name fails here, with close matches
+    own = [p for p in parts if p.name == chosen]
+    return own[0] if own else Part(chosen, DemoOptions(role=role))
+
 
 @dataclass
 class DemoPlan:
-    """What the demo uses when it is registered; switch names here when new plugins land."""
+    """What the demo does. Component names left None are picked by role from what is registered."""
 
-    pixel_branch: str = "npr"
-    pixel_builder: str = "tiny-ae"
-    semantic_branch: str = "qwen"
-    semantic_builder: str = "semantic-set"
-    fallback_branch: str = "fake"  # model-free; used when no trainable branch is registered
-    preset: str = "tiny"
+    pixel_builder: str | None = None
+    pixel_branch: str | None = None
+    semantic_builder: str | None = None
+    semantic_branch: str | None = None
+    fallback_branch: str | None = None
     fusion: str = "or"
     fusions: tuple[str, ...] = ("or", "and", "max", "weighted", "learned")
     n_images: int = 60  # crops of bundled photos (real images)
     crop: int = 96
-    builder_options: dict[str, dict[str, Any]] = field(default_factory=lambda: {
-        # a random-weight tiny autoencoder unless real TAESD weights are given (ae_weights / $ALIGNCORE_SHARED)
-        "tiny-ae": {"preset": "tiny", "threads": 1},
-        "semantic-set": {"size": 112, "keep_clean": False},
-    })
-    train_options: dict[str, dict[str, Any]] = field(default_factory=lambda: {
-        "npr": {"epochs": 4, "batch_size": 8, "crop_size": 64, "lr": 2e-3, "val_fraction": 0.2, "max_minutes": 1.5},
-        # a tiny random VLM needs a far higher learning rate than the paper's 1e-6 for 7B
-        "qwen": {"learning_rate": 1e-2, "max_steps": 30, "per_device_train_batch_size": 4, "lora_dropout": 0.0,
-                 "logging_steps": 100, "save_steps": 1000},
-    })
-    ae_weights: str | None = None  # folder with taef2_encoder.pth / taef2_decoder.pth (real tiny FLUX.2 autoencoder)
+    device: str = "cpu"
+    weights: str | None = None  # folder with real weights; default $ALIGNCORE_SHARED/weights when that is set
     seed: int = 0
 
-    def pixel_builder_options(self) -> dict[str, Any]:
-        opts = dict(self.builder_options.get(self.pixel_builder, {}))
-        folder = self.ae_weights
-        if folder is None and os.environ.get("ALIGNCORE_SHARED"):
-            folder = str(Path(os.environ["ALIGNCORE_SHARED"]) / "weights")
-        if self.pixel_builder == "tiny-ae" and folder and (Path(folder) / "taef2_decoder.pth").exists():
-            opts.pop("preset", None)
-            opts.update(encoder_path=str(Path(folder) / "taef2_encoder.pth"),
-                        decoder_path=str(Path(folder) / "taef2_decoder.pth"))
-        return opts
+    def builder(self, role: str) -> Part | None:
+        return _pick("builder", role, getattr(self, f"{role}_builder"))
+
+    def branch(self, role: str) -> Part | None:
+        return _pick("branch", role, getattr(self, f"{role}_branch"))
+
+    def weights_folder(self) -> str | None:
+        if self.weights is None and os.environ.get("ALIGNCORE_SHARED"):
+            return str(Path(os.environ["ALIGNCORE_SHARED"]) / "weights")
+        return self.weights
 
 
 @dataclass
@@ -79,19 +146,12 @@ class DemoState:
     echo: Callable[[str], None]
     photos_train: Path | None = None
     photos_eval: Path | None = None
-    sets: dict[str, Path] = field(default_factory=dict)  # "pixel"/"semantic" → train manifest
+    sets: dict[str, Path] = field(default_factory=dict)  # role → train manifest
     eval_sets: dict[str, Path] = field(default_factory=dict)
-    branches: list[str] = field(default_factory=list)
-    checkpoints: dict[str, str] = field(default_factory=dict)
+    branches: dict[str, dict[str, Any]] = field(default_factory=dict)  # scored branch → its options (+ checkpoint)
     notes: list[str] = field(default_factory=list)
     run_dir: Path | None = None
     store: Path | None = None
-
-
-def _registered(kind: str, name: str) -> bool:
-    from .registry import get_registry
-
-    return name in get_registry().components[kind]
 
 
 # ---------------------------------------------------------------------- step 1: source photos
@@ -170,42 +230,40 @@ def _standin_pixel_set(src: Path, out: Path, generator: str = "resample-standin"
     return manifest
 
 
-def build_pixel_set(st: DemoState) -> None:
-    p = st.plan
-    for part, src in (("train", st.photos_train), ("heldout", st.photos_eval)):
-        out = st.out / "sets" / f"pixel-{part}"
-        if _registered("builder", p.pixel_builder):
-            from .registry import create_builder
+def _build(st: DemoState, part: Part, sources: Path, out: Path) -> tuple[Path, str]:
+    from .registry import create_builder
 
-            opts = p.pixel_builder_options()
-            manifest = create_builder(p.pixel_builder, opts).build([str(src)], out, progress=False)
-            how = f"builder {p.pixel_builder}" + (
-                ", RANDOM-weight tiny autoencoder (pass --ae-weights or set ALIGNCORE_SHARED for the real taef2)"
-                if opts.get("preset") == "tiny" else f", weights {opts.get('decoder_path', '')}")
+    opts, weights_note = part.options(st.plan.weights_folder())
+    manifest = create_builder(part.name, opts).build([str(sources)], out, progress=False)
+    return Path(manifest), f"builder {part.name}" + (f", {weights_note}" if weights_note else "")
+
+
+def build_pixel_set(st: DemoState) -> None:
+    part = st.plan.builder("pixel")
+    for split, src in (("train", st.photos_train), ("heldout", st.photos_eval)):
+        out = st.out / "sets" / f"pixel-{split}"
+        if part is not None:
+            manifest, how = _build(st, part, src, out)
         else:
             manifest = _standin_pixel_set(src, out)
-            how = f"stand-in (builder {p.pixel_builder!r} not installed): 2x resampled copies"
-        (st.sets if part == "train" else st.eval_sets)["pixel"] = Path(manifest)
-        st.echo(f"  pixel set ({part}): {manifest}  [{how}]")
+            how = "stand-in (no pixel builder is installed): 2x resampled copies"
+        (st.sets if split == "train" else st.eval_sets)["pixel"] = manifest
+        st.echo(f"  pixel set ({split}): {manifest}  [{how}]")
 
 
 def build_semantic_set(st: DemoState) -> None:
-    p = st.plan
-    if not _registered("builder", p.semantic_builder):
-        msg = f"semantic set skipped: builder {p.semantic_builder!r} is not installed"
+    part = st.plan.builder("semantic")
+    if part is None:
+        msg = "semantic set skipped: no semantic builder is installed"
         st.notes.append(msg)
         st.echo(f"  {msg}")
         return
-    from .registry import create_builder
-
-    rng = np.random.default_rng(p.seed + 1)
-    for part, src in (("train", st.photos_train), ("heldout", st.photos_eval)):
-        sources = _semantic_sources(src, st.out / "photos" / f"semantic-{part}", rng)
-        out = st.out / "sets" / f"semantic-{part}"
-        manifest = create_builder(p.semantic_builder, p.builder_options.get(p.semantic_builder, {})).build(
-            [str(sources)], out, progress=False)
-        (st.sets if part == "train" else st.eval_sets)["semantic"] = Path(manifest)
-        st.echo(f"  semantic set ({part}): {manifest}  [builder {p.semantic_builder}; fakes are "
+    rng = np.random.default_rng(st.plan.seed + 1)
+    for split, src in (("train", st.photos_train), ("heldout", st.photos_eval)):
+        sources = _semantic_sources(src, st.out / "photos" / f"semantic-{split}", rng)
+        manifest, how = _build(st, part, sources, st.out / "sets" / f"semantic-{split}")
+        (st.sets if split == "train" else st.eval_sets)["semantic"] = manifest
+        st.echo(f"  semantic set ({split}): {manifest}  [{how}; fakes are "
                 "'impossible' collages of the photos (stand-ins for surreal generated images)]")
 
 
@@ -236,31 +294,46 @@ def _semantic_sources(src: Path, out: Path, rng) -> Path:
 # ---------------------------------------------------------------------- step 4: training
 
 
+def train_branch(name: str, train_set: Path, out: Path, branch_options: dict[str, Any],
+                 train_options: dict[str, Any]) -> Path:
+    """Train branch ``name`` on ``train_set`` through the one training API; the checkpoint folder to score with."""
+    from .train import train_branch as train
+
+    result = train(name, str(train_set), out, branch_options=branch_options, train_options=train_options, progress=False)
+    return Path(result.checkpoint)
+
+
 def train_branches(st: DemoState) -> None:
     from .errors import AlignCoreError
-    from .registry import create_branch
 
-    p = st.plan
-    for role, name in (("pixel", p.pixel_branch), ("semantic", p.semantic_branch)):
-        if not _registered("branch", name):
-            st.echo(f"  {role} branch {name!r} is not installed")
+    weights = st.plan.weights_folder()
+    for role in TRAINED_ROLES:
+        part = st.plan.branch(role)
+        if part is None:
+            st.echo(f"  no {role} branch is installed")
             continue
         if role not in st.sets:
-            st.echo(f"  {role} branch {name!r} has no {role} set to train on; skipped")
+            st.echo(f"  {role} branch {part.name!r} has no {role} set to train on; skipped")
             continue
         t0 = time.time()
-        br = create_branch(name, None, preset=p.preset, device="cpu")
+        opts, weights_note = part.options(weights)
+        opts["device"] = st.plan.device
         try:
-            ckpt = br.train(str(st.sets[role]), st.out / "checkpoints" / name, dict(p.train_options.get(name, {})))
+            ckpt = train_branch(part.name, st.sets[role], st.out / "checkpoints" / part.name, opts, part.demo.train)
         except AlignCoreError as exc:
-            st.echo(f"  {role} branch {name!r} could not be trained: {exc}")
+            st.echo(f"  {role} branch {part.name!r} could not be trained: {exc}")
             continue
-        st.branches.append(name)
-        st.checkpoints[name] = str(ckpt)
-        st.echo(f"  trained {name} (preset {p.preset}) on the {role} set in {time.time() - t0:.0f}s -> {ckpt}")
+        st.branches[part.name] = {**opts, "checkpoint": str(ckpt)}
+        setting = ", ".join(f"{k} {v}" for k, v in part.demo.options.items()) or "default options"
+        st.echo(f"  trained {part.name} ({setting}{'; ' + weights_note if weights_note else ''}) on the {role} set "
+                f"in {time.time() - t0:.0f}s -> {ckpt}")
     if not st.branches:
-        st.branches.append(p.fallback_branch)
-        msg = (f"no trainable branch is installed: using the model-free {p.fallback_branch!r} branch "
+        fallback = st.plan.branch("fallback")
+        if fallback is None:
+            raise AlignCoreError("the demo found no branch to score with: no trainable branch and no fallback branch "
+                                 "(a branch whose demo_options has role 'fallback') is registered.")
+        st.branches[fallback.name] = {**fallback.options(weights)[0], "device": st.plan.device}
+        msg = (f"no trainable branch is installed: using the model-free {fallback.name!r} branch "
                "(a fixed image statistic, nothing is trained)")
         st.notes.append(msg)
         st.echo(f"  {msg}")
@@ -271,13 +344,13 @@ def train_branches(st: DemoState) -> None:
 
 def _merge_eval(st: DemoState) -> Path:
     """One held-out manifest over every held-out set (paths made relative to the demo folder)."""
+    from .data import load_dataset
+
     rows = []
     for role, manifest in st.eval_sets.items():
-        with open(manifest, newline="", encoding="utf-8") as f:
-            for r in csv.DictReader(f):
-                full = (manifest.parent / r["path"]).resolve()
-                rows.append({"path": str(full.relative_to(st.out.resolve())), "label": r["label"],
-                             "generator": r.get("generator") or role, "subset": r.get("subset") or role})
+        for r in load_dataset(manifest).records:
+            rows.append({"path": str(Path(r.path).relative_to(st.out.resolve())), "label": r.label,
+                         "generator": r.generator or role, "subset": r.subset or role})
     out = st.out / "heldout.csv"
     write_manifest(out, rows)
     return out
@@ -289,10 +362,9 @@ def score_heldout(st: DemoState) -> None:
 
     manifest = _merge_eval(st)
     st.store = st.out / "store.sqlite"
-    cfg = RunConfig(branches=st.branches, fusion=st.plan.fusion, data=str(manifest), preset=st.plan.preset,
-                    device="cpu", out=str(st.out / "run"), store=str(st.store), suite="demo",
-                    dataset_name="demo-heldout",
-                    branch_options={b: {"checkpoint": c} for b, c in st.checkpoints.items()})
+    cfg = RunConfig(branches=list(st.branches), fusion=st.plan.fusion, data=str(manifest), device=st.plan.device,
+                    out=str(st.out / "run"), store=str(st.store), suite="demo", dataset_name="demo-heldout",
+                    branch_options=st.branches)
     res = run(cfg, progress=False)
     st.run_dir = res.out_dir
     o = res.metrics["overall"]
@@ -314,7 +386,7 @@ def print_leaderboard(st: DemoState) -> None:
     from .store import ScoreStore
 
     with ScoreStore(st.store) as s:
-        ds, rows = leaderboard(s, "demo", "accuracy")
+        ds, rows = leaderboard(s, "demo", "accuracy", include_random=True)  # tiny models: every row is random
     st.echo(render(ds, rows, "table", "accuracy", "demo").rstrip())
 
 
@@ -339,12 +411,13 @@ STEPS: list[tuple[str, Callable[[DemoState], None]]] = [
 
 
 def run_demo(out: str | Path = "demo-out", n_images: int | None = None, plan: DemoPlan | None = None,
-             echo: Callable[[str], None] = lambda m: None, ae_weights: str | None = None) -> DemoState:
+             echo: Callable[[str], None] = lambda m: None, weights: str | None = None) -> DemoState:
+    """Run every step of :data:`STEPS` into ``out``; ``weights`` is a folder of real weights (see :class:`DemoOptions`)."""
     plan = plan or DemoPlan()
     if n_images is not None:
         plan.n_images = n_images
-    if ae_weights is not None:
-        plan.ae_weights = ae_weights
+    if weights is not None:
+        plan.weights = weights
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     st = DemoState(out.resolve(), plan, echo)

@@ -11,6 +11,7 @@ Shards left by a killed run are merged first on the next start, so nothing is lo
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -60,17 +61,60 @@ def merge_shards(shard_dir: Path, store: ScoreStore) -> int:
     for shard in sorted(shard_dir.glob("rank*.sqlite")):
         src = ScoreStore(shard)
         try:
-            rows = src.conn.execute("SELECT sha256, fingerprint, branch, score, explanation, error FROM scores").fetchall()
+            rows = src.conn.execute("SELECT sha256, fingerprint, branch, score, explanation, error, logit FROM scores").fetchall()
         finally:
             src.close()
         by_fp: dict[tuple[str, str], list[tuple]] = {}
-        for sha, fp, branch, score, expl, err in rows:
-            by_fp.setdefault((fp, branch), []).append((sha, score, expl, err))
+        for sha, fp, branch, score, expl, err, logit in rows:  # put_scores writes only valid scores
+            by_fp.setdefault((fp, branch), []).append((sha, score, expl, err, logit))
         for (fp, branch), rs in by_fp.items():
             added += store.put_scores(fp, branch, rs)
         for suffix in ("", "-wal", "-shm"):
             Path(str(shard) + suffix).unlink(missing_ok=True)
+    if not any(shard_dir.iterdir()):
+        shard_dir.rmdir()  # nothing left to resume from
     return added
+
+
+def open_shard(shard_dir: Path, dist: DistContext, store: ScoreStore) -> ScoreStore:
+    """This rank's shard store; rank 0 first merges what a killed earlier attempt left behind."""
+    if dist.is_main:
+        merge_shards(shard_dir, store)
+        shard_dir.mkdir(parents=True, exist_ok=True)
+    dist.barrier()
+    return ScoreStore(shard_dir / f"rank{dist.rank}.sqlite")
+
+
+def gather_reports(shard_dir: Path, dist: DistContext, report: dict) -> list[dict] | None:
+    """Every rank writes ``report`` (JSON); after the barrier rank 0 reads them all (and removes them),
+    other ranks get None."""
+    path = shard_dir / f"rank{dist.rank}.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+    dist.barrier()
+    if not dist.is_main:
+        return None
+    reports = []
+    for rep in sorted(shard_dir.glob("rank*.json")):
+        reports.append(json.loads(rep.read_text(encoding="utf-8")))
+        rep.unlink()
+    return reports
+
+
+def sum_reports(reports: list[dict]) -> tuple[dict[str, dict[str, int]], dict[str, dict[str, str]]]:
+    """Rank reports ({"stats": {branch: {"scored", "failed"}}, "errors": {sha256: {branch: why}}}) → the summed
+    counts per branch and every rank's errors."""
+    counts: dict[str, dict[str, int]] = {}
+    errors: dict[str, dict[str, str]] = {}
+    for rep in reports:
+        for name, st in rep["stats"].items():
+            c = counts.setdefault(name, {"scored": 0, "failed": 0})
+            c["scored"] += st["scored"]
+            c["failed"] += st["failed"]
+        for h, errs in rep["errors"].items():
+            errors.setdefault(h, {}).update(errs)
+    return counts, errors
 
 
 def free_port() -> int:

@@ -29,21 +29,28 @@ class PluginError(AlignCoreError):
 
 
 class ModelUnavailableError(AlignCoreError):
-    """Pretrained weights are not available locally and cannot be downloaded."""
+    """Pretrained weights are not available locally and were not (or could not be) downloaded.
 
-    def __init__(self, model_id: str, how: str = "", cause: BaseException | None = None):
+    ``local=True``: ``model_id`` is a path on this machine that is missing or incomplete.
+    """
+
+    def __init__(self, model_id: str, how: str = "", cause: BaseException | None = None, local: bool = False,
+                 repo_type: str = "model"):
         self.model_id = model_id
-        msg = (
-            f"Model {model_id!r} is not available: it is not a local directory and could not be "
-            f"fetched from the Hugging Face Hub (offline or not cached). "
-            f"Provide it by downloading it where you have network access "
-            f"(`huggingface-cli download {model_id} --local-dir DIR`) and passing the directory "
-            f"instead of the id, or by pre-filling the Hugging Face cache (HF_HOME)."
-        )
+        what, flag = ("Model", "") if repo_type == "model" else ("Dataset", f"--repo-type {repo_type} ")
+        if local:
+            msg = f"{what} {model_id!r} is not available: the local path cannot be used."
+        else:
+            msg = (
+                f"{what} {model_id!r} is not available locally (not a local path, not in the Hugging Face cache) "
+                f"and was not downloaded. Provide it by downloading it where you have network access "
+                f"(`hf download {flag}{model_id} --local-dir DIR`) and passing the directory instead of the id, "
+                f"by pre-filling the Hugging Face cache (HF_HOME), or by allowing the download."
+            )
         if how:
             msg += " " + how
         if cause is not None:
-            msg += f" (underlying error: {type(cause).__name__}: {str(cause).splitlines()[0][:200]})"
+            msg += f" (underlying error: {type(cause).__name__}: {str(cause).splitlines()[0][:200] if str(cause) else ''})"
         super().__init__(msg)
 
 

@@ -54,6 +54,8 @@ def register_commands(cli):
     """Add commands to the ``alignctl`` click group.
 
     ``cli`` is the :class:`click.Group`; call ``cli.command()`` or ``cli.add_command``.
-    Keep imports of heavy libraries inside the command functions so that
-    ``alignctl --help`` stays fast. Returns nothing.
+    Parse options with :mod:`aligncore.cli_options` (``scoring_options``, ``parse_kv``,
+    ``branch_options``), never with ``aligncore.cli`` internals. The core's own commands
+    cannot be replaced. Keep imports of heavy libraries inside the command functions so
+    that ``alignctl --help`` stays fast. Returns nothing.
     """

@@ -1,8 +1,15 @@
-"""The leaderboard: one row per detector configuration, datasets as columns, from the score store.
+"""The leaderboard: one row per detector, datasets as columns, from the score store.
 
-A configuration is (branches, checkpoints, fusion, perturbation). For each configuration and
-dataset the latest result counts; the average is over the datasets that configuration has.
-Every row carries the run ids that produced its numbers, so it can be reproduced or inspected.
+A row's identity is what computed its scores: every branch's fingerprint (code, config,
+weights, library versions; see :meth:`aligncore.branch.Branch.fingerprint`), the fusion's
+fingerprint (its code, full config and fitted state) and the perturbation. Two runs of the
+same branch with different options, presets or weights are two rows. A row shows the branch
+names with a short fingerprint and, in ``weights``, where each branch's weights come from
+(``random`` for a random-weight preset, else a checkpoint or base-model digest); rows with
+random weights are hidden unless asked for. For each row and dataset the latest result counts;
+the average is over the datasets that row has. Every row carries the run ids that produced its
+numbers, so it can be reproduced or inspected. Only runs in which every branch scored every
+image are recorded, unless the run allowed a partial result (``--allow-partial``).
 """
 
 from __future__ import annotations
@@ -11,12 +18,85 @@ import csv
 import html
 import io
 import json
+import time
 from typing import Sequence
 
 from .errors import AlignCoreError
-from .store import LEADERBOARD_METRICS, ScoreStore
+from .store import ScoreStore
 
 FORMATS = ("table", "md", "csv", "json", "html")
+TABLE = "leaderboard"
+METRICS = (
+    "accuracy", "real_accuracy", "fake_accuracy", "balanced_accuracy", "ap", "auc", "eer", "tpr_at_1fpr", "tpr_at_5fpr",
+)
+#: columns added after the first release (older stores gain them on the first write)
+ADDED = (("fingerprints", "TEXT"), ("weights", "TEXT"), ("fusion_fingerprint", "TEXT"), ("eer", "REAL"))
+DEFAULT_METRIC = "auc"
+#: metrics where lower is better (sorted ascending by default)
+LOWER_IS_BETTER = frozenset({"eer"})
+#: one row per scored run; the same table and columns as stores written before it moved here
+SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS {TABLE} (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    run_id      TEXT NOT NULL,
+    created     REAL NOT NULL,
+    suite       TEXT,
+    dataset     TEXT NOT NULL,
+    branches    TEXT NOT NULL,
+    checkpoints TEXT,
+    fusion      TEXT NOT NULL,
+    fusion_config TEXT,
+    perturb     TEXT,
+    n_images    INTEGER,
+    {", ".join(f"{m} REAL" for m in METRICS)},
+    metrics     TEXT,
+    fingerprints TEXT,
+    weights     TEXT,
+    fusion_fingerprint TEXT
+);
+"""
+
+
+def ensure_table(store: ScoreStore) -> None:
+    """The table, with the columns later releases added (ALTER TABLE on an older store)."""
+    store.ensure_schema(SCHEMA)
+    have = {r[1] for r in store.conn.execute(f"PRAGMA table_info({TABLE})")}
+    for name, typ in ADDED:
+        if name not in have:
+            with store.transaction() as c:
+                if name not in {r[1] for r in c.execute(f"PRAGMA table_info({TABLE})")}:
+                    c.execute(f"ALTER TABLE {TABLE} ADD COLUMN {name} {typ}")
+
+
+def add_row(store: ScoreStore, *, run_id: str, dataset: str, branches: list[str], fusion: str, metrics: dict,
+            checkpoints: dict | None = None, fusion_config: dict | None = None, suite: str | None = None,
+            perturb: str | None = None, fingerprints: dict | None = None, weights: dict | None = None,
+            fusion_fingerprint: str | None = None) -> None:
+    """Record one run's overall metrics (``metrics`` as in ``metrics.json``) under its identity:
+    ``fingerprints`` {branch: fingerprint}, ``weights`` {branch: provenance}, ``fusion_fingerprint``."""
+    overall = metrics.get("overall", metrics)
+    cols = ["run_id", "created", "suite", "dataset", "branches", "checkpoints", "fusion", "fusion_config", "perturb",
+            "n_images", *METRICS, "metrics", "fingerprints", "weights", "fusion_fingerprint"]
+    vals = (run_id, time.time(), suite, dataset, ",".join(branches), json.dumps(checkpoints or {}, sort_keys=True),
+            fusion, json.dumps(fusion_config or {}, sort_keys=True), perturb, overall.get("n"),
+            *[overall.get(k) for k in METRICS], json.dumps(metrics, sort_keys=True, default=str),
+            json.dumps(fingerprints, sort_keys=True) if fingerprints else None,
+            json.dumps(weights, sort_keys=True) if weights else None, fusion_fingerprint)
+    ensure_table(store)
+    with store.transaction() as c:
+        c.execute(f"INSERT INTO {TABLE} ({', '.join(cols)}) VALUES ({', '.join('?' * len(cols))})", vals)
+
+
+def stored_rows(store: ScoreStore, suite: str | None = None) -> list[dict]:
+    """Every recorded row (of ``suite`` when given), oldest first; none in a store that never had one."""
+    if not store.has_table(TABLE):
+        return []
+    q, args = f"SELECT * FROM {TABLE}", ()
+    if suite is not None:
+        q, args = q + " WHERE suite = ?", (suite,)
+    cur = store.conn.execute(q + " ORDER BY id", args)
+    cols = [d[0] for d in cur.description]
+    return [dict(zip(cols, r)) for r in cur.fetchall()]
 
 
 def _short_checkpoints(raw: str | None) -> str:
@@ -37,24 +117,70 @@ def _fusion_label(name: str, raw_config: str | None) -> str:
     return name + ("(" + ", ".join(f"{k}={json.dumps(v, sort_keys=True)}" for k, v in sorted(diff.items())) + ")" if diff else "")
 
 
-def leaderboard(store: ScoreStore, suite: str | None = None, metric: str = "accuracy",
-                sort: str | None = None, descending: bool = True) -> tuple[list[str], list[dict]]:
-    """(dataset names, rows); each row has branches, checkpoints, fusion, perturb, one column per dataset,
-    ``average``, ``n_datasets`` and ``run_ids``."""
-    if metric not in LEADERBOARD_METRICS:
-        raise AlignCoreError(f"--metric {metric!r} is not one of {', '.join(LEADERBOARD_METRICS)}.")
-    raw = store.leaderboard_rows(suite)
+def _identity(r: dict) -> tuple:
+    """What computed a row's scores; rows recorded before fingerprints were stored fall back to names + paths."""
+    if r.get("fingerprints"):
+        fusion = r.get("fusion_fingerprint") or f"{r['fusion']}:{r['fusion_config'] or '{}'}"
+        return ("fp", r["fingerprints"], fusion, r["perturb"] or "")
+    return ("names", r["branches"], r["checkpoints"] or "{}", r["fusion"], r["fusion_config"] or "{}", r["perturb"] or "")
+
+
+def _branch_label(r: dict) -> str:
+    """``npr#1a2b3c4d,qwen#5e6f7a8b``: names with the first 8 hex digits of each fingerprint."""
+    fps = json.loads(r["fingerprints"]) if r.get("fingerprints") else {}
+    names = [b for b in (r["branches"] or "").split(",") if b]
+    return ",".join(f"{b}#{fps[b].split('@')[0].rsplit('-', 1)[-1][:8]}" if b in fps else b for b in names)
+
+
+def _weights_label(r: dict) -> tuple[str, bool]:
+    """(``npr=random,qwen=pretrained:...``, whether any branch has random weights); ``?`` for older rows."""
+    w = json.loads(r["weights"]) if r.get("weights") else None
+    if not w:
+        return "?", False
+    names = [b for b in (r["branches"] or "").split(",") if b] or sorted(w)
+    random = any(w.get(b) == "random" for b in names)
+    if len(set(w.values())) == 1:  # one branch, or every branch alike (e.g. all random)
+        return next(iter(w.values())), random
+    return ",".join(f"{b}={w.get(b, '?')}" for b in names), random
+
+
+def _metric_value(r: dict, metric: str):
+    v = r.get(metric)
+    if v is None and metric == "eer" and r.get("metrics"):  # a row recorded before the eer column
+        try:
+            v = json.loads(r["metrics"]).get("overall", {}).get("eer")
+        except ValueError:
+            v = None
+    return v
+
+
+def leaderboard(store: ScoreStore, suite: str | None = None, metric: str = DEFAULT_METRIC,
+                sort: str | None = None, descending: bool | None = None,
+                include_random: bool = False) -> tuple[list[str], list[dict]]:
+    """(dataset names, rows); each row has branches (with short fingerprints), weights, checkpoints, fusion,
+    perturb, one column per dataset, ``average``, ``n_datasets`` and ``run_ids``. Rows whose branches
+    include random weights are left out unless ``include_random``. ``descending`` defaults to "best first"
+    (ascending for EER)."""
+    if metric not in METRICS:
+        raise AlignCoreError(f"--metric {metric!r} is not one of {', '.join(METRICS)}.")
+    if descending is None:
+        descending = metric not in LOWER_IS_BETTER
+    raw = stored_rows(store, suite)
     datasets: list[str] = []
     table: dict[tuple, dict] = {}
-    for r in raw:  # ordered by id: a later result for the same (config, dataset) replaces an earlier one
-        key = (r["branches"], r["checkpoints"] or "{}", r["fusion"], r["fusion_config"] or "{}", r["perturb"] or "")
+    for r in raw:  # ordered by id: a later result for the same (identity, dataset) replaces an earlier one
+        weights, random = _weights_label(r)
+        if random and not include_random:
+            continue
+        key = _identity(r)
         if r["dataset"] not in datasets:
             datasets.append(r["dataset"])
         row = table.setdefault(key, {
-            "branches": r["branches"], "checkpoints": _short_checkpoints(r["checkpoints"]), "fusion": _fusion_label(r["fusion"], r["fusion_config"]),
+            "branches": _branch_label(r), "weights": weights, "checkpoints": _short_checkpoints(r["checkpoints"]),
+            "fusion": _fusion_label(r["fusion"], r["fusion_config"]),
             "fusion_config": r["fusion_config"] or "{}", "perturb": r["perturb"] or "none", "_cells": {}, "_runs": {},
         })
-        row["_cells"][r["dataset"]] = r[metric]
+        row["_cells"][r["dataset"]] = _metric_value(r, metric)
         row["_runs"][r["dataset"]] = r["run_id"]
     datasets.sort()
     rows = []
@@ -76,9 +202,9 @@ def leaderboard(store: ScoreStore, suite: str | None = None, metric: str = "accu
     return datasets, present + absent
 
 
-def render(datasets: Sequence[str], rows: list[dict], fmt: str = "table", metric: str = "accuracy",
+def render(datasets: Sequence[str], rows: list[dict], fmt: str = "table", metric: str = DEFAULT_METRIC,
            suite: str | None = None) -> str:
-    cols = ["branches", "checkpoints", "fusion", "perturb", *datasets, "average", "run_ids"]
+    cols = ["branches", "weights", "fusion", "perturb", *datasets, "average", "run_ids"]
     if fmt == "json":
         return json.dumps({"suite": suite, "metric": metric, "datasets": list(datasets), "rows": rows}, indent=2) + "\n"
 

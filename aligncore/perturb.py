@@ -15,11 +15,12 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFilter
 
+from .data.codec import jpeg_roundtrip
 from .errors import ConfigError
 
 #: kind → (what the value means, valid range low, high)
 KINDS: dict[str, tuple[str, float, float]] = {
-    "jpeg": ("JPEG quality (Pillow, 4:2:0 subsampling)", 1, 100),
+    "jpeg": ("JPEG quality (4:2:0 subsampling, as every aligncore JPEG)", 1, 100),
     "webp": ("WebP quality (lossy)", 1, 100),
     "blur": ("Gaussian blur radius in pixels", 0.0, 50.0),
     "resize": ("scale factor for both sides (bicubic)", 0.01, 4.0),
@@ -38,17 +39,17 @@ class Perturbation:
         return f"{self.kind}:{v}"
 
     def apply(self, img: Image.Image) -> Image.Image:
-        img = img.convert("RGB")
-        if self.kind in ("jpeg", "webp"):
+        if img.mode != "RGB":  # the loader gives RGB: converting again would only copy the pixels
+            img = img.convert("RGB")
+        if self.kind == "jpeg":
+            return jpeg_roundtrip(img, int(self.value))
+        if self.kind == "webp":
             buf = io.BytesIO()
-            if self.kind == "jpeg":
-                img.save(buf, format="JPEG", quality=int(self.value), subsampling=2, optimize=False)
-            else:
-                img.save(buf, format="WEBP", quality=int(self.value), method=4, lossless=False)
+            img.save(buf, format="WEBP", quality=int(self.value), method=4, lossless=False)
             buf.seek(0)
             out = Image.open(buf)
             out.load()
-            return out.convert("RGB")
+            return out if out.mode == "RGB" else out.convert("RGB")
         if self.kind == "blur":
             return img.filter(ImageFilter.GaussianBlur(radius=float(self.value)))
         if self.kind == "resize":

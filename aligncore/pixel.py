@@ -9,7 +9,9 @@ size (see :mod:`aligncore.train.pixel_trainer`).
 :class:`NeuralPixelBranch` adds what the shared trainer needs from a torch model: a
 ``model`` that maps a normalised (N, 3, S, S) batch to N logits, the parameters to
 train, and save/load of the trainable weights as safetensors beside a ``branch.json``
-that records the architecture, so ``checkpoint=DIR`` alone rebuilds the right model.
+that records the architecture, so ``checkpoint=DIR`` alone rebuilds the right model (the
+fields a caller leaves unset adopt the recorded values; a conflicting set value is an error).
+It trains with :class:`aligncore.train.pixel_trainer.PixelTrainer`.
 """
 
 from __future__ import annotations
@@ -21,10 +23,14 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 from pydantic import Field
 
-from .branch import Branch, BranchConfig
-from .data.crops import crop, grid_positions
-from .errors import AlignCoreError
+from .branch import Branch, BranchConfig, scores_from_logits
+from .data.images import rgb_array
+from .data.crops import center_position, crop, grid_positions
+from .errors import ConfigError
 from .hashing import digest_files
+from .torchutil import autocast_for, resolve_precision
+from .train.pixel_config import PixelTrainConfig
+from .train.pixel_trainer import PixelTrainer
 
 BRANCH_FILE = "branch.json"
 
@@ -49,43 +55,42 @@ def resolve_checkpoint(path: str | Path) -> Path:
     """A trainer's output folder → its ``best/`` weights; a weights folder → itself."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise AlignCoreError(f"checkpoint {p} does not exist; train one with `alignctl train BRANCH --set SET --out DIR`.")
+        raise ConfigError(f"checkpoint {p} does not exist; train one with `alignctl train BRANCH --set SET --out DIR`.")
     if (p / BRANCH_FILE).exists():
         return p
     for sub in ("best", "last"):
         if (p / sub / BRANCH_FILE).exists():
             return p / sub
-    raise AlignCoreError(f"{p} holds no trained weights ({BRANCH_FILE} missing in it, best/ and last/).")
+    raise ConfigError(f"{p} holds no trained weights ({BRANCH_FILE} missing in it, best/ and last/).")
 
 
 class PixelBranch(Branch):
     """Native-resolution multi-crop preprocessing shared by every pixel expert."""
 
     config_class: ClassVar[type[PixelBranchConfig]] = PixelBranchConfig
-    #: config fields a checkpoint decides (copied from its branch.json when ``checkpoint`` is set)
+    #: config fields a checkpoint decides (recorded in its branch.json, adopted when ``checkpoint`` is set)
     architecture_fields: ClassVar[tuple[str, ...]] = ("crop_size", "crop_align")
     #: files of a checkpoint folder whose bytes decide scores
     weight_files: ClassVar[tuple[str, ...]] = (BRANCH_FILE,)
+    source_modules = ("aligncore.data.crops",)
     config: PixelBranchConfig
 
-    def __init__(self, config=None, **overrides: Any):
-        super().__init__(config, **overrides)
-        if self.config.checkpoint:
-            self.adopt_checkpoint_architecture()
-
     # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def checkpoint_record(cls, checkpoint) -> dict[str, Any]:
+        """The architecture recorded in the checkpoint's branch.json (so `--checkpoint DIR` alone is enough)."""
+        folder = resolve_checkpoint(checkpoint)
+        info = json.loads((folder / BRANCH_FILE).read_text())
+        if info.get("branch") not in (None, cls.name):
+            raise ConfigError(f"{folder} was written by branch {info.get('branch')!r}, not {cls.name!r}.")
+        return {k: v for k, v in info.get("architecture", {}).items() if k in cls.architecture_fields}
+
     @property
     def checkpoint_dir(self) -> Path | None:
         return resolve_checkpoint(self.config.checkpoint) if self.config.checkpoint else None
 
-    def adopt_checkpoint_architecture(self) -> None:
-        """Take the architecture a checkpoint was trained with (so `--checkpoint DIR` alone is enough)."""
-        info = json.loads((self.checkpoint_dir / BRANCH_FILE).read_text())
-        if info.get("branch") not in (None, self.name):
-            raise AlignCoreError(f"{self.checkpoint_dir} was written by branch {info.get('branch')!r}, not {self.name!r}.")
-        for k, v in info.get("architecture", {}).items():
-            if k in self.architecture_fields and getattr(self.config, k) != v:
-                setattr(self.config, k, v)
+    def checkpoint_folder(self) -> Path | None:
+        return self.checkpoint_dir
 
     def architecture(self) -> dict:
         return {k: getattr(self.config, k) for k in self.architecture_fields}
@@ -103,24 +108,57 @@ class PixelBranch(Branch):
     # ------------------------------------------------------------------ preprocessing
     def crops(self, image) -> np.ndarray:
         """PIL RGB (or uint8 H×W×3 array) → uint8 array (K, S, S, 3): ``inference_crops`` windows at native resolution."""
-        arr = np.asarray(image.convert("RGB") if hasattr(image, "convert") else image, dtype=np.uint8)
+        arr = rgb_array(image)
         c = self.config
         h, w = arr.shape[:2]
-        pos = grid_positions(h, w, c.crop_size, c.inference_crops, c.crop_align)
-        pos = [pos[i % len(pos)] for i in range(c.inference_crops)]  # a small image repeats its windows
-        return np.stack([crop(arr, t, l, c.crop_size, c.pad_mode) for t, l in pos])
+        return np.stack([crop(arr, t, l, c.crop_size, c.pad_mode) for t, l in window_positions(h, w, c.crop_size,
+                                                                                             c.inference_crops, c.crop_align)])
+
+
+def window_positions(h: int, w: int, size: int, n: int, align: int) -> list[tuple[int, int]]:
+    """Exactly ``n`` window positions whose mean counts every window used equally.
+
+    An image with at least ``n`` aligned positions gives ``n`` distinct windows. A smaller one cannot
+    fill ``n`` distinct windows (the batch needs ``n`` per image), so it uses ``s`` of them, ``s`` the
+    largest divisor of ``n`` it can offer, each ``n / s`` times: the mean over the ``n`` windows is the
+    mean over those ``s``, never a mean that counts one window more often than another.
+    """
+    pos = grid_positions(h, w, size, n, align)
+    if len(pos) >= n:
+        return pos[:n]
+    s = max(k for k in range(1, len(pos) + 1) if n % k == 0)
+    if s == 1:
+        pick = [center_position(h, w, size, align)]
+    else:
+        pick = [pos[round(i * (len(pos) - 1) / (s - 1))] for i in range(s)]
+    return [p for p in pick for _ in range(n // s)]
 
 
 class NeuralPixelBranch(PixelBranch):
     """A pixel branch with a torch model the shared pixel trainer can train.
 
     Subclasses implement :meth:`build_model` (sets ``self.model``), :meth:`normalize`,
-    :meth:`trainable_state_dict` / :meth:`load_trainable_state_dict` and may override
-    :meth:`default_train_config` (e.g. a learning rate).
+    :meth:`trainable_state_dict` / :meth:`load_trainable_state_dict`, :meth:`load_weights`
+    and :meth:`save`; they may set ``train_config_class`` to a :class:`PixelTrainConfig`
+    subclass with defaults of their own (e.g. a learning rate).
     """
 
+    trainer_class = PixelTrainer
+    train_config_class = PixelTrainConfig
+
     weight_files = (BRANCH_FILE, "model.safetensors", "head.safetensors", "adapter_model.safetensors", "adapter_config.json")
+    score_libraries = PixelBranch.score_libraries + ("torch",)
     model: Any = None
+
+    def untrained(self) -> str | None:
+        """A neural pixel branch scores with trained weights (``checkpoint``) or, for tests and demos, a preset
+        that asks for random weights; anything else would be a random model presented as a detector."""
+        if self.config.checkpoint or self.preset_flag(self.config.preset, "weights") == "random":
+            return None
+        randoms = sorted(p for p in self.presets if self.preset_flag(p, "weights") == "random")
+        hint = f", or use the random-weight preset for tests (--preset {randoms[0]})" if randoms else ""
+        return (f"branch {self.name!r} has no trained weights to score with: train it (`alignctl train {self.name} "
+                f"--set SET --out DIR`) and score with --checkpoint DIR{hint}.")
 
     def preprocess(self, image):
         import torch
@@ -136,10 +174,7 @@ class NeuralPixelBranch(PixelBranch):
         return self.model(self.normalize(x_uint8)).reshape(-1)
 
     def resolved_precision(self) -> str:
-        p = self.config.precision
-        if p == "auto":
-            p = "bf16" if str(self.device).startswith("cuda") else "fp32"
-        return p
+        return resolve_precision(self.config.precision, self.device)
 
     def scoring_identity(self) -> dict:
         # bf16 scores differ from fp32 ones: never mix them under one store key
@@ -153,17 +188,19 @@ class NeuralPixelBranch(PixelBranch):
         dev = str(self.device)
         # every window of every image in one forward pass; uint8 crosses to the GPU (4x fewer bytes)
         x = batch.reshape(b * k, *batch.shape[2:]).to(dev, non_blocking=dev.startswith("cuda"))
-        prec = self.resolved_precision()
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
-        with torch.autocast(dev.split(":")[0], dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast_for(dev, self.resolved_precision()):
             z = self.logits(x).float().reshape(b, k).mean(dim=1)  # average the windows' logits
-        return torch.sigmoid(z).cpu().tolist()
+        # P(fake) from the logit in float64: a float32 sigmoid rounds every |logit| > ~17 to exactly 0 or 1
+        return scores_from_logits(z.cpu().double().tolist())
 
     # ------------------------------------------------------------------ training hooks
     def build_model(self, for_training: bool = False) -> None:
         raise NotImplementedError
 
     def load(self) -> None:
+        problem = self.untrained()
+        if problem:
+            raise ConfigError(problem)
         self.build_model()
         if self.config.checkpoint:
             self.load_weights(self.checkpoint_dir)
@@ -175,19 +212,12 @@ class NeuralPixelBranch(PixelBranch):
     def trainable_state_dict(self) -> dict:
         raise NotImplementedError
 
+    def load_trainable_state_dict(self, sd: dict) -> None:
+        raise NotImplementedError
+
     def load_weights(self, folder: Path) -> None:
         raise NotImplementedError
 
     def save(self, out_dir) -> Path:
         """Write the trainable weights + branch.json; ``checkpoint=out_dir`` reloads them."""
         raise NotImplementedError
-
-    def default_train_config(self) -> dict:
-        return {}
-
-    def train(self, supervision, out_dir, train_config: dict | None = None, **kwargs) -> Path:
-        from .train.pixel_config import PixelTrainConfig
-        from .train.pixel_trainer import PixelTrainer
-
-        cfg = PixelTrainConfig.from_dict({**self.default_train_config(), **(train_config or {})})
-        return PixelTrainer(self, cfg, **kwargs).train(supervision, out_dir)

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
+
+import pluggy
 
 from .errors import PluginError, UnknownComponentError
 from .plugins import get_plugin_state
@@ -47,28 +49,31 @@ class Registry:
             self._collect(kind, hook)
 
     def _collect(self, kind: str, hook: str) -> None:
-        pm = self.state.pm
         base = self._bases[kind]
-        for impl in getattr(pm.hook, hook).get_hookimpls():
-            plugin = impl.plugin_name
 
-            def register(cls: type, _plugin=plugin) -> None:
+        def make_register(plugin: str) -> Callable[[type], None]:
+            def register(cls: type) -> None:
                 if not (isinstance(cls, type) and issubclass(cls, base)):
-                    raise PluginError(f"plugin {_plugin!r} registered {cls!r}, which is not a {base.__name__} subclass")
+                    raise PluginError(f"plugin {plugin!r} registered {cls!r}, which is not a {base.__name__} subclass")
                 name = getattr(cls, "name", "")
                 if not name:
-                    raise PluginError(f"plugin {_plugin!r} registered {cls.__name__} without a name")
+                    raise PluginError(f"plugin {plugin!r} registered {cls.__name__} without a name")
                 if name in self.components[kind]:
                     other = self.components[kind][name].plugin
-                    raise PluginError(f"plugin {_plugin!r} registered {kind} {name!r}, already registered by {other!r}")
-                self.components[kind][name] = Registered(name, cls, _plugin)
+                    raise PluginError(f"plugin {plugin!r} registered {kind} {name!r}, already registered by {other!r}")
+                self.components[kind][name] = Registered(name, cls, plugin)
 
-            try:
-                impl.function(**{a: register for a in impl.argnames})
-            except PluginError as exc:
+            return register
+
+        for plugin, exc in call_each(self.state.pm, hook, lambda plugin: {"register": make_register(plugin)}):
+            if isinstance(exc, PluginError):
                 self.errors[plugin] = str(exc)
-            except Exception as exc:
+            else:
                 self.errors[plugin] = f"plugin {plugin!r} raised in {hook}: {type(exc).__name__}: {exc}"
+
+    def broken(self) -> dict[str, str]:
+        """Plugin name → what went wrong, for every plugin that failed to import, register or run a hook."""
+        return {**self.state.broken, **self.errors}
 
     # ---------------------------------------------------------------- lookups
     def names(self, kind: str) -> list[str]:
@@ -80,7 +85,7 @@ class Registry:
         except KeyError:
             known = self.names(kind)
             err = UnknownComponentError(kind, name, known)
-            broken = {**self.state.broken, **self.errors}
+            broken = self.broken()
             if broken:
                 err.args = (err.args[0] + " Plugins that failed to load: " + "; ".join(broken.values()),)
             raise err from None
@@ -90,14 +95,33 @@ class Registry:
 
     def add_commands(self, cli, on_error: Callable[[str], None] | None = None) -> None:
         """Let every plugin add commands; a plugin that raises is named, not fatal."""
-        for impl in self.state.pm.hook.register_commands.get_hookimpls():
-            try:
-                impl.function(**{a: cli for a in impl.argnames})
-            except Exception as exc:
-                msg = f"plugin {impl.plugin_name!r} raised in register_commands: {type(exc).__name__}: {exc}"
-                self.errors[impl.plugin_name] = msg
-                if on_error:
-                    on_error(msg)
+        for plugin, exc in call_each(self.state.pm, "register_commands", lambda plugin: {"cli": cli}):
+            msg = f"plugin {plugin!r} raised in register_commands: {type(exc).__name__}: {exc}"
+            self.errors[plugin] = msg
+            if on_error:
+                on_error(msg)
+
+
+def call_each(pm: pluggy.PluginManager, hook: str,
+              arguments: Callable[[str], dict[str, Any]]) -> Iterator[tuple[str, Exception]]:
+    """Call ``hook``'s implementations one plugin at a time; yield ``(plugin, error)`` for each that raised.
+
+    ``arguments(plugin)`` gives the spec's arguments by name (a per-plugin callback, say). Each
+    implementation receives the subset it names, as pluggy itself calls hooks, so a spec can
+    grow an argument without breaking older plugins. Calling plugins one by one (instead of
+    ``pm.hook.<name>(...)``) keeps a raising plugin from hiding the others and lets the
+    callbacks know who registered what.
+    """
+    caller = getattr(pm.hook, hook)
+    spec_args = set(caller.spec.argnames) if caller.spec else set()
+    for impl in caller.get_hookimpls():
+        kwargs = arguments(impl.plugin_name)
+        if set(kwargs) != spec_args:  # a facade out of step with hookspecs.py: a bug in the core
+            raise TypeError(f"hook {hook} takes {sorted(spec_args)}, the registry passed {sorted(kwargs)}")
+        try:
+            impl.function(**{a: kwargs[a] for a in impl.argnames})
+        except Exception as exc:
+            yield impl.plugin_name, exc
 
 
 _lock = threading.Lock()

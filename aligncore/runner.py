@@ -1,37 +1,38 @@
-"""Scoring runs: dataset → branch preprocessing → batched scores → store → fusion → report.
+"""Scoring runs: plan → score (optionally sharded across ranks) → gather → report.
 
 Every branch score goes to the SQLite store as soon as its batch is done, keyed by
 (image sha256, branch fingerprint). A run that is killed and started again, a second
-run on overlapping data, or a re-fusion scores only what is missing.
+run on overlapping data, or a re-fusion scores only what is missing. Each image that any
+branch still needs is read and decoded once for all of them (:mod:`aligncore.data.loader`);
+scores go through :mod:`aligncore.scoring`; the run folder is written by :class:`RunDir`.
 """
 
 from __future__ import annotations
 
-import csv
-import hashlib
-import json
-import math
-import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 
+from . import leaderboard
 from .config import RunConfig
-from .data import Record, load_dataset
-from .data.images import ImageLoadError, load_image
+from .data import Dataset, Record, load_dataset
+from .data.datasets import hash_records
+from .data.loader import UNREADABLE, LoadItem, load_images, size_bucket
+from .distributed import DistContext, gather_reports, merge_shards, open_shard, sum_reports
 from .errors import AlignCoreError
+from .fusion import FittedState, FusionOutput, apply_state, parse_state
 from .metrics import compute_metrics
+from .perturb import PerturbChain, parse_perturb, perturbed_fingerprint
 from .registry import get_registry
-from .distributed import DistContext, merge_shards
-from .store import ScoreStore, sha256_file
+from .rundir import SHARDS, RunDir, ScoreTable, make_run_id
+from .scoring import BranchScorer, Scored, create_branches
+from .store import ScoreStore
 
-PREDICTIONS = "predictions.csv"
-METRICS = "metrics.json"
-RUN_INFO = "run.json"
-SKIPPED = "skipped.csv"
+
+#: the key of a file's own error (unreadable, not decodable) in the per-image errors {sha256: {branch: why}}
+FILE_ERROR = ""
 
 
 @dataclass
@@ -46,227 +47,88 @@ class BranchStats:
 class RunResult:
     run_id: str
     out_dir: Path
-    metrics: dict
+    metrics: dict  # empty on a rank other than the main one
     branches: dict[str, BranchStats]
     skipped: list[tuple[str, str]]
-    predictions: list[dict] = field(default_factory=list)
+    table: ScoreTable | None = None
+    is_main: bool = True  # False on the other ranks of a distributed run: rank 0 gathers and reports
+
+    @property
+    def coverage(self) -> dict[str, dict[str, int]]:
+        """{branch: {"scored", "failed", "total"}} over the run's readable images."""
+        return self.metrics.get("coverage", {})
+
+    @property
+    def complete(self) -> bool:
+        """Every branch scored every readable image (and there was at least one)."""
+        cov = self.coverage
+        return bool(cov) and all(c["failed"] == 0 and c["total"] > 0 for c in cov.values())
+
+    @property
+    def scored_any(self) -> bool:
+        """At least one image was scored by at least one branch."""
+        return any(c["scored"] > 0 for c in self.coverage.values())
+
+    def incomplete_summary(self) -> str:
+        """One line naming every branch that failed and its counts ("" for a complete run)."""
+        return coverage_summary(self.coverage, self.metrics.get("fused_over", {}))
 
 
-# ---------------------------------------------------------------------- data loading
+def coverage_summary(coverage: dict[str, dict[str, int]], fused_over: dict | None = None) -> str:
+    """``branch B failed on 12 of 12 images; fused metrics over 0 images`` ("" when nothing failed)."""
+    failed = [f"branch {b} failed on {c['failed']} of {c['total']} images" for b, c in coverage.items() if c["failed"]]
+    total = max((c["total"] for c in coverage.values()), default=0)
+    if not failed and total > 0:
+        return ""
+    if total == 0:
+        return "no image could be read, so nothing was scored"
+    n = (fused_over or {}).get("images")
+    tail = f"; fused metrics cover the {n} image(s) every branch scored" if n is not None else ""
+    return "; ".join(failed) + tail
 
 
-class _ImageDataset:
-    """(index, path) items → (index, preprocessed input or None, error or None). Never raises."""
+@dataclass
+class ResolvedRun:
+    """A run with every name resolved and every component built (no model loaded yet)."""
 
-    def __init__(self, items: Sequence[tuple[int, str]], preprocess: Callable, perturb: Callable | None = None):
-        self.items = list(items)
-        self.preprocess = preprocess
-        self.perturb = perturb
+    config: RunConfig
+    run_id: str
+    out: Path
+    branches: list  # Branch objects, in config order
+    fusion: Any
+    dataset: Dataset
+    dist: DistContext
+    perturb: PerturbChain | None
 
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        idx, path = self.items[i]
-        try:
-            img = load_image(path)
-        except ImageLoadError as exc:
-            return idx, None, exc.reason
-        try:
-            if self.perturb is not None:
-                img = self.perturb(img)
-        except Exception as exc:
-            return idx, None, f"perturbation failed: {type(exc).__name__}: {exc}"
-        try:
-            return idx, self.preprocess(img), None
-        except Exception as exc:
-            return idx, None, f"preprocessing failed: {type(exc).__name__}: {exc}"
+    def fingerprints(self) -> dict[str, str]:
+        """Store keys: each branch's fingerprint, plus the perturbation (never mixed with clean scores)."""
+        spec = self.perturb.spec if self.perturb else None
+        return {b.name: perturbed_fingerprint(b.fingerprint(), spec) for b in self.branches}
 
 
-class _Collate:
-    def __init__(self, collate: Callable):
-        self.collate = collate
+@dataclass
+class ScoringJob:
+    """The run's images and, for this rank, which branches still need which image."""
 
-    def __call__(self, items):
-        ok = [(i, x) for i, x, e in items if e is None]
-        errors = [(i, e) for i, x, e in items if e is not None]
-        xs = [x for _, x in ok]
-        return [i for i, _ in ok], xs, (self.collate(xs) if xs else None), errors
-
-
-def iter_batches(branch, items: Sequence[tuple[int, str]], batch_size: int, workers: int, pin: bool,
-                 perturb: Callable | None = None):
-    """Yield (indices, raw items, collated batch, [(index, error)]) through a torch DataLoader."""
-    from torch.utils.data import DataLoader
-
-    ds = _ImageDataset(items, branch.preprocess, perturb)
-    loader = DataLoader(
-        ds,  # type: ignore[arg-type]
-        batch_size=batch_size,
-        shuffle=False,
-        num_workers=workers,
-        collate_fn=_Collate(branch.collate),
-        pin_memory=pin,
-        persistent_workers=False,
-    )
-    yield from loader
+    records: list[Record]
+    hashes: list[str | None]  # None: the file could not be read
+    unreadable: list[tuple[str, str]]
+    fingerprints: dict[str, str]
+    reused: dict[str, int]  # images each branch finds in the main store
+    todo: list[LoadItem] = field(default_factory=list)  # key = record index, needs = branch indices
 
 
-def _size_bucket(path: str) -> tuple[float, int]:
-    """(aspect ratio to 0.1, pixel count) from the image header only, so a batch holds like-sized images.
-
-    Branches whose inputs vary in length with the image (a VLM's visual tokens) set
-    ``bucket_by_size`` and pad far less; scores do not depend on the order.
-    """
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except Exception:  # unreadable here: the loader reports it in its turn
-        return (0.0, 0)
-    return (round(w / max(h, 1), 1), w * h)
+# ---------------------------------------------------------------------- plan
 
 
-def score_with_fallback(branch, xs: list, batch) -> tuple[list[float | None], list[str | None]]:
-    """Score a batch; if the batch raises, score image by image so one bad image fails alone.
-
-    A score that is not a number in [0, 1] (NaN, inf, a logit) is that image's error, never stored.
-    """
-    try:
-        scores = [float(s) for s in branch.score_batch(batch)]
-        if len(scores) != len(xs):
-            raise AlignCoreError(f"branch {branch.name!r} returned {len(scores)} scores for {len(xs)} images")
-        return _checked(scores, [None] * len(xs))
-    except Exception as batch_exc:
-        if len(xs) == 1:
-            return [None], [f"{type(batch_exc).__name__}: {batch_exc}"]
-        out_s: list[float | None] = []
-        out_e: list[str | None] = []
-        for x in xs:
-            try:
-                out_s.append(float(branch.score_batch(branch.collate([x]))[0]))
-                out_e.append(None)
-            except Exception as exc:
-                out_s.append(None)
-                out_e.append(f"{type(exc).__name__}: {exc}")
-        return _checked(out_s, out_e)
-
-
-def _checked(scores: list[float | None], errors: list[str | None]) -> tuple[list[float | None], list[str | None]]:
-    for k, s in enumerate(scores):
-        if s is not None and not (math.isfinite(s) and 0.0 <= s <= 1.0):
-            scores[k], errors[k] = None, f"invalid score {s!r} (a branch must return P(fake) in [0, 1])"
-    return scores, errors
-
-
-# ---------------------------------------------------------------------- the run
-
-
-def make_run_id(config: RunConfig) -> str:
-    blob = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
-    return time.strftime("%Y%m%d-%H%M%S") + "-" + hashlib.sha256(blob + str(time.time_ns()).encode()).hexdigest()[:6]
-
-
-def branch_overrides(config: RunConfig, name: str) -> dict[str, Any]:
-    ov: dict[str, Any] = {"device": config.device}
-    if config.preset is not None:
-        ov["preset"] = config.preset
-    if config.batch_size is not None:
-        ov["batch_size"] = config.batch_size
-    ov.update(config.branch_options.get(name, {}))
-    return ov
-
-
-def hash_records(records: Sequence[Record]) -> tuple[list[str | None], list[tuple[str, str]]]:
-    hashes: list[str | None] = []
-    unreadable = []
-    for r in records:
-        try:
-            hashes.append(sha256_file(r.path))
-        except OSError as exc:
-            hashes.append(None)
-            unreadable.append((r.path, f"cannot read file ({exc.strerror or exc})"))
-    return hashes, unreadable
-
-
-def score_branch(branch, records: Sequence[Record], hashes: Sequence[str | None], store: ScoreStore,
-                 workers: int = 0, explain: bool = False, progress: bool = True,
-                 perturb: str | None = None, write_store: ScoreStore | None = None,
-                 shard: tuple[int, int] = (0, 1)) -> tuple[BranchStats, dict[str, str]]:
-    """Score every image whose (hash, fingerprint) is not in the store; returns stats and load errors by hash.
-
-    With ``perturb`` (a spec such as ``jpeg:75``) every image is perturbed before preprocessing and
-    the scores are stored under the fingerprint plus the spec, never mixed with clean scores.
-    With ``shard=(rank, world)`` this process takes every ``world``-th missing image and
-    writes to ``write_store`` (its shard); the missing list is the same on every rank.
-    """
-    import torch
-
-    from .perturb import parse_perturb, perturbed_fingerprint
-
-    chain = parse_perturb(perturb)
-    fp = perturbed_fingerprint(branch.fingerprint(), chain.spec if chain else None)
-    stats = BranchStats(fp)
-    unique: dict[str, int] = {}
-    for i, h in enumerate(hashes):
-        if h is not None and h not in unique:
-            unique[h] = i
-    have = store.known(fp, unique)
-    missing = [(i, records[i].path) for h, i in unique.items() if h not in have]
-    stats.reused = len(unique) - len(missing)
-    rank, world = shard
-    todo = missing[rank::world]
-    if write_store is not None and write_store is not store:
-        done_here = write_store.known(fp, [hashes[i] for i, _ in todo])  # a resumed rank's own earlier work
-        todo = [(i, p) for i, p in todo if hashes[i] not in done_here]
-    target = write_store or store
-    load_errors: dict[str, str] = {}
-    if not todo:
-        return stats, load_errors
-    if getattr(branch, "bucket_by_size", False):
-        todo = sorted(todo, key=lambda item: _size_bucket(item[1]))
-    branch.ensure_loaded()
-    pin = str(branch.device).startswith("cuda")
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(todo), desc=f"score {branch.name}", unit="img", dynamic_ncols=True, leave=False)
-    want_explain = explain and getattr(branch, "supports_explain", False)
-    with torch.inference_mode():
-        for idxs, xs, batch, errors in iter_batches(branch, todo, branch.config.batch_size, workers, pin, chain):
-            for i, err in errors:
-                load_errors[hashes[i]] = err  # type: ignore[index]
-            rows = []
-            if idxs:
-                scores, errs = score_with_fallback(branch, xs, batch)
-                expl = branch.explain_batch(batch) if want_explain else None
-                for k, i in enumerate(idxs):
-                    if errs[k] is None:
-                        rows.append((hashes[i], scores[k], expl[k] if expl else None, None))
-                        stats.scored += 1
-                    else:
-                        load_errors[hashes[i]] = f"branch {branch.name!r} failed: {errs[k]}"  # type: ignore[index]
-                        stats.failed += 1
-            if rows:
-                target.put_scores(fp, branch.name, rows)
-            if bar is not None:
-                bar.update(len(idxs) + len(errors))
-    if bar is not None:
-        bar.close()
-    return stats, load_errors
-
-
-def run(config: RunConfig, progress: bool = True, log: Callable[[str], None] | None = None) -> RunResult:
-    """Score ``config.data`` with every branch, fuse, and write the run directory."""
-    reg = get_registry()
-    # Resolve every name before any work, so a typo fails in a second, not after scoring.
-    for b in config.branches:
-        reg.get("branch", b)
-    fusion = reg.create("fusion", config.fusion, config.fusion_options)
-    branches = [reg.create("branch", b, None, **branch_overrides(config, b)) for b in config.branches]
-    dataset = load_dataset(config.data, allow_outside=config.allow_outside_paths)
+def plan(config: RunConfig) -> ResolvedRun:
+    """Resolve names, build components, read the dataset and check the run folder, before any work."""
+    fusion = get_registry().create("fusion", config.fusion, config.fusion_options)
+    check_fusion_state(config, fusion)  # a bad state fails now, not after every image is scored
+    branches = create_branches(config.branches, config.device, config.preset, config.batch_size, config.branch_options,
+                               config.allow_download)
+    dataset = load_dataset(config.data, allow_outside=config.allow_outside_paths, options=config.data_options or None,
+                           allow_download=config.allow_download)
     dist = DistContext.from_env()
     if dist.enabled and not config.out:
         raise AlignCoreError("a distributed run needs --out (alignctl run --num-processes sets it for you).")
@@ -274,248 +136,263 @@ def run(config: RunConfig, progress: bool = True, log: Callable[[str], None] | N
     # every rank must agree on the id, so a distributed run is named after its directory
     run_id = make_run_id(config) if (config.out and not dist.enabled) else out.name
     if dist.is_main:
-        _prepare_out_dir(out)
-    records = dataset.records
+        RunDir.check_writable(out)
+    return ResolvedRun(config, run_id, out, branches, fusion, dataset, dist, parse_perturb(config.perturb))
+
+
+def check_fusion_state(config: RunConfig, fusion=None, where: str = "the fusion state") -> None:
+    """Validate ``config.fusion_state`` against the fusion and the run's branches (types, finite numbers,
+    shapes, branch names), raising a ConfigError that names ``where``."""
+    if not config.fusion_state:
+        return
+    fusion = fusion or get_registry().create("fusion", config.fusion, config.fusion_options)
+    apply_state(fusion, parse_state(config.fusion_state, where), config.branches, where)
+
+
+def plan_job(rr: ResolvedRun, store: ScoreStore, rank_store: ScoreStore | None = None) -> ScoringJob:
+    """Which (image, branch) scores are missing from ``store``; with ranks, this rank's share of the images
+    (every rank computes the same list), less what this rank's shard already holds from a killed attempt."""
+    records = rr.dataset.records
     hashes, unreadable = hash_records(records)
-    store = ScoreStore(config.store)
-    shard_dir = out / "shards"
-    rank_store = None
-    try:
-        if dist.enabled:
-            if dist.is_main:
-                merge_shards(shard_dir, store)  # what a killed earlier attempt left behind
-                shard_dir.mkdir(parents=True, exist_ok=True)
-            dist.barrier()
-            rank_store = ScoreStore(shard_dir / f"rank{dist.rank}.sqlite")
-        stats: dict[str, BranchStats] = {}
-        errors_by_hash: dict[str, dict[str, str]] = {}
-        for br in branches:
-            if log and dist.is_main:
-                log(f"branch {br.name}: fingerprint {br.fingerprint()}")
-            st, errs = score_branch(br, records, hashes, store, config.workers, config.explain,
-                                    progress and dist.is_main, config.perturb, rank_store, (dist.rank, dist.world))
-            stats[br.name] = st
-            for h, e in errs.items():
-                errors_by_hash.setdefault(h, {})[br.name] = e
-        if dist.enabled:
-            rank_store.close()  # type: ignore[union-attr]
-            _write_json(shard_dir / f"rank{dist.rank}.json",
-                        {"stats": {k: vars(v) for k, v in stats.items()}, "errors": errors_by_hash})
-            dist.barrier()
-            if not dist.is_main:
-                return RunResult(run_id, out, {}, stats, [], [])
-            stats, errors_by_hash = _gather_rank_reports(shard_dir, stats)
-            merge_shards(shard_dir, store)
-        fingerprints = {b.name: stats[b.name].fingerprint for b in branches}
-        resolved = config.model_dump(mode="json")
-        resolved.update(
-            run_id=run_id,
-            out=str(out),
-            store=str(store.path),
-            fingerprints=fingerprints,
-            checkpoints={b.name: b.config.checkpoint for b in branches if b.config.checkpoint},
-            branch_configs={b.name: b.config.model_dump(mode="json") for b in branches},
-            dataset={"root": dataset.root, "layout": dataset.layout, "n_records": len(records)},
-        )
-        table = build_score_table(records, hashes, store, fingerprints, errors_by_hash, unreadable)
-        metrics = fuse_and_report(table, fusion, out, resolved, store, run_id)
-        _write_json(out / RUN_INFO, {
-            "run_id": run_id,
-            "config": resolved,
-            "branches": {k: vars(v) for k, v in stats.items()},
-            "skipped": len(table["skipped"]),
-        })
-        store.add_run(run_id, "run", str(out), resolved, {"branches": {k: vars(v) for k, v in stats.items()}})
-        return RunResult(run_id, out, metrics, stats, table["skipped"], table["rows"])
-    finally:
-        store.close()
+    first = {h: i for i, h in reversed(list(enumerate(hashes))) if h is not None}  # identical files: scored once
+    fps = rr.fingerprints()
+    needs: dict[int, list[int]] = {}
+    reused = {}
+    for bi, (name, fp) in enumerate(fps.items()):
+        have = store.known(fp, first)
+        reused[name] = len(have)
+        for h, i in first.items():
+            if h not in have:
+                needs.setdefault(i, []).append(bi)
+    mine = sorted(needs)[rr.dist.rank :: rr.dist.world]
+    if rank_store is not None:
+        done = [rank_store.known(fp, [hashes[i] for i in mine]) for fp in fps.values()]
+        needs = {i: [bi for bi in needs[i] if hashes[i] not in done[bi]] for i in mine}
+    todo = [LoadItem(i, records[i].path, tuple(needs[i]), records[i].source) for i in mine if needs[i]]
+    if any(rr.branches[bi].bucket_by_size for it in todo for bi in it.needs):
+        todo.sort(key=lambda it: size_bucket(it.path, it.source))
+    return ScoringJob(records, hashes, unreadable, fps, reused, todo)
 
 
-def _gather_rank_reports(shard_dir: Path, mine: dict[str, BranchStats]) -> tuple[dict[str, BranchStats], dict]:
-    """Sum every rank's counts and collect every rank's per-image errors (rank 0 only)."""
-    total = {k: BranchStats(v.fingerprint, 0, v.reused, 0) for k, v in mine.items()}
+# ---------------------------------------------------------------------- score
+
+
+def score(job: ScoringJob, rr: ResolvedRun, target: ScoreStore,
+          progress: bool = True) -> tuple[dict[str, BranchStats], dict[str, dict[str, str]]]:
+    """Decode each image of ``job.todo`` once, score it with every branch that needs it, and store every
+    batch as soon as it is scored. Returns the counts and the per-image errors ({sha256: {branch: why}})."""
+    names = [b.name for b in rr.branches]
+    stats = {n: BranchStats(job.fingerprints[n], reused=job.reused[n]) for n in names}
     errors: dict[str, dict[str, str]] = {}
-    for rep in sorted(shard_dir.glob("rank*.json")):
-        data = json.loads(rep.read_text())
-        for name, st in data["stats"].items():
-            total[name].scored += st["scored"]
-            total[name].failed += st["failed"]
-        for h, errs in data["errors"].items():
-            errors.setdefault(h, {}).update(errs)
-        rep.unlink()
-    return total, errors
+    busy = sorted({bi for it in job.todo for bi in it.needs})
+    if not busy:
+        return stats, errors
+    scorers = {bi: BranchScorer(rr.branches[bi].ensure_loaded(), rr.config.explain) for bi in busy}
+
+    def commit(bi: int, results: list[Scored]) -> None:
+        name, rows = names[bi], []
+        for r in results:
+            h = job.hashes[r.key]  # type: ignore[index]
+            if r.error is None:
+                rows.append((h, r.score, r.explanation, None, r.logit))
+            else:
+                errors.setdefault(h, {})[name] = f"branch {name!r} failed: {r.error}"  # type: ignore[index]
+        stats[name].scored += len(rows)
+        stats[name].failed += len(results) - len(rows)
+        if rows:
+            target.put_scores(job.fingerprints[name], name, rows)
+
+    pin = any(str(rr.branches[bi].device).startswith("cuda") for bi in busy)
+    chunk = min(s.batch_size for s in scorers.values())
+    bar = _bar(len(job.todo), "score " + ",".join(names[bi] for bi in busy)) if progress else None
+    preprocess = [b.preprocess for b in rr.branches]
+    for loaded in load_images(job.todo, preprocess, chunk, rr.config.workers, pin, rr.perturb):
+        for key, inputs, errs in loaded:
+            for bi, why in errs.items():
+                who = FILE_ERROR if bi == UNREADABLE else names[bi]
+                errors.setdefault(job.hashes[key], {})[who] = why  # type: ignore[index]
+            for bi, x in inputs.items():
+                commit(bi, scorers[bi].add(key, x))
+        if bar is not None:
+            bar.update(len(loaded))
+    for bi, scorer in scorers.items():
+        commit(bi, scorer.flush())
+    if bar is not None:
+        bar.close()
+    return stats, errors
 
 
-def build_score_table(records, hashes, store: ScoreStore, fingerprints: dict[str, str],
-                      errors_by_hash: dict[str, dict[str, str]] | None = None,
-                      unreadable: Sequence[tuple[str, str]] = ()) -> dict:
-    """Rows of (record, per-branch score) for every image that at least one branch scored."""
-    errors_by_hash = errors_by_hash or {}
-    per_branch = {b: store.get_scores(fp, [h for h in hashes if h]) for b, fp in fingerprints.items()}
-    rows, skipped = [], list(unreadable)
-    for r, h in zip(records, hashes):
+def _bar(total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", dynamic_ncols=True, leave=False)
+
+
+# ---------------------------------------------------------------------- gather
+
+
+def gather_ranks(rr: ResolvedRun, stats: dict[str, BranchStats], errors: dict, store: ScoreStore) -> tuple[dict, dict] | None:
+    """Rank 0: every rank's counts summed, their errors joined, their shards merged; other ranks: None."""
+    shard_dir = rr.out / SHARDS
+    reports = gather_reports(shard_dir, rr.dist, {"stats": {k: vars(v) for k, v in stats.items()}, "errors": errors})
+    if reports is None:
+        return None
+    counts, joined = sum_reports(reports)
+    merge_shards(shard_dir, store)
+    return {k: BranchStats(v.fingerprint, counts[k]["scored"], v.reused, counts[k]["failed"]) for k, v in stats.items()}, joined
+
+
+def gather(job: ScoringJob, store: ScoreStore, errors: dict[str, dict[str, str]]) -> ScoreTable:
+    """Every readable image with every branch's valid stored score (NaN where a branch failed on it); files
+    that could not be read or decoded are skipped with their reason."""
+    known = [h for h in job.hashes if h]
+    stored = {b: store.get_scores(fp, known) for b, fp in job.fingerprints.items()}
+    scores = {b: {h: row[0] for h, row in got.items()} for b, got in stored.items()}
+    logits = {b: {h: row[3] for h, row in got.items()} for b, got in stored.items()}
+    keep, skipped = [], list(job.unreadable)
+    for r, h in zip(job.records, job.hashes):
         if h is None:
             continue
-        scores = {b: (per_branch[b].get(h, (None,))[0]) for b in fingerprints}
-        errs = errors_by_hash.get(h, {})
-        if all(s is None for s in scores.values()):
-            reason = "; ".join(sorted(set(errs.values()))) or "not scored"
-            skipped.append((r.path, reason))
-            continue
-        rows.append({
-            "path": r.path, "sha256": h, "label": r.label, "generator": r.generator, "subset": r.subset,
-            "scores": {b: (math.nan if s is None else float(s)) for b, s in scores.items()},
-            "error": "; ".join(f"{b}: {e}" for b, e in sorted(errs.items())) or None,
-        })
-    return {"rows": rows, "skipped": skipped, "branches": list(fingerprints)}
+        if FILE_ERROR in errors.get(h, {}) and all(scores[b].get(h) is None for b in scores):
+            skipped.append((r.path, errors[h][FILE_ERROR]))
+        else:
+            keep.append((r, h))
+    return ScoreTable.from_records([r for r, _ in keep], [h for _, h in keep], scores, errors, skipped, logits)
 
 
-def fuse_and_report(table: dict, fusion, out: Path, resolved: dict, store: ScoreStore | None, run_id: str) -> dict:
-    """Apply ``fusion`` to the score table and write predictions, metrics, config and skipped files."""
-    rows, names = table["rows"], table["branches"]
-    scores = {b: np.array([r["scores"][b] for r in rows], dtype=float) for b in names}
-    if getattr(fusion, "needs_fit", False) and not resolved.get("fusion_state"):
+# ---------------------------------------------------------------------- report
+
+
+def fuse(table: ScoreTable, fusion, state: dict | None = None) -> tuple[FusionOutput, dict]:
+    """The fused output over ``table`` and the metrics of the fused verdicts and of each branch alone.
+
+    A fused score and verdict are given only for images every branch scored; the fused metrics are
+    over those images, each branch's over the images it scored (``coverage`` says how many). With a
+    ``state`` (a fitted fusion), the images it was fitted on are left out of every metric.
+    """
+    fitted = _load_state(fusion, state, table.branches)
+    if fusion.needs_fit and fitted is None:
         raise AlignCoreError(
             f"fusion {fusion.name!r} must be fitted on labelled scores first; "
             "fit it on a calibration split (alignctl ablate) and pass its state, or choose a rule such as 'or'."
         )
-    if resolved.get("fusion_state"):
-        fusion.load_state_dict(resolved["fusion_state"])
-    fused = fusion.predict(scores) if rows else None
-    pred_rows = []
-    for k, r in enumerate(rows):
-        row = {"path": r["path"], "sha256": r["sha256"], "label": "" if r["label"] is None else r["label"],
-               "generator": r["generator"] or "", "subset": r["subset"] or ""}
-        for b in names:
-            s = r["scores"][b]
-            row[f"score_{b}"] = "" if math.isnan(s) else f"{s:.6f}"
-        fs = float(fused.score[k])
-        row["fused_score"] = "" if math.isnan(fs) else f"{fs:.6f}"
-        row["verdict"] = "fake" if fused.verdict[k] else "real"
-        row["error"] = r["error"] or ""
-        pred_rows.append(row)
-    _write_csv(out / PREDICTIONS, pred_rows, ["path", "sha256", "label", "generator", "subset",
-                                              *[f"score_{b}" for b in names], "fused_score", "verdict", "error"])
-    _write_csv(out / SKIPPED, [{"path": p, "reason": why} for p, why in table["skipped"]], ["path", "reason"])
-    metrics = compute_metrics(
-        [r["label"] for r in rows],
-        fused.score if fused is not None else [],
-        fused.verdict if fused is not None else [],
-        [r["generator"] for r in rows],
-        [r["subset"] for r in rows],
-    )
-    metrics["fusion"] = {"name": fusion.name, "config": fusion.config.model_dump(mode="json"), "state": fusion.state_dict()}
-    metrics["skipped"] = len(table["skipped"])
-    metrics["per_branch"] = {
-        b: compute_metrics([r["label"] for r in rows], scores[b], scores[b] >= 0.5)["overall"] for b in names
-    }
-    _write_json(out / METRICS, metrics)
-    _write_yaml(out / "config.yaml", resolved)
+    if fitted is not None:
+        fusion = fitted[0]
+    complete = table.complete()
+    if len(table):
+        fused = fusion.predict(table.scores)
+        fused = FusionOutput(np.where(complete, fused.score, np.nan), fused.verdict & complete)
+    else:
+        fused = FusionOutput(np.array([]), np.array([], dtype=bool))
+    fitted_on = set(fitted[1].fitted_on) if fitted is not None else set()
+    measured = np.array([h not in fitted_on for h in table.sha256], dtype=bool)
+    view = table.subset(measured) if fitted_on else table
+    f_score, f_verdict = (fused.score[measured], fused.verdict[measured]) if fitted_on else (fused.score, fused.verdict)
+    metrics = compute_metrics(view.labels, f_score, f_verdict, view.generators, view.subsets)
+    metrics["coverage"] = table.coverage()
+    metrics["fused_over"] = {"images": int(complete.sum()), "of": len(table),
+                             "rule": "images every branch scored (a missing score is never read as real)"}
+    if fitted_on:
+        metrics["fused_over"]["left_out_fitted"] = int((~measured).sum())
+    state_out = fusion.state_dict()
+    metrics["fusion"] = {"name": fusion.name, "config": fusion.config.model_dump(mode="json"), "state": state_out,
+                         "fingerprint": fusion.fingerprint()}
+    if fitted is not None:
+        metrics["fusion"]["fitted_on"] = {"images": len(fitted_on), "left_out_here": int((~measured).sum()),
+                                          **{k: v for k, v in fitted[1].info.items() if k in ("run_id", "dataset")}}
+    metrics["skipped"] = len(table.skipped)
+    metrics["per_branch"] = {b: compute_metrics(view.labels, s, s >= 0.5)["overall"] for b, s in view.scores.items()}
+    return fused, metrics
+
+
+def _load_state(fusion, state: dict | None, branches: list[str]) -> tuple[Any, FittedState] | None:
+    """(the fusion with the state applied, the parsed state), or None without a state."""
+    if not state:
+        return None
+    fitted = parse_state(state)
+    return apply_state(fusion, fitted, branches), fitted
+
+
+def write_run(out: Path, run_id: str, kind: str, table: ScoreTable, fusion, resolved: dict,
+              store: ScoreStore | None, summary: dict | None = None) -> dict:
+    """Fuse, publish the run folder, and record the run (and, unless a branch failed on some image and the
+    run does not allow that, its leaderboard row) in ``store``."""
+    fused, metrics = fuse(table, fusion, resolved.get("fusion_state"))
+    fusion_cfg = metrics["fusion"]
+    partial = bool(coverage_summary(metrics["coverage"]))
+    RunDir.write(out, run_id=run_id, kind=kind, table=table, fused=fused, metrics=metrics, config=resolved, summary=summary)
     if store is not None:
-        store.add_leaderboard_row(
-            run_id=run_id,
-            dataset=resolved.get("dataset_name") or Path(resolved["dataset"]["root"]).name,
-            branches=names,
-            fusion=fusion.name,
-            metrics=metrics,
-            checkpoints=resolved.get("checkpoints"),
-            fusion_config=fusion.config.model_dump(mode="json"),
-            suite=resolved.get("suite"),
-            perturb=resolved.get("perturb"),
-        )
+        store.add_run(run_id, kind, str(out), resolved, summary)
+        if not partial or resolved.get("allow_partial"):
+            leaderboard.add_row(
+                store, run_id=run_id, dataset=resolved.get("dataset_name") or Path(resolved["dataset"]["root"]).name,
+                branches=table.branches, fusion=fusion.name, metrics=metrics, checkpoints=resolved.get("checkpoints"),
+                fusion_config=fusion_cfg["config"], suite=resolved.get("suite"), perturb=resolved.get("perturb"),
+                fingerprints=resolved.get("fingerprints"), weights=resolved.get("weights"),
+                fusion_fingerprint=fusion_cfg["fingerprint"],
+            )
     return metrics
 
 
-def refuse(run_dir: str | Path, fusion_name: str, fusion_options: dict | None = None,
-           store_path: str | None = None, fusion_state: dict | None = None) -> tuple[Path, dict]:
-    """Re-fuse a finished run from its stored scores (no model is loaded); writes RUN/fusions/<name>/."""
-    run_dir = Path(run_dir)
-    info_path = run_dir / RUN_INFO
-    if not info_path.exists():
-        raise AlignCoreError(f"{run_dir} is not a finished run directory (no {RUN_INFO}).")
-    info = json.loads(info_path.read_text())
-    resolved = dict(info["config"])
-    fusion = get_registry().create("fusion", fusion_name, fusion_options or {})
-    rows = _read_csv(run_dir / PREDICTIONS)
-    records = [Record(r["path"], int(r["label"]) if r["label"] != "" else None, r["generator"] or None, r["subset"] or None)
-               for r in rows]
-    hashes = [r["sha256"] for r in rows]
-    store = ScoreStore(store_path or resolved.get("store"))
+def resolved_config(rr: ResolvedRun, store: ScoreStore, fingerprints: dict[str, str]) -> dict:
+    """The run's config as run: every setting, plus what was resolved (fingerprints, store, dataset)."""
+    resolved = rr.config.model_dump(mode="json")
+    resolved.update(
+        run_id=rr.run_id, out=str(rr.out), store=str(store.path), fingerprints=fingerprints,
+        weights={b.name: b.weights_provenance() for b in rr.branches},
+        checkpoints={b.name: b.config.checkpoint for b in rr.branches if b.config.checkpoint},
+        branch_configs={b.name: b.config.model_dump(mode="json") for b in rr.branches},
+        dataset={"root": rr.dataset.root, "layout": rr.dataset.layout, "n_records": len(rr.dataset.records)},
+    )
+    return resolved
+
+
+# ---------------------------------------------------------------------- entry points
+
+
+def run(config: RunConfig, progress: bool = True, log: Callable[[str], None] | None = None) -> RunResult:
+    """Score ``config.data`` with every branch, fuse, and write the run directory."""
+    rr = plan(config)
+    store = ScoreStore(config.store)
     try:
-        table = build_score_table(records, hashes, store, resolved["fingerprints"])
-        missing = len(records) - len(table["rows"])
-        if missing:
-            raise AlignCoreError(f"{missing} images of run {info['run_id']} have no stored scores in {store.path}; "
-                                 "re-run `alignctl run` with the same config to restore them.")
-        table["skipped"] = [(r["path"], r["reason"]) for r in _read_csv(run_dir / SKIPPED)] if (run_dir / SKIPPED).exists() else []
-        out = run_dir / "fusions" / fusion_name
-        out.mkdir(parents=True, exist_ok=True)
-        resolved.update(fusion=fusion_name, fusion_options=fusion_options or {}, fusion_state=fusion_state)
-        sub_id = f"{info['run_id']}+{fusion_name}"
-        metrics = fuse_and_report(table, fusion, out, resolved, store, sub_id)
-        store.add_run(sub_id, "fuse", str(out), resolved)
-        return out, metrics
+        rank_store = open_shard(rr.out / SHARDS, rr.dist, store) if rr.dist.enabled else None
+        job = plan_job(rr, store, rank_store)
+        if log and rr.dist.is_main:
+            for name, fp in job.fingerprints.items():
+                log(f"branch {name}: fingerprint {fp}")
+        stats, errors = score(job, rr, rank_store or store, progress and rr.dist.is_main)
+        if rank_store is not None:
+            rank_store.close()
+            gathered = gather_ranks(rr, stats, errors, store)
+            if gathered is None:
+                return RunResult(rr.run_id, rr.out, {}, stats, [], is_main=False)
+            stats, errors = gathered
+        table = gather(job, store, errors)
+        summary = {"branches": {k: vars(v) for k, v in stats.items()}}
+        metrics = write_run(rr.out, rr.run_id, "run", table, rr.fusion, resolved_config(rr, store, job.fingerprints),
+                            store, summary)
+        return RunResult(rr.run_id, rr.out, metrics, stats, table.skipped, table)
     finally:
         store.close()
 
 
-# ---------------------------------------------------------------------- small file helpers
-
-
-def _prepare_out_dir(out: Path) -> None:
+def refuse(run_dir: str | Path, fusion_name: str, fusion_options: dict | None = None,
+           store_path: str | None = None, fusion_state: dict | None = None,
+           allow_partial: bool | None = None, state_source: str | None = None) -> tuple[Path, dict]:
+    """Re-fuse a finished run from its recorded scores (no model is loaded); writes RUN/fusions/<name>/."""
+    rd = RunDir.open(run_dir)
+    fusion = get_registry().create("fusion", fusion_name, fusion_options or {})
+    if fusion_state:  # named after its file in every error
+        apply_state(fusion, parse_state(fusion_state, state_source or "the fusion state"),
+                    list(rd.config.get("fingerprints") or rd.config.get("branches") or []),
+                    state_source or "the fusion state")
+    resolved = dict(rd.config)
+    resolved.update(fusion=fusion_name, fusion_options=fusion_options or {}, fusion_state=fusion_state)
+    if allow_partial is not None:
+        resolved["allow_partial"] = allow_partial
+    out = rd.path / "fusions" / fusion_name
+    store = ScoreStore(store_path or resolved.get("store"))
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise AlignCoreError(f"cannot write to the run directory {out}: {exc.strerror or exc}. Choose another with --out.") from None
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass
-        raise AlignCoreError(
-            f"cannot write {path}: {exc.strerror or exc}. Free disk space or choose another --out; "
-            "the scores are already in the store, so a re-run only rewrites the reports."
-        ) from None
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    _atomic_write(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
-
-
-def _json_default(o):
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
-def _write_yaml(path: Path, obj: Any) -> None:
-    import yaml
-
-    _atomic_write(path, yaml.safe_dump(json.loads(json.dumps(obj, default=_json_default)), sort_keys=True))
-
-
-def _write_csv(path: Path, rows: list[dict], columns: list[str]) -> None:
-    import io
-
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    w.writeheader()
-    w.writerows(rows)
-    _atomic_write(path, buf.getvalue())
-
-
-def _read_csv(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        return out, write_run(out, f"{rd.run_id}+{fusion_name}", "fuse", rd.scores(), fusion, resolved, store)
+    finally:
+        store.close()

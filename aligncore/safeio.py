@@ -10,10 +10,12 @@ run any code the file names. So:
 - a peft adapter folder is checked the same way before peft touches it.
 
 Call :func:`load_state_dict` (files or folders), :func:`safe_torch_load` (a torch file that
-holds more than a flat state dict, e.g. a trainer state) or :func:`load_peft_adapter`; write
-checkpoints with :func:`save_state_dict` (atomic, so a kill never leaves a torn file).
-Never call ``torch.load`` / ``pickle.load`` directly (``tests/test_safeio.py`` greps for it),
-and never pass ``trust_remote_code=True`` to Hugging Face loaders by default.
+holds more than a flat state dict, e.g. a trainer state), :func:`load_numpy_arrays` (numpy
+weights) or :func:`load_peft_adapter`; write checkpoints with :func:`save_state_dict` /
+:func:`save_numpy_arrays` (atomic, so a kill never leaves a torn file). ``torch.load``,
+safetensors loading and ``pickle`` appear in this module only (``tests/test_safeio.py`` and
+``tests/test_model_shape.py`` check), and ``trust_remote_code=True`` is never passed to Hugging
+Face loaders by default.
 """
 
 from __future__ import annotations
@@ -139,6 +141,20 @@ def load_state_dict(path: str | Path, map_location: str = "cpu") -> dict[str, An
     return obj
 
 
+def load_numpy_arrays(path: str | Path) -> dict[str, Any]:
+    """numpy arrays from a ``.safetensors`` file (weights of numpy-scored models)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise AlignCoreError(f"checkpoint file {p} does not exist.")
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(p))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AlignCoreError(f"checkpoint {p} is not a readable safetensors file: {exc}") from None
+
+
 def check_adapter_dir(folder: str | Path) -> Path:
     """Check a peft adapter folder before peft reads it; returns its weights file."""
     d = Path(folder)
@@ -164,16 +180,28 @@ def save_state_dict(state_dict: dict[str, Any], path: str | Path, metadata: dict
 
     Trainers should save every checkpoint through this, so a resumed run never meets a torn file.
     """
-    import os
-
     from safetensors.torch import save_file
 
-    p = Path(path)
+    tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
+    return _atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+
+def save_numpy_arrays(arrays: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> Path:
+    """Write numpy arrays as safetensors atomically (see :func:`save_state_dict`)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    data = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    return _atomic_write(Path(path), lambda tmp: save_file(data, str(tmp), metadata=metadata))
+
+
+def _atomic_write(p: Path, write) -> Path:
+    import os
+
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     try:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in state_dict.items()}
-        save_file(tensors, str(tmp), metadata=metadata)
+        write(tmp)
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, p)

@@ -1,9 +1,16 @@
-"""The score store: one SQLite file (WAL mode) shared by runs, re-fusions and leaderboards.
+"""The score store: one SQLite file (WAL mode) holding scores and runs (and the leaderboard's table,
+whose schema and rows belong to :mod:`aligncore.leaderboard`).
 
 Scores are keyed by (image content sha256, branch fingerprint), so a re-run, a
 re-fusion or a resumed run scores only what is missing, whatever the file is called.
 Several processes may write at once: every write is a short transaction and waits on
 a busy timeout instead of failing.
+
+A store is a file anyone may have handed over, so nothing read from it is trusted: a stored
+score that is not a finite number in [0, 1] (or a row without one) counts as missing and is
+scored again, replacing the bad row; and a store whose schema holds what aligncore never
+creates (triggers, views, other definitions of its tables) is refused when opened, since a
+planted trigger could change what is written (``PRAGMA trusted_schema`` is off as well).
 """
 
 from __future__ import annotations
@@ -17,7 +24,6 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 from .errors import AlignCoreError
-from .hashing import sha256_file  # noqa: F401  (re-exported: callers import it from here)
 
 STORE_ENV = "ALIGNCORE_STORE"
 HOME_ENV = "ALIGNCORE_HOME"
@@ -31,6 +37,7 @@ CREATE TABLE IF NOT EXISTS scores (
     explanation TEXT,
     error       TEXT,
     created     REAL NOT NULL,
+    logit       REAL,
     PRIMARY KEY (sha256, fingerprint)
 );
 CREATE TABLE IF NOT EXISTS runs (
@@ -41,33 +48,29 @@ CREATE TABLE IF NOT EXISTS runs (
     config   TEXT NOT NULL,
     summary  TEXT
 );
-CREATE TABLE IF NOT EXISTS leaderboard (
-    id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    run_id      TEXT NOT NULL,
-    created     REAL NOT NULL,
-    suite       TEXT,
-    dataset     TEXT NOT NULL,
-    branches    TEXT NOT NULL,
-    checkpoints TEXT,
-    fusion      TEXT NOT NULL,
-    fusion_config TEXT,
-    perturb     TEXT,
-    n_images    INTEGER,
-    accuracy    REAL,
-    real_accuracy REAL,
-    fake_accuracy REAL,
-    balanced_accuracy REAL,
-    ap          REAL,
-    auc         REAL,
-    tpr_at_1fpr REAL,
-    tpr_at_5fpr REAL,
-    metrics     TEXT
-);
 """
 
-LEADERBOARD_METRICS = (
-    "accuracy", "real_accuracy", "fake_accuracy", "balanced_accuracy", "ap", "auc", "tpr_at_1fpr", "tpr_at_5fpr",
-)
+
+#: columns of the tables this module owns: (name, declared type, not null, primary-key position)
+COLUMNS = {
+    "scores": [("sha256", "TEXT", 1, 1), ("fingerprint", "TEXT", 1, 2), ("branch", "TEXT", 1, 0), ("score", "REAL", 0, 0),
+               ("explanation", "TEXT", 0, 0), ("error", "TEXT", 0, 0), ("created", "REAL", 1, 0), ("logit", "REAL", 0, 0)],
+    "runs": [("run_id", "TEXT", 0, 1), ("created", "REAL", 1, 0), ("kind", "TEXT", 1, 0), ("out_dir", "TEXT", 0, 0),
+             ("config", "TEXT", 1, 0), ("summary", "TEXT", 0, 0)],
+}
+#: columns added after the first release (ALTER TABLE ... ADD COLUMN on older stores)
+ADDED_COLUMNS = {"scores": [("logit", "REAL")]}
+#: a stored score is valid when this holds (NULL, text, inf and values outside [0, 1] are not)
+VALID_SCORE_SQL = "(typeof(score) IN ('real', 'integer') AND score >= 0 AND score <= 1)"
+#: words a table definition of aligncore never holds; a definition with one was not written by aligncore
+FOREIGN_SQL = ("CHECK", "GENERATED", "REFERENCES", "COLLATE", "ON CONFLICT", " AS ", "DEFAULT")
+
+
+def valid_score(value) -> bool:
+    """A stored score aligncore may use: a finite number in [0, 1]."""
+    import math
+
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value <= 1
 
 
 def default_store_path() -> Path:
@@ -84,6 +87,7 @@ class ScoreStore:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False)
             self.conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            self.conn.execute("PRAGMA trusted_schema = OFF")  # no function in a planted schema runs
             self._setup(timeout)
         except (sqlite3.Error, OSError) as exc:
             raise AlignCoreError(
@@ -100,15 +104,60 @@ class ScoreStore:
             try:
                 self.conn.execute("PRAGMA journal_mode = WAL")
                 self.conn.execute("PRAGMA synchronous = NORMAL")
-                with self.transaction():
-                    for stmt in _statements(SCHEMA):
-                        self.conn.execute(stmt)
+                self.ensure_schema(SCHEMA)
+                self._add_columns()
+                self.check_schema()
                 return
             except (sqlite3.OperationalError, AlignCoreError) as exc:
                 if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() > deadline:
                     raise
                 time.sleep(delay)
                 delay = min(delay * 2, 0.5)
+
+    def _add_columns(self) -> None:
+        """Add the columns a store written by an earlier release lacks (a read-only store reads without them)."""
+        for table, cols in ADDED_COLUMNS.items():
+            for name, typ in cols:
+                if name in self._columns(table):
+                    continue
+                try:
+                    with self.transaction() as c:
+                        if name not in {r[1] for r in c.execute(f"PRAGMA table_info({table})")}:
+                            c.execute(f"ALTER TABLE {table} ADD COLUMN {name} {typ}")
+                except AlignCoreError:
+                    pass
+
+    def _columns(self, table: str) -> set[str]:
+        return {r[1] for r in self.conn.execute(f"PRAGMA table_info({table})")}
+
+    def check_schema(self, extra_tables: dict[str, list[tuple]] | None = None) -> None:
+        """Refuse a store holding triggers or views, or a table of aligncore's defined otherwise than
+        aligncore defines it (``extra_tables``: other modules' tables, e.g. the leaderboard's, as
+        {name: [(column, type, notnull, pk), ...]} where extra columns are allowed only if listed)."""
+        tables = {**COLUMNS, **(extra_tables or {})}
+        where = f"the score store {self.path}"
+        for typ, name, sql in self.conn.execute("SELECT type, name, sql FROM sqlite_master"):
+            if typ in ("trigger", "view"):
+                raise AlignCoreError(
+                    f"{where} holds a {typ} {name!r} that aligncore never creates; a planted {typ} could change what "
+                    f"is written or read, so the store is refused. Inspect it (sqlite3 {self.path} .schema), or use "
+                    f"another store (--store or {STORE_ENV}).")
+            if typ == "table" and name in tables:
+                self._check_table(name, sql or "", tables[name], where)
+
+    def _check_table(self, name: str, sql: str, want: list[tuple], where: str) -> None:
+        cols = [(r[1], str(r[2]).upper(), int(r[3]), int(r[5]), int(r[6])) for r in
+                self.conn.execute(f"PRAGMA table_xinfo({name})")]
+        expected = {c[0]: c for c in want}
+        body = " ".join(sql.upper().split())
+        bad = [w.strip() for w in FOREIGN_SQL if w in body]
+        wrong = [c[0] for c in cols if c[0] not in expected or c[4] != 0 or expected[c[0]][1:] != c[1:4]]
+        missing = sorted(set(expected) - {c[0] for c in cols} - {c for c, *_ in _optional(name)})
+        if bad or wrong or missing:
+            what = (f"columns {wrong} differ from aligncore's" if wrong else f"columns {missing} are missing" if missing
+                    else f"its definition uses {', '.join(bad)}")
+            raise AlignCoreError(f"{where}: table {name!r} is not the table aligncore creates ({what}); the store is "
+                                 f"refused. Use another store (--store or {STORE_ENV}).")
 
     def close(self) -> None:
         self.conn.close()
@@ -144,38 +193,53 @@ class ScoreStore:
 
     # ------------------------------------------------------------------ scores
     def known(self, fingerprint: str, hashes: Iterable[str]) -> set[str]:
-        """The subset of ``hashes`` that already have a score (or a recorded error) for ``fingerprint``."""
+        """The subset of ``hashes`` that already have a valid score for ``fingerprint`` (anything else is
+        scored again)."""
         hs = list(dict.fromkeys(hashes))
         found: set[str] = set()
         for i in range(0, len(hs), 900):
             chunk = hs[i : i + 900]
-            q = f"SELECT sha256 FROM scores WHERE fingerprint = ? AND sha256 IN ({','.join('?' * len(chunk))})"
+            q = (f"SELECT sha256 FROM scores WHERE fingerprint = ? AND {VALID_SCORE_SQL} "
+                 f"AND sha256 IN ({','.join('?' * len(chunk))})")
             found.update(r[0] for r in self.conn.execute(q, [fingerprint, *chunk]))
         return found
 
     def put_scores(self, fingerprint: str, branch: str, rows: Iterable[tuple]) -> int:
-        """Insert ``(sha256, score, explanation, error)`` rows; an existing key is kept (first writer wins)."""
+        """Insert ``(sha256, score, explanation, error, logit)`` rows (the last three optional). An existing
+        valid score is kept (first writer wins); an invalid stored row is replaced. Rows whose score is not
+        valid are not written."""
         now = time.time()
-        data = [(r[0], fingerprint, branch, r[1], r[2] if len(r) > 2 else None, r[3] if len(r) > 3 else None, now) for r in rows]
+        data = [(r[0], fingerprint, branch, r[1], r[2] if len(r) > 2 else None, r[3] if len(r) > 3 else None, now,
+                 _finite_or_none(r[4]) if len(r) > 4 else None) for r in rows if valid_score(r[1])]
+        if not data:
+            return 0
         with self.transaction() as c:
             cur = c.executemany(
-                "INSERT OR IGNORE INTO scores (sha256, fingerprint, branch, score, explanation, error, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO scores (sha256, fingerprint, branch, score, explanation, error, created, logit) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (sha256, fingerprint) DO UPDATE SET "
+                "branch = excluded.branch, score = excluded.score, explanation = excluded.explanation, "
+                "error = excluded.error, created = excluded.created, logit = excluded.logit "
+                f"WHERE NOT {VALID_SCORE_SQL.replace('score', 'scores.score')}",
                 data,
             )
         return cur.rowcount
 
-    def get_scores(self, fingerprint: str, hashes: Iterable[str]) -> dict[str, tuple[float | None, str | None, str | None]]:
+    def get_scores(self, fingerprint: str, hashes: Iterable[str]) -> dict[str, tuple]:
+        """{sha256: (score, explanation, error, logit)} for the hashes with a valid stored score; a row whose
+        score is not a finite number in [0, 1] is left out (so it is scored again), a non-finite logit is None."""
         hs = list(dict.fromkeys(hashes))
         out: dict[str, tuple] = {}
+        logit_col = "logit" if "logit" in self._columns("scores") else "NULL"  # a read-only store from before it
         for i in range(0, len(hs), 900):
             chunk = hs[i : i + 900]
             q = (
-                "SELECT sha256, score, explanation, error FROM scores WHERE fingerprint = ? "
+                f"SELECT sha256, score, explanation, error, {logit_col} FROM scores WHERE fingerprint = ? "
                 f"AND sha256 IN ({','.join('?' * len(chunk))})"
             )
-            for sha, score, expl, err in self.conn.execute(q, [fingerprint, *chunk]):
-                out[sha] = (score, expl, err)
+            for sha, score, expl, err, logit in self.conn.execute(q, [fingerprint, *chunk]):
+                if valid_score(score):
+                    out[sha] = (float(score), expl if isinstance(expl, str) else None,
+                                err if isinstance(err, str) else None, _finite_or_none(logit))
         return out
 
     def count(self, fingerprint: str | None = None) -> int:
@@ -183,7 +247,7 @@ class ScoreStore:
             return self.conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
         return self.conn.execute("SELECT COUNT(*) FROM scores WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
 
-    # ------------------------------------------------------------------ runs and leaderboard
+    # ------------------------------------------------------------------ runs
     def add_run(self, run_id: str, kind: str, out_dir: str | None, config: dict, summary: dict | None = None) -> None:
         with self.transaction() as c:
             c.execute(
@@ -192,36 +256,26 @@ class ScoreStore:
                  json.dumps(summary or {}, sort_keys=True, default=str)),
             )
 
-    def get_run(self, run_id: str) -> dict | None:
-        row = self.conn.execute("SELECT run_id, created, kind, out_dir, config, summary FROM runs WHERE run_id = ?", (run_id,)).fetchone()
-        if row is None:
-            return None
-        return {"run_id": row[0], "created": row[1], "kind": row[2], "out_dir": row[3],
-                "config": json.loads(row[4]), "summary": json.loads(row[5] or "{}")}
-
-    def add_leaderboard_row(self, *, run_id: str, dataset: str, branches: list[str], fusion: str, metrics: dict,
-                            checkpoints: dict | None = None, fusion_config: dict | None = None,
-                            suite: str | None = None, perturb: str | None = None) -> None:
-        overall = metrics.get("overall", metrics)
-        vals = [overall.get(k) for k in LEADERBOARD_METRICS]
+    # ------------------------------------------------------------------ tables of other modules
+    def ensure_schema(self, script: str) -> None:
+        """Run ``CREATE ... IF NOT EXISTS`` statements in one transaction (the leaderboard keeps its own table)."""
         with self.transaction() as c:
-            c.execute(
-                "INSERT INTO leaderboard (run_id, created, suite, dataset, branches, checkpoints, fusion, fusion_config, "
-                "perturb, n_images, " + ", ".join(LEADERBOARD_METRICS) + ", metrics) VALUES (" + ", ".join("?" * 19) + ")",
-                (run_id, time.time(), suite, dataset, ",".join(branches), json.dumps(checkpoints or {}, sort_keys=True),
-                 fusion, json.dumps(fusion_config or {}, sort_keys=True), perturb, overall.get("n"), *vals,
-                 json.dumps(metrics, sort_keys=True, default=str)),
-            )
+            for stmt in _statements(script):
+                c.execute(stmt)
 
-    def leaderboard_rows(self, suite: str | None = None) -> list[dict]:
-        q = "SELECT * FROM leaderboard"
-        args: tuple = ()
-        if suite is not None:
-            q += " WHERE suite = ?"
-            args = (suite,)
-        cur = self.conn.execute(q + " ORDER BY id", args)
-        cols = [d[0] for d in cur.description]
-        return [dict(zip(cols, r)) for r in cur.fetchall()]
+    def has_table(self, name: str) -> bool:
+        return self.conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone() is not None
+
+
+def _finite_or_none(v) -> float | None:
+    import math
+
+    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
+
+
+def _optional(table: str) -> list[tuple]:
+    """Columns a store written before they were added may lack."""
+    return ADDED_COLUMNS.get(table, [])
 
 
 def _statements(script: str) -> list[str]:

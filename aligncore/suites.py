@@ -1,6 +1,9 @@
-"""Benchmark suites: named collections of datasets (``benchmarks/suites/*.yaml``).
+"""Benchmark suites: named collections of datasets.
 
-A suite file says, for each dataset, where it lies below a root folder, its layout, its
+Suites ship inside the package (``aligncore/resources/suites/*.yaml``, read through
+``importlib.resources``, so an installed wheel has them); folders named in
+``$ALIGNCORE_SUITES_DIR`` (several joined with the path separator) add suites and take
+precedence over a shipped suite of the same name. A suite file says, for each dataset, where it lies below a root folder, its layout, its
 subsets and how to obtain it. ``alignctl bench SUITE --root DIR`` scores every dataset
 that is present and prints one skip line for each one that is not. The root is, in order:
 ``--root``, the environment variable the suite names in ``root_env``, ``$ALIGNCORE_BENCH_ROOT``.
@@ -45,14 +48,15 @@ class Suite(BaseModel):
 
 
 def suites_dirs() -> list[Path]:
-    dirs = []
-    if os.environ.get(SUITES_DIR_ENV):
-        dirs.append(Path(os.environ[SUITES_DIR_ENV]).expanduser())
-    dirs.append(Path(__file__).resolve().parents[1] / "benchmarks" / "suites")
-    return [d for d in dirs if d.is_dir()]
+    """Folders searched for ``*.yaml`` suites, first match wins: ``$ALIGNCORE_SUITES_DIR``'s, then the shipped one."""
+    from .resources import resource_dir
+
+    extra = [Path(d).expanduser() for d in os.environ.get(SUITES_DIR_ENV, "").split(os.pathsep) if d.strip()]
+    return [d for d in [*extra, resource_dir("suites")] if d.is_dir()]
 
 
 def list_suites() -> list[Path]:
+    """One file per suite name (the first found in :func:`suites_dirs`' order)."""
     seen: dict[str, Path] = {}
     for d in suites_dirs():
         for p in sorted(d.glob("*.yaml")):

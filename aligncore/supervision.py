@@ -84,6 +84,36 @@ class SupervisionBuilder(Component):
         """Extra provenance recorded in ``provenance.json`` (model ids, digests)."""
         return {}
 
+    def finalize(self, rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+        """Called once ``manifest.csv`` is written, with every row in manifest order: write side files
+        (e.g. a second manifest), compute set statistics; the returned entries go into ``provenance.json``."""
+        return {}
+
+    # ---------------------------------------------------------------- writing images
+    _out_dir: Path | None = None  # the folder being built (set by :meth:`build`)
+
+    def encoding(self) -> dict[str, Any]:
+        """The file format both classes are written in (manifest/provenance columns)."""
+        fmt = self.config.format
+        return {"format": fmt, "quality": self.config.jpeg_quality if fmt == "jpeg" else None}
+
+    def write_image(self, img: Any, rel: str) -> dict[str, Any]:
+        """Write one image of either class (PIL image or uint8 H×W×3 array) as ``rel`` plus the set's
+        extension, with the set's format and the one fixed encoder setting; returns ``{"path": ...}``
+        for the manifest row. Atomic, so a killed build never leaves a torn file."""
+        from .data.codec import FORMATS, save_image
+
+        if self._out_dir is None:
+            raise AlignCoreError(f"builder {self.name!r}: write_image is only available while build() runs.")
+        path = f"{rel}.{FORMATS[self.config.format]}"
+        save_image(img, self._out_dir / path, self.config.format, self.config.jpeg_quality)
+        return {"path": path}
+
+    def limited(self, items: list[WorkItem], n: int) -> list[WorkItem]:
+        """The items ``limit=n`` keeps: the first ``n`` in sorted order. A builder whose plan mixes classes
+        overrides this so that a limit keeps them balanced instead of taking one class first."""
+        return items[:n]
+
     # ---------------------------------------------------------------- template
     def build(
         self,
@@ -100,48 +130,60 @@ class SupervisionBuilder(Component):
         srcs = [Path(s) for s in sources]
         items = self.plan(srcs)
         if self.config.limit:
-            items = items[: self.config.limit]
+            items = self.limited(items, self.config.limit)
         keys = [it.key for it in items]
         if len(set(keys)) != len(keys):
             raise ValueError(f"builder {self.name!r} planned duplicate item keys")
-        journal = out / JOURNAL_NAME
-        done = read_journal(journal)
-        todo = [it for it in items if it.key not in done]
-        if todo:
-            self.setup()
-            bar = _progress_bar(len(items), len(items) - len(todo), f"build {self.name}") if progress is True else None
-            _end_torn_line(journal)
-            step = max(1, int(self.batch_items()))
-            with open(journal, "a", encoding="utf-8") as jf:
-                for start in range(0, len(todo), step):
-                    chunk = todo[start : start + step]
-                    results = self.process_batch(chunk, out)
-                    if len(results) != len(chunk):
-                        raise ValueError(f"builder {self.name!r}: process_batch returned {len(results)} results for {len(chunk)} items")
-                    for it, rows in zip(chunk, results):
-                        jf.write(json.dumps({"key": it.key, "rows": rows}, sort_keys=True) + "\n")
-                        done[it.key] = rows
-                    jf.flush()
-                    os.fsync(jf.fileno())
-                    if bar is not None:
-                        bar.update(len(chunk))
-                    elif callable(progress):
-                        progress(len(items) - len(todo) + start + len(chunk), len(items))
-            if bar is not None:
-                bar.close()
+        self._out_dir = out
+        try:
+            done = self._process_missing(items, out, progress)
+        finally:
+            self._out_dir = None
         rows = [r for k in sorted(keys) for r in done[k]]
         manifest = out / MANIFEST_NAME
         write_manifest(manifest, rows)
         prov = {
             "builder": self.name,
             "config": self.config.model_dump(mode="json"),
+            "encoding": self.encoding(),
             "sources": [str(s) for s in srcs],
             "items": len(items),
             "rows": len(rows),
             **self.provenance(),
+            **self.finalize(rows, out),
         }
         (out / PROVENANCE_NAME).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
         return manifest
+
+    def _process_missing(self, items: list[WorkItem], out: Path, progress) -> dict[str, list[dict]]:
+        """Process the items the journal does not hold yet, journalling each batch (fsync) as it finishes."""
+        journal = out / JOURNAL_NAME
+        done = read_journal(journal)
+        todo = [it for it in items if it.key not in done]
+        if not todo:
+            return done
+        self.setup()
+        bar = _progress_bar(len(items), len(items) - len(todo), f"build {self.name}") if progress is True else None
+        _end_torn_line(journal)
+        step = max(1, int(self.batch_items()))
+        with open(journal, "a", encoding="utf-8") as jf:
+            for start in range(0, len(todo), step):
+                chunk = todo[start : start + step]
+                results = self.process_batch(chunk, out)
+                if len(results) != len(chunk):
+                    raise ValueError(f"builder {self.name!r}: process_batch returned {len(results)} results for {len(chunk)} items")
+                for it, rows in zip(chunk, results):
+                    jf.write(json.dumps({"key": it.key, "rows": rows}, sort_keys=True) + "\n")
+                    done[it.key] = rows
+                jf.flush()
+                os.fsync(jf.fileno())
+                if bar is not None:
+                    bar.update(len(chunk))
+                elif callable(progress):
+                    progress(len(items) - len(todo) + start + len(chunk), len(items))
+        if bar is not None:
+            bar.close()
+        return done
 
 
 def read_journal(path: Path) -> dict[str, list[dict]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,14 +33,14 @@ class FakeBranchConfig(BranchConfig):
 class FakeBranch(Branch):
     """Deterministic scores from image statistics (no model): for tests and plumbing checks."""
 
-    name = "fake"
+    name = "stats-example"
     help = "No model: a logistic function of an image statistic (tests, plumbing checks)."
     config_class = FakeBranchConfig
     nonscoring_fields = Branch.nonscoring_fields | {"delay_s"}
     config: FakeBranchConfig
 
     def preprocess(self, image) -> np.ndarray:
-        arr = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+        arr = np.asarray(image if image.mode == "RGB" else image.convert("RGB"), dtype=np.float32) / 255.0
         gray = arr.mean(axis=2)
         if gray.shape[0] > 1 and gray.shape[1] > 1:
             residual = float(np.abs(np.diff(gray, axis=0)).mean() + np.abs(np.diff(gray, axis=1)).mean())
@@ -115,7 +114,7 @@ class FakePairBuilderConfig(BuilderConfig):
 class FakePairBuilder(SupervisionBuilder):
     """No model: pairs each real image with a smoothed, seeded-noise copy (tests, plumbing checks)."""
 
-    name = "fake-pairs"
+    name = "pairs-example"
     help = "No model: real crop + smoothed copy with seeded noise, per source image (tests, plumbing checks)."
     config_class = FakePairBuilderConfig
     config: FakePairBuilderConfig
@@ -149,24 +148,12 @@ class FakePairBuilder(SupervisionBuilder):
         smooth = np.asarray(real.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.float64)
         fake = Image.fromarray(np.clip(smooth + rng.normal(0, self.config.noise, smooth.shape), 0, 255).astype(np.uint8))
         stem = hashlib.sha256(item.key.encode()).hexdigest()[:16]
-        ext = "png" if self.config.format == "png" else "jpg"
         rows = []
         for label, im, sub in ((0, real, "real"), (1, fake, "fake")):
-            rel = f"{sub}/{stem}.{ext}"
-            _save_atomic(im, out_dir / rel, self.config.format, self.config.jpeg_quality)
-            rows.append({"path": rel, "label": label, "generator": None if label == 0 else self.name,
-                         "subset": None, "source": item.key, "noise_seed": item_seed(self.config.seed, item.key)})
+            rows.append({**self.write_image(im, f"{sub}/{stem}"), "label": label,
+                         "generator": None if label == 0 else self.name, "subset": None, "source": item.key,
+                         "noise_seed": item_seed(self.config.seed, item.key)})
         return rows
-
-
-def _save_atomic(img, path: Path, fmt: str, quality: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if fmt == "png":
-        img.save(tmp, format="PNG")
-    else:
-        img.save(tmp, format="JPEG", quality=quality)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------- test-defined plugins

@@ -19,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 
-from aligncore.fuzz import FUZZ_MAX_PIXELS, MAX_SECONDS, SLACK_SECONDS, FuzzFailure, check_input, mutate, seed_images
-
 HERE = Path(__file__).resolve().parent
-TRICKY = HERE.parent / "tests" / "fixtures" / "tricky"
+TESTS = HERE.parent / "tests"
+TRICKY = TESTS / "fixtures" / "tricky"
+sys.path.insert(0, str(TESTS))  # the fuzzing helpers are the suite's (tests/fuzzing.py); the package ships none
+
+from fuzzing import FUZZ_MAX_PIXELS, MAX_SECONDS, SLACK_SECONDS, FuzzFailure, check_input, mutate, seed_images  # noqa: E402
 
 
 def bases(shared: Path | None, n_real: int) -> dict[str, bytes]:

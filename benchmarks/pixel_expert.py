@@ -138,6 +138,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     from aligncore import create_branch
+    from aligncore.train import train_branch
     from aligncore.train.pixel_data import load_training_set, split_by_group
     from aligncore.train.pixel_trainer import read_metrics
 
@@ -170,9 +171,8 @@ def main() -> None:
             log(f"{name}: reusing finished result")
             continue
         t0 = time.monotonic()
-        br = create_branch(spec["branch"], **spec["opts"])
         log(f"{name}: training ({spec['train']})")
-        ckpt = br.train(train, out, dict(spec["train"]))
+        ckpt = train_branch(spec["branch"], train, out, branch_options=spec["opts"], train_options=dict(spec["train"])).checkpoint
         train_s = time.monotonic() - t0
         hist = read_metrics(out)
         scorer = create_branch(spec["branch"], checkpoint=str(ckpt), **{k: v for k, v in spec["opts"].items() if k in ("device", "inference_crops")})

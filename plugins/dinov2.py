@@ -7,18 +7,24 @@ than the window are padded by reflection (``pad_mode``). Pretrained weights come
 a local file (``weights``) or the Hugging Face cache; nothing is downloaded unless
 ``allow_download``. ``preset="tiny"`` builds a 2-block DINOv2-architecture ViT offline.
 Torch, timm and peft are imported only when the model is built (``dinov2_model``).
+Training uses the shared pixel trainer with :class:`DINOv2TrainConfig` (lr 1e-4, and the
+``from_scratch`` switch: every weight trained from a random start, no LoRA).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 
 from aligncore import hookimpl
 from aligncore.errors import AlignCoreError
 from aligncore.pixel import NeuralPixelBranch, PixelBranchConfig
+from aligncore.safeio import load_state_dict, save_state_dict
+from aligncore.torchutil import seeded
+from aligncore.train.pixel_config import PixelTrainConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINOv2's (timm's IMAGENET_DEFAULT_MEAN/STD)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -39,6 +45,14 @@ class DINOv2Config(PixelBranchConfig):
     from_scratch: bool = Field(False, description="Random initialisation, every weight trained and saved (no pretrained weights; no LoRA).")
 
 
+class DINOv2TrainConfig(PixelTrainConfig):
+    branch_fields: ClassVar[tuple[str, ...]] = PixelTrainConfig.branch_fields + ("from_scratch",)
+
+    lr: float = Field(1e-4, gt=0, description="AdamW learning rate (LoRA + head; use ~3e-4 from scratch).")
+    from_scratch: bool = Field(False, description="Train every weight from a random initialisation: no pretrained "
+                               "weights needed, no LoRA (recorded in the checkpoint).")
+
+
 class DINOv2Branch(NeuralPixelBranch):
     """DINOv2 ViT (timm) + LoRA + linear head on native-resolution windows."""
 
@@ -47,18 +61,54 @@ class DINOv2Branch(NeuralPixelBranch):
     config_class = DINOv2Config
     architecture_fields = ("crop_size", "crop_align", "model", "preset", "lora_r", "lora_alpha", "from_scratch")
     nonscoring_fields = NeuralPixelBranch.nonscoring_fields | {"allow_download", "lora_dropout"}
+    #: tiny: a 2-block ViT on two 14-pixel patches a side, random weights
+    presets = {"tiny": {"crop_size": 28, "weights": "random"}}
+    train_config_class = DINOv2TrainConfig
+    score_libraries = NeuralPixelBranch.score_libraries + ("timm", "peft")
     config: DINOv2Config
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
-        if self.config.preset == "tiny" and "crop_size" not in self.config.model_fields_set:
-            self.config.crop_size = 28  # two 14-pixel patches a side
         if self.config.crop_size % 14:
             raise AlignCoreError(f"dinov2 crop_size must be a multiple of the 14-pixel patch, got {self.config.crop_size}.")
 
     @property
     def tiny(self) -> bool:
         return self.config.preset == "tiny"
+
+    @property
+    def random_weights(self) -> bool:
+        return super().random_weights or (not self.config.checkpoint and self.config.from_scratch)
+
+    def untrained(self) -> str | None:
+        problem = super().untrained()
+        if problem and not self.config.from_scratch:
+            problem += (" Without a checkpoint its classification head is untrained (the pretrained backbone alone "
+                        "gives no verdict).")
+        elif problem:
+            problem += " from_scratch=true without a checkpoint is a random model."
+        return problem
+
+    def base_weights_identity(self) -> str:
+        """The pretrained backbone a LoRA checkpoint builds on: its Hub revision or its file's digest."""
+        from aligncore.identity import weights_identity
+
+        from . import dinov2_model as dm
+
+        c = self.config
+        if self.tiny or c.from_scratch:
+            return ""
+        return weights_identity(dm.pretrained_file(c.model, c.weights, c.allow_download))
+
+    def pretrained_provenance(self) -> str:
+        from aligncore.hashing import sha256_file
+        from aligncore.hub import snapshot_revision
+
+        from . import dinov2_model as dm
+
+        c = self.config
+        f = dm.pretrained_file(c.model, c.weights, c.allow_download)
+        return f"pretrained:{dm.hub_id_for(c.model)}@{snapshot_revision(f) or sha256_file(f)[:16]}"
 
     def build_model(self, for_training: bool = False, gradient_checkpointing: bool = False, pretrained: bool = True) -> None:
         import torch
@@ -67,13 +117,13 @@ class DINOv2Branch(NeuralPixelBranch):
 
         c = self.config
         full_weights = c.from_scratch  # a from-scratch checkpoint holds every weight
-        pretrained_file = None
+        weights_file = None
         if pretrained and not self.tiny and not c.from_scratch:
-            pretrained_file = dm.find_pretrained_file(c.model, c.weights, c.allow_download)
-        with torch.random.fork_rng(devices=[]):
-            if not for_training:
-                torch.manual_seed(0)  # a tiny / untrained model scores the same in every process
-            backbone = dm.build_backbone(c.model, c.crop_size, self.tiny, pretrained_file)
+            weights_file = dm.pretrained_file(c.model, c.weights, c.allow_download)
+        # for training, initialisation follows the trainer's seed; otherwise a fixed one, so a tiny /
+        # untrained model scores the same in every process
+        with seeded(0) if not for_training else torch.random.fork_rng(devices=[]):
+            backbone = dm.build_backbone(c.model, c.crop_size, self.tiny, weights_file)
             model = dm.DinoClassifier(backbone)
             if not full_weights:
                 model = dm.add_lora(model, c.lora_r, c.lora_alpha, c.lora_dropout)
@@ -108,38 +158,29 @@ class DINOv2Branch(NeuralPixelBranch):
         self.model.head.load_state_dict({k[len("head."):]: v for k, v in sd.items() if k.startswith("head.")}, strict=True)
 
     def load_weights(self, folder: Path) -> None:
-        from safetensors.torch import load_file
-
         from . import dinov2_model as dm
 
         if self.config.from_scratch:
-            self.model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
+            self.model.load_state_dict(load_state_dict(folder / "model.safetensors"), strict=True)
             return
-        dm.load_adapter_state_dict(self.model, load_file(str(folder / "adapter_model.safetensors")))
-        self.model.head.load_state_dict(load_file(str(folder / "head.safetensors")), strict=True)
+        dm.load_adapter_state_dict(self.model, load_state_dict(folder / "adapter_model.safetensors"))
+        self.model.head.load_state_dict(load_state_dict(folder / "head.safetensors"), strict=True)
 
     def save(self, out_dir) -> Path:
         """peft adapter (adapter_model.safetensors + adapter_config.json) + head.safetensors + branch.json."""
-        from safetensors.torch import save_file
-
         from . import dinov2_model as dm
 
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        cpu = lambda sd: {k: v.detach().cpu().contiguous() for k, v in sd.items()}  # noqa: E731
         if self.config.from_scratch:
-            save_file(cpu(self.model.state_dict()), str(out / "model.safetensors"))
+            save_state_dict(self.model.state_dict(), out / "model.safetensors")
         else:
-            save_file(cpu(dm.adapter_state_dict(self.model)), str(out / "adapter_model.safetensors"), metadata={"format": "pt"})
+            save_state_dict(dm.adapter_state_dict(self.model), out / "adapter_model.safetensors", metadata={"format": "pt"})
             cfg = dm.lora_config(self.config.lora_r, self.config.lora_alpha, self.config.lora_dropout).to_dict()
             cfg["base_model_name_or_path"] = self.config.model
             (out / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True, default=str) + "\n")
-            save_file(cpu(self.model.head.state_dict()), str(out / "head.safetensors"))
+            save_state_dict(self.model.head.state_dict(), out / "head.safetensors")
         self.write_branch_file(out)
         return out
-
-    def default_train_config(self) -> dict:
-        return {"lr": 1e-4}
 
 
 @hookimpl

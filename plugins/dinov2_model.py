@@ -7,13 +7,14 @@ Linear and an ``attn.proj`` Linear; LoRA targets exactly those (the regex keeps 
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from aligncore.errors import ModelUnavailableError
+from aligncore.hub import resolve_weights
+from aligncore.safeio import load_state_dict
 
 LORA_TARGETS = r".*\.attn\.(qkv|proj)$"
 TINY_ARCH = "vit_small_patch14_dinov2"
@@ -32,56 +33,46 @@ class DinoClassifier(nn.Module):
         return self.head(self.backbone(x)).squeeze(-1)
 
 
-def find_pretrained_file(model_name: str, weights: str | None, allow_download: bool) -> str:
-    """A local weights file for ``model_name``: the given path, the HF cache, or (only if allowed) a download.
+#: file names looked for in a local weights folder
+LOCAL_WEIGHT_NAMES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 
-    Never touches the network unless ``allow_download`` and HF_HUB_OFFLINE is unset; a missing
-    file raises ModelUnavailableError at once.
-    """
+
+def hub_id_for(model_name: str) -> str:
+    """The Hugging Face repository timm names for ``model_name``'s pretrained weights."""
     import timm
 
-    if weights:
-        p = Path(weights).expanduser()
-        if p.is_dir():
-            for name in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
-                if (p / name).exists():
-                    return str(p / name)
-        elif p.is_file():
-            return str(p)
-        raise ModelUnavailableError(str(p), "The weights path does not exist or holds no model.safetensors / pytorch_model.bin.")
     cfg = timm.models.get_pretrained_cfg(model_name)
-    hub_id = (cfg.hf_hub_id if cfg is not None else None) or f"timm/{model_name}"
-    from huggingface_hub import try_to_load_from_cache
-
-    for fname in ("model.safetensors", "pytorch_model.bin"):
-        hit = try_to_load_from_cache(hub_id, fname)
-        if isinstance(hit, str):
-            return hit
-    how = (
-        f"For this branch: pass the file with `-o dinov2.weights=PATH` (model.safetensors of {hub_id}), "
-        "or set allow_download=true where the Hub is reachable; to train without pretrained weights use "
-        "from_scratch=true (`-o from_scratch=true` for alignctl train), and for tests use --preset tiny."
-    )
-    if not allow_download or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes"):
-        raise ModelUnavailableError(hub_id, how)
-    from huggingface_hub import hf_hub_download
-
-    try:
-        return hf_hub_download(hub_id, "model.safetensors")
-    except Exception as exc:
-        raise ModelUnavailableError(hub_id, how, cause=exc) from None
+    return (cfg.hf_hub_id if cfg is not None else None) or f"timm/{model_name}"
 
 
-def build_backbone(model_name: str, img_size: int, tiny: bool, pretrained_file: str | None) -> nn.Module:
+def pretrained_file(model_name: str, weights: str | None, allow_download: bool) -> Path:
+    """The pretrained weights file for ``model_name``: the given path, the HF cache, or (only if allowed) a download."""
+    how = ("For this branch: pass the file with `-o dinov2.weights=PATH` (model.safetensors of "
+           f"{hub_id_for(model_name)}), or set allow_download=true where the Hub is reachable; to train without "
+           "pretrained weights use `-o from_scratch=true` (alignctl train), and for tests use --preset tiny.")
+    if weights:
+        p = resolve_weights(weights, how=how)
+        if p.is_file():
+            return p
+        for name in LOCAL_WEIGHT_NAMES:
+            if (p / name).is_file():
+                return p / name
+        raise ModelUnavailableError(str(p), f"The folder holds none of {', '.join(LOCAL_WEIGHT_NAMES)}. {how}", local=True)
+    return resolve_weights(hub_id_for(model_name), files=["model.safetensors"], allow_download=allow_download,
+                           how=how) / "model.safetensors"
+
+
+def build_backbone(model_name: str, img_size: int, tiny: bool, weights_file: Path | None) -> nn.Module:
     import timm
 
     if tiny:
         return timm.create_model(TINY_ARCH, pretrained=False, num_classes=0, img_size=img_size, **TINY_OVERRIDES)
-    if pretrained_file is None:
+    if weights_file is None:
         return timm.create_model(model_name, pretrained=False, num_classes=0, img_size=img_size)
-    # timm adapts the position embedding to img_size when it loads the file (the image is never resized)
+    # the tensors are read by safeio; timm adapts the position embedding to img_size as it loads them
+    # (the image is never resized)
     return timm.create_model(model_name, pretrained=True, num_classes=0, img_size=img_size,
-                             pretrained_cfg_overlay={"file": pretrained_file})
+                             pretrained_cfg_overlay={"state_dict": load_state_dict(weights_file)})
 
 
 def add_lora(model: DinoClassifier, r: int, alpha: int, dropout: float) -> DinoClassifier:
@@ -117,6 +108,3 @@ def load_adapter_state_dict(model: DinoClassifier, sd: dict) -> None:
     if missing:
         raise RuntimeError(f"adapter is missing LoRA weights: {missing[:3]}...")
 
-
-def count_trainable(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -2,21 +2,29 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from typing import Annotated, Mapping
 
 import numpy as np
 from pydantic import Field
 
 from aligncore import hookimpl
-from aligncore.fusion import (Fusion, FusionConfig, FusionOutput, rescale_at_threshold, stack_scores,
+from aligncore.errors import ConfigError
+from aligncore.fusion import (ABOVE_ONE, Fusion, FusionConfig, FusionOutput, rescale_at_threshold, stack_scores,
                               threshold_for_fpr)
 
 
+def _unknown_branches(fusion, field: str, names) -> None:
+    stray = sorted(set(getattr(fusion.config, field)) - set(names))
+    if stray:
+        raise ConfigError(f"fusion {fusion.name!r}: {field} names branch(es) {stray} that this run does not have "
+                          f"(its branches: {', '.join(sorted(names))}).")
+
+
 class OrFusionConfig(FusionConfig):
-    thresholds: dict[str, float] = Field(
+    thresholds: dict[str, Annotated[float, Field(ge=0.0, le=ABOVE_ONE)]] = Field(
         default_factory=dict, description="Per-branch thresholds {branch: t}; branches not listed use default_threshold."
     )
-    default_threshold: float = Field(0.5, ge=0.0, le=1.0, description="Threshold for branches without their own.")
+    default_threshold: float = Field(0.5, ge=0.0, le=ABOVE_ONE, description="Threshold for branches without their own.")
 
 
 class OrFusion(Fusion):
@@ -42,11 +50,17 @@ class OrFusion(Fusion):
         fused = np.where(all_nan, np.nan, np.nanmax(np.where(np.isnan(rescaled), -np.inf, rescaled), axis=1))
         return FusionOutput(fused, np.nan_to_num(fused, nan=0.0) >= 0.5)
 
+    def decision_threshold(self) -> float:
+        return 0.5  # each branch's own threshold is mapped to 0.5 before they are combined
+
     def calibrate(self, scores: Mapping[str, np.ndarray], labels: np.ndarray, target_fpr: float) -> "OrFusion":
         """Per-branch thresholds: each branch is cut at the same real-FPR level q, the largest q for
         which the combined rule stays within ``target_fpr`` on the calibration reals."""
         self.config.thresholds = calibrate_per_branch(self, scores, labels, target_fpr)
         return self
+
+    def check_branches(self, names) -> None:
+        _unknown_branches(self, "thresholds", names)
 
 
 def calibrate_per_branch(fusion, scores: Mapping[str, np.ndarray], labels: np.ndarray, target_fpr: float) -> dict[str, float]:
@@ -101,8 +115,8 @@ class MaxFusion(Fusion):
 
 
 class WeightedFusionConfig(FusionConfig):
-    weights: dict[str, float] = Field(
-        default_factory=dict, description="Per-branch weights {branch: w}; branches not listed get weight 1."
+    weights: dict[str, Annotated[float, Field(ge=0.0)]] = Field(
+        default_factory=dict, description="Per-branch weights {branch: w} (finite, >= 0); branches not listed get weight 1."
     )
 
 
@@ -123,6 +137,9 @@ class WeightedFusion(Fusion):
         wsum = (present * w).sum(axis=1)
         fused = np.where(wsum > 0, np.nansum(mat * w, axis=1) / np.where(wsum > 0, wsum, 1.0), np.nan)
         return FusionOutput(fused, np.nan_to_num(fused, nan=0.0) >= self.config.threshold)
+
+    def check_branches(self, names) -> None:
+        _unknown_branches(self, "weights", names)
 
 
 @hookimpl

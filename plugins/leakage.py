@@ -26,21 +26,26 @@ VARIANTS = (("control", "clean_path", "unprocessed (aligned) copies"), ("process
 
 
 def _read_set(set_path: str | Path) -> tuple[Path, list[dict]]:
+    """The set's folder and one row per item: ``path`` and ``clean_path`` as the manifest writes them, ``label``."""
+    from aligncore.data import load_dataset
+    from aligncore.data.datasets import MANIFEST_NAME
     from aligncore.errors import DataError
 
     p = Path(set_path)
-    manifest = p / "manifest.csv" if p.is_dir() else p
+    manifest = p / MANIFEST_NAME if p.is_dir() else p
     if not manifest.exists():
-        raise DataError(f"{set_path}: no manifest.csv (build one with `alignctl build semantic-set`).")
-    with open(manifest, newline="", encoding="utf-8") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or "clean_path" not in rows[0] or any(not r.get("clean_path") for r in rows):
+        raise DataError(f"{set_path}: no {MANIFEST_NAME} (build one with `alignctl build semantic-set`).")
+    records = load_dataset(manifest).records
+    if not records or any(not r.extra.get("clean_path") for r in records):
         raise DataError(f"{manifest}: the set has no unprocessed copies (clean_path column); rebuild it with "
                         "`alignctl build semantic-set ... -o keep_clean=true`.")
-    labels = {int(r["label"]) for r in rows}
+    labels = {r.label for r in records}
     if labels != {0, 1}:
-        raise DataError(f"{manifest}: the audit needs real and fake images; found labels {sorted(labels)}.")
-    return manifest.parent, rows
+        raise DataError(f"{manifest}: the audit needs real and fake images; found labels {sorted(labels, key=str)}.")
+    root = manifest.parent
+    rows = [{"path": Path(r.path).relative_to(root.resolve()).as_posix(), "clean_path": r.extra["clean_path"],
+             "label": str(r.label)} for r in records]
+    return root, rows
 
 
 def assign_folds(rows: list[dict], folds: int, seed: int) -> list[int]:
@@ -72,11 +77,17 @@ def _link_folder(root: Path, items: list[tuple[str, int]]) -> Path:
 
 
 def _score(branch, paths: list[str], chunk: int = 64) -> list[float]:
+    """Scores of every image through the scoring path (score contract included); a failure is an error."""
     from aligncore.data import load_image
+    from aligncore.errors import AlignCoreError
+    from aligncore.scoring import score_images
 
     out: list[float] = []
     for i in range(0, len(paths), chunk):
-        out.extend(branch.score([load_image(p) for p in paths[i:i + chunk]]))
+        for p, r in zip(paths[i:i + chunk], score_images([branch], [load_image(p) for p in paths[i:i + chunk]])[branch.name]):
+            if r.score is None:
+                raise AlignCoreError(f"leakage audit: branch {branch.name!r} could not score {p}: {r.error}")
+            out.append(r.score)
     return out
 
 
@@ -109,6 +120,7 @@ def leakage_audit(set_path: str | Path, pixel_branch: str, out_dir: str | Path, 
     """Cross-validated AUC of ``pixel_branch`` on the unprocessed and the processed images of a semantic set."""
     from aligncore.errors import ConfigError
     from aligncore.registry import create_branch, get_registry
+    from aligncore.train import train_branch
 
     get_registry().get("branch", pixel_branch)  # unknown names fail before any work
     if folds < 2:
@@ -136,8 +148,8 @@ def leakage_audit(set_path: str | Path, pixel_branch: str, out_dir: str | Path, 
             if log:
                 log(f"{variant}: fold {k + 1}/{folds}: training {pixel_branch} on {len(train)} {what}")
             data = _link_folder(out / variant / f"fold{k}" / "train", train)
-            trainer = create_branch(pixel_branch, None, **bopts)
-            ckpt = trainer.train(str(data), out / variant / f"fold{k}" / "checkpoint", dict(train_options or {}))
+            ckpt = train_branch(pixel_branch, str(data), out / variant / f"fold{k}" / "checkpoint",
+                                branch_options=bopts, train_options=dict(train_options or {}), progress=False).checkpoint
             scorer = create_branch(pixel_branch, None, **{**bopts, "checkpoint": str(ckpt)})
             fs = _score(scorer, [paths[i] for i in test])
             for i, s in zip(test, fs):
@@ -196,7 +208,7 @@ def register_commands(cli):
     def leakage_cmd(set_path, pixel_branch, out, folds, seed, preset, device, branch_options, options,
                     min_control_auc, chance_margin) -> None:
         """Train a pixel-only detector on the unprocessed and on the processed images; compare the AUCs."""
-        from aligncore.cli import echo_err, parse_kv
+        from aligncore.cli_options import echo_err, parse_kv
 
         bopts = parse_kv(branch_options, "--branch-option")
         if preset is not None:

@@ -11,13 +11,40 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, ValidationError, model_validator
 
 from aligncore import hookimpl
-from aligncore.errors import AlignCoreError
-from aligncore.fusion import Fusion, FusionConfig, FusionOutput, stack_scores
+from aligncore.component import ComponentConfig, format_validation_error
+from aligncore.errors import AlignCoreError, ConfigError
+from aligncore.fusion import ABOVE_ONE, Fusion, FusionConfig, FusionOutput, stack_scores
 
 EPS = 1e-4
+#: a fit whose logit varies less than this over its calibration images is a constant (e.g. CV chose C = 1e-4)
+MIN_LOGIT_SPREAD = 1e-2
+
+
+class LearnedState(ComponentConfig):
+    """A fitted learned fusion, validated like a config: finite numbers, one coefficient per branch."""
+
+    branches: list[str] = Field(..., min_length=1, description="Branch names, in the order of coef.")
+    coef: list[float] = Field(..., description="One coefficient per branch (logit feature).")
+    intercept: float
+    threshold: float = Field(0.5, ge=0.0, le=ABOVE_ONE)
+    C: float | None = Field(None, gt=0)
+    cv_log_loss: float | None = None
+    folds: int | None = Field(None, ge=2)
+    n_fit: int | None = Field(None, ge=0)
+    n_fit_real: int | None = Field(None, ge=0)
+    n_fit_fake: int | None = Field(None, ge=0)
+    logit_spread: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _shapes(self):
+        if len(self.coef) != len(self.branches):
+            raise ValueError(f"{len(self.coef)} coefficients for {len(self.branches)} branches")
+        if len(set(self.branches)) != len(self.branches):
+            raise ValueError("a branch is listed twice")
+        return self
 
 
 class LearnedFusionConfig(FusionConfig):
@@ -45,6 +72,7 @@ class LearnedFusion(Fusion):
     def __init__(self, config=None, **overrides: Any):
         super().__init__(config, **overrides)
         self._state: dict[str, Any] | None = None
+        self._degenerate: str | None = None
 
     def fit(self, scores: Mapping[str, np.ndarray], labels: np.ndarray) -> "LearnedFusion":
         from sklearn.linear_model import LogisticRegression
@@ -75,6 +103,13 @@ class LearnedFusion(Fusion):
             cv_loss.append(float(np.mean(losses)))
         best = float(cs[int(np.argmin(cv_loss))])
         model = LogisticRegression(C=best, solver="newton-cholesky", max_iter=200).fit(X, y)
+        z = X @ model.coef_[0] + model.intercept_[0]
+        spread = float(np.ptp(z)) if len(z) else 0.0
+        self._degenerate = None
+        if spread < MIN_LOGIT_SPREAD:
+            # every image gets (nearly) the same score: its verdicts are one class and its AUC means nothing
+            self._degenerate = (f"degenerate fit: a constant (its logit varies by {spread:.1e} over the {len(y)} calibration "
+                                f"images; cross-validation chose C = {best:g}); use more images or a larger --cal-fraction")
         self._state = {
             "branches": names,
             "coef": [float(c) for c in model.coef_[0]],
@@ -86,8 +121,12 @@ class LearnedFusion(Fusion):
             "n_fit_real": int(counts[0]),
             "n_fit_fake": int(counts[1]),
             "threshold": float(self.config.threshold),
+            "logit_spread": spread,
         }
         return self
+
+    def degenerate(self) -> str | None:
+        return self._degenerate
 
     def predict(self, scores: Mapping[str, np.ndarray]) -> FusionOutput:
         if self._state is None:
@@ -111,12 +150,25 @@ class LearnedFusion(Fusion):
         return dict(self._state) if self._state else {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        missing = {"branches", "coef", "intercept"} - set(state)
-        if missing:
-            raise AlignCoreError(f"learned fusion state lacks {sorted(missing)}; write it with alignctl ablate.")
-        self._state = dict(state)
-        if "threshold" in state:
-            self.config.threshold = float(state["threshold"])
+        """Validate (types, finite numbers, one coefficient per branch) and take a fitted state."""
+        try:
+            st = LearnedState(**dict(state))
+        except ValidationError as err:
+            raise ConfigError(format_validation_error("the learned fusion state (write it with alignctl ablate)", err,
+                                                      LearnedState.model_fields)) from None
+        except TypeError:
+            raise ConfigError("the learned fusion state must be a JSON object (write it with alignctl ablate).") from None
+        if st.logit_spread is not None and st.logit_spread < MIN_LOGIT_SPREAD:
+            raise ConfigError(f"the learned fusion state is a degenerate fit (its logit varied by {st.logit_spread:.1e} "
+                              "over its calibration images: a constant, not a detector); fit it on more images.")
+        self._state = st.model_dump(exclude_none=True)
+        self._degenerate = None
+        self.config.threshold = st.threshold
+
+    def check_branches(self, names) -> None:
+        if self._state is not None and sorted(names) != self._state["branches"]:
+            raise ConfigError(f"the learned fusion was fitted on branches {self._state['branches']}, but this run has "
+                              f"{sorted(names)}.")
 
 
 @hookimpl

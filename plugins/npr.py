@@ -2,8 +2,8 @@
 
 Trainable from scratch on a CPU in minutes, so it is the offline default pixel expert;
 there are no pretrained weights: score with ``--checkpoint DIR`` from ``alignctl train
-npr`` (or ``--preset tiny`` for a random-weight model in tests). Torch is imported only
-when the model is built (``npr_model``).
+npr`` (or ``--preset tiny`` for a small random-weight model in tests). Torch is imported
+only when the model is built (``npr_model``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from pydantic import Field
 from aligncore import hookimpl
 from aligncore.errors import AlignCoreError
 from aligncore.pixel import NeuralPixelBranch, PixelBranchConfig
+from aligncore.safeio import load_state_dict, save_state_dict
+from aligncore.torchutil import seeded
 
 
 class NPRConfig(PixelBranchConfig):
@@ -30,35 +32,24 @@ class NPRBranch(NeuralPixelBranch):
     help = "Pixel expert: compact CNN on the neighbouring-pixel residual (NPR, CVPR 2024); CPU-trainable."
     config_class = NPRConfig
     architecture_fields = ("crop_size", "crop_align", "width")
+    #: a small model for tests and demos (the sizes apply only where the user set none)
+    presets = {"tiny": {"width": 8, "crop_size": 32, "weights": "random"}}
     config: NPRConfig
-
-    def __init__(self, config=None, **overrides):
-        super().__init__(config, **overrides)
-        if self.config.preset == "tiny" and not self.config.checkpoint:
-            # a small model for tests and demos, unless the user chose the sizes
-            if "width" not in self.config.model_fields_set:
-                self.config.width = 8
-            if "crop_size" not in self.config.model_fields_set:
-                self.config.crop_size = 32
+    #: ``alignctl demo``: the pixel expert, tiny, trained for seconds on the demo's pixel set
+    demo_options = {"role": "pixel", "options": {"preset": "tiny"},
+                    "train": {"epochs": 4, "batch_size": 8, "crop_size": 64, "lr": 2e-3, "val_fraction": 0.2,
+                              "max_minutes": 1.5}}
 
     def build_model(self, for_training: bool = False, gradient_checkpointing: bool = False) -> None:
-        import torch
-
         from .npr_model import NPRNet
 
         if self.config.crop_size % 2:
             raise AlignCoreError("npr needs an even crop_size (the residual works on 2×2 cells).")
-        if not for_training and not self.config.checkpoint and self.config.preset != "tiny":
-            raise AlignCoreError(
-                "npr has no pretrained weights: train it (`alignctl train npr --set SET --out DIR`) and score with "
-                "--checkpoint DIR, or use --preset tiny for a random-weight model."
-            )
         width = self.config.width
         if for_training:
             self.model = NPRNet(width)  # initialised from the trainer's seed
         else:
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(0)  # a tiny preset scores the same in every process
+            with seeded(0):  # a random-weight model scores the same in every process
                 self.model = NPRNet(width)
         self.model.gradient_checkpointing = gradient_checkpointing
 
@@ -72,21 +63,13 @@ class NPRBranch(NeuralPixelBranch):
         self.model.load_state_dict(sd, strict=True)
 
     def load_weights(self, folder: Path) -> None:
-        from safetensors.torch import load_file
-
-        self.load_trainable_state_dict(load_file(str(folder / "model.safetensors")))
+        self.load_trainable_state_dict(load_state_dict(folder / "model.safetensors"))
 
     def save(self, out_dir) -> Path:
-        from safetensors.torch import save_file
-
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.model.state_dict().items()}, str(out / "model.safetensors"))
+        save_state_dict(self.model.state_dict(), out / "model.safetensors")
         self.write_branch_file(out)
         return out
-
-    def default_train_config(self) -> dict:
-        return {"lr": 1e-3}
 
 
 @hookimpl

@@ -10,20 +10,18 @@ Prompts are left-padded so that the last position of every row is the answer pos
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from aligncore.errors import AlignCoreError, ModelUnavailableError
+from aligncore.hub import resolve_weights
+from aligncore.torchutil import seeded
 
 #: bump when the tiny recipe changes (it is part of the fingerprint)
 TINY_RECIPE_VERSION = "2"
-META_NAME = "aligncore_qwen.json"
 BASE_DIR = "base"  # a tiny base model saved beside its adapter
-TRAINER_DIR = "trainer"  # resumable trainer checkpoints (not part of the weights digest)
 
 SPECIAL_TOKENS = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>",
@@ -137,8 +135,7 @@ def build_tiny_model(tokenizer, seed: int = 0):
     """Random weights from a fixed seed, so the same recipe gives the same model everywhere."""
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         model = Qwen2_5_VLForConditionalGeneration(tiny_config(tokenizer))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -158,52 +155,19 @@ def build_meta_model(arch: dict | None = None):
 
 HOW_TO_PROVIDE = (
     "For the qwen branch pass the directory with -o qwen.model=DIR (run) or -b model=DIR (train), "
-    "or use --preset tiny for a small offline test model."
+    "set allow_download=true where the Hub is reachable, or use --preset tiny for a small offline test model."
 )
 
 
-def resolve_model_source(model_id: str) -> str:
-    """A local directory, a cached Hub snapshot, or a reachable Hub id; otherwise ModelUnavailableError, fast.
+def model_source(model_id: str, allow_download: bool = False) -> Path:
+    """The base model's folder: a local directory, a cached Hub snapshot, or (only if allowed) a download.
 
-    The checks run before ``from_pretrained`` so that a machine without network never waits on
-    retries: local folder → Hub cache → (unless HF_HUB_OFFLINE) a short-timeout metadata probe.
+    Resolved before ``from_pretrained`` so that a machine without network never waits on retries.
     """
-    p = Path(model_id).expanduser()
-    if p.is_dir():
-        if not (p / "config.json").exists():
-            raise ModelUnavailableError(model_id, f"The directory has no config.json. {HOW_TO_PROVIDE}")
-        return str(p)
-    if p.is_absolute() or model_id.startswith((".", "~")) or model_id.count("/") != 1:
-        raise ModelUnavailableError(model_id, f"No such directory. {HOW_TO_PROVIDE}")
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(model_id, "config.json")
-    if isinstance(cached, str) and os.path.exists(cached):
-        return model_id
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on") or \
-        os.environ.get("TRANSFORMERS_OFFLINE", "").lower() in ("1", "true", "yes", "on")
-    if offline:
-        raise ModelUnavailableError(model_id, f"HF_HUB_OFFLINE is set and the model is not in the cache. {HOW_TO_PROVIDE}")
-    try:
-        from huggingface_hub import HfApi
-
-        HfApi().model_info(model_id, timeout=10)
-    except Exception as exc:
-        raise ModelUnavailableError(model_id, HOW_TO_PROVIDE, cause=exc) from None
-    return model_id
-
-
-def is_cached_or_local(model_id: str) -> bool:
-    try:
-        p = Path(model_id).expanduser()
-        if p.is_dir():
-            return True
-        from huggingface_hub import try_to_load_from_cache
-
-        c = try_to_load_from_cache(model_id, "config.json")
-        return isinstance(c, str)
-    except Exception:
-        return False
+    folder = resolve_weights(model_id, allow_download=allow_download, how=HOW_TO_PROVIDE)
+    if not (folder / "config.json").is_file():
+        raise ModelUnavailableError(model_id, f"The folder {folder} has no config.json. {HOW_TO_PROVIDE}", local=True)
+    return folder
 
 
 # ---------------------------------------------------------------------- loading
@@ -264,15 +228,6 @@ def freeze_vision_tower(model) -> None:
     for name, p in model.named_parameters():
         if ".visual." in f".{name}":
             p.requires_grad_(False)
-
-
-def read_meta(checkpoint: str | Path | None) -> dict:
-    if not checkpoint:
-        return {}
-    f = Path(checkpoint) / META_NAME
-    if not f.exists():
-        return {}
-    return json.loads(f.read_text())
 
 
 # ---------------------------------------------------------------------- verdict tokens and batching
@@ -339,13 +294,21 @@ def to_device(batch: dict[str, torch.Tensor], device, dtype: torch.dtype) -> dic
     return out
 
 
-def verdict_probabilities(model, batch: dict[str, torch.Tensor], real_ids: list[int], fake_ids: list[int]) -> list[float]:
-    """P(fake) per row from one forward pass (only the last position's logits are computed)."""
+def verdict_logits(model, batch: dict[str, torch.Tensor], real_ids: list[int], fake_ids: list[int]) -> list[float]:
+    """logsumexp(fake verdict logits) − logsumexp(real verdict logits) per row, from one forward pass
+    (only the last position's logits are computed); P(fake) is its sigmoid."""
     out = model(**batch, logits_to_keep=1, use_cache=False)
     logits = out.logits[:, -1, :].float()
     fake = torch.logsumexp(logits[:, fake_ids], dim=-1)
     real = torch.logsumexp(logits[:, real_ids], dim=-1)
-    return torch.sigmoid(fake - real).tolist()
+    return (fake - real).double().tolist()
+
+
+def verdict_probabilities(model, batch: dict[str, torch.Tensor], real_ids: list[int], fake_ids: list[int]) -> list[float]:
+    """P(fake) per row (float64 sigmoid of :func:`verdict_logits`)."""
+    from aligncore.branch import scores_from_logits
+
+    return list(scores_from_logits(verdict_logits(model, batch, real_ids, fake_ids)))
 
 
 def generate_rationales(model, processor, batch: dict[str, torch.Tensor], max_new_tokens: int) -> list[str]:

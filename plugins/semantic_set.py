@@ -16,9 +16,6 @@ Sources: a labelled dataset (folder or manifest), or ``real=DIR`` / ``fake=DIR``
 
 from __future__ import annotations
 
-import hashlib
-import io
-import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,6 +23,7 @@ from typing import Any, Sequence
 from pydantic import Field, field_validator
 
 from aligncore import hookimpl
+from aligncore.hashing import sha256_file
 from aligncore.supervision import BuilderConfig, SupervisionBuilder, WorkItem, item_seed
 
 RESAMPLE_NAMES = ("nearest", "bilinear", "bicubic", "lanczos", "box", "hamming")
@@ -90,14 +88,6 @@ def _sanitize(stem: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", stem)[:60] or "img"
 
 
-def _sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def align_format(img, size: int | None):
     """Short side → ``size`` (bicubic), centre crop to a square; the same for both classes."""
     from PIL import Image
@@ -133,6 +123,8 @@ def apply_chain(img, params: dict[str, Any]):
     import numpy as np
     from PIL import Image, ImageFilter
 
+    from aligncore.data.codec import jpeg_roundtrip
+
     filters = {n: getattr(Image.Resampling, n.upper()) for n in RESAMPLE_NAMES}
     w, h = img.size
     small = img.resize((max(1, round(w * params["pp_scale"])), max(1, round(h * params["pp_scale"]))),
@@ -142,12 +134,8 @@ def apply_chain(img, params: dict[str, Any]):
     arr = np.clip(np.rint(arr + params["pp_noise_sigma"] * noise), 0, 255).astype(np.uint8)
     noisy = Image.fromarray(arr, mode="RGB")
     blurred = noisy.filter(ImageFilter.GaussianBlur(radius=params["pp_blur_sigma"])) if params["pp_blur_sigma"] > 0 else noisy
-    buf = io.BytesIO()
-    blurred.save(buf, format="JPEG", quality=params["pp_jpeg_quality"])
-    buf.seek(0)
-    decoded = Image.open(buf)
-    decoded.load()
-    return decoded.convert("RGB").resize((w, h), filters[params["pp_resample_up"]])
+    decoded = jpeg_roundtrip(blurred, params["pp_jpeg_quality"])
+    return decoded.resize((w, h), filters[params["pp_resample_up"]])
 
 
 class SemanticSetBuilder(SupervisionBuilder):
@@ -157,6 +145,8 @@ class SemanticSetBuilder(SupervisionBuilder):
     help = "Real + generated images through one seeded downsample/noise/blur/JPEG/upsample chain (semantic supervision)."
     config_class = SemanticSetConfig
     config: SemanticSetConfig
+    #: ``alignctl demo``: small images, no unprocessed copies
+    demo_options = {"role": "semantic", "options": {"size": 112, "keep_clean": False}}
 
     def __init__(self, config: Any = None, **overrides: Any):
         super().__init__(config, **overrides)
@@ -166,7 +156,7 @@ class SemanticSetBuilder(SupervisionBuilder):
     def _records(self, source: Path):
         """(path, label, generator, subset) from one source spec."""
         from aligncore.data import load_dataset
-        from aligncore.data.datasets import IMAGE_SUFFIXES
+        from aligncore.data.datasets import IMAGE_SUFFIXES, MANIFEST_NAME
         from aligncore.errors import DataError
 
         text = str(source)
@@ -183,9 +173,9 @@ class SemanticSetBuilder(SupervisionBuilder):
             if any(lab is None for _, lab, _, _ in out):
                 raise DataError(f"semantic-set source {text} has unlabelled images; write real={text} or fake={text}.")
             return out
-        if path.is_file():
-            ds = load_dataset(path)
-            return [(r.path, forced, r.generator or path.parent.name, r.subset) for r in ds.records]
+        if path.is_file() or (path / MANIFEST_NAME).is_file():  # a manifest, or a built set: its manifest lists the files
+            gen = path.parent.name if path.is_file() else path.name
+            return [(r.path, forced, r.generator or gen, r.subset) for r in load_dataset(path).records]
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         gen = path.name
         return [(str(p), forced, gen if forced == 1 else (gen or "real"), None) for p in files]
@@ -201,7 +191,7 @@ class SemanticSetBuilder(SupervisionBuilder):
             for path, label, gen, subset in self._records(src):
                 if label == 1 and self.config.generators is not None and (gen or "") not in self.config.generators:
                     continue
-                digest = _sha256(path)
+                digest = sha256_file(path)
                 if digest in seen:
                     self._duplicates += 1
                     continue
@@ -219,16 +209,19 @@ class SemanticSetBuilder(SupervisionBuilder):
             keys = sorted(chosen)
         return [items[k] for k in keys]
 
-    # ---------------------------------------------------------------- processing
-    def _save(self, img, target: Path) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        if self.config.format == "png":
-            img.save(tmp, format="PNG", compress_level=6)
-        else:
-            img.save(tmp, format="JPEG", quality=self.config.jpeg_quality)
-        os.replace(tmp, target)
+    def limited(self, items: list[WorkItem], n: int) -> list[WorkItem]:
+        """``limit=n`` keeps both classes: a seeded sample taken from real and fake in turn (real first),
+        never the first ``n`` keys (which sort every fake before every real)."""
+        by_class = {cls: sorted((it for it in items if it.key.startswith(cls)), key=lambda it: item_seed(self.config.seed, it.key))
+                    for cls in ("real/", "fake/")}
+        chosen: list[WorkItem] = []
+        for k in range(max(len(v) for v in by_class.values()) if items else 0):
+            for cls in ("real/", "fake/"):
+                if k < len(by_class[cls]) and len(chosen) < n:
+                    chosen.append(by_class[cls][k])
+        return sorted(chosen, key=lambda it: it.key)
 
+    # ---------------------------------------------------------------- processing
     def process(self, item: WorkItem, out_dir: Path) -> list[dict[str, Any]]:
         from aligncore.data import ImageLoadError, load_image
 
@@ -239,11 +232,8 @@ class SemanticSetBuilder(SupervisionBuilder):
         aligned = align_format(img, self.config.size)
         params = draw_chain_params(self.config, item_seed(self.config.seed, item.key))
         processed = apply_chain(aligned, params)
-        ext = "png" if self.config.format == "png" else "jpg"
-        rel = f"{item.key}.{ext}"
-        self._save(processed, out_dir / rel)
         row: dict[str, Any] = {
-            "path": rel,
+            **self.write_image(processed, item.key),
             "label": item.meta["label"],
             "generator": item.meta["generator"] or ("real" if item.meta["label"] == 0 else "unknown"),
             "subset": item.meta["subset"],
@@ -253,9 +243,7 @@ class SemanticSetBuilder(SupervisionBuilder):
             **params,
         }
         if self.config.keep_clean:
-            clean_rel = f"{CLEAN_DIR}/{rel}"
-            self._save(aligned, out_dir / clean_rel)
-            row["clean_path"] = clean_rel
+            row["clean_path"] = self.write_image(aligned, f"{CLEAN_DIR}/{item.key}")["path"]
         return [row]
 
     def provenance(self) -> dict[str, Any]:
@@ -266,23 +254,18 @@ class SemanticSetBuilder(SupervisionBuilder):
             "clean_manifest": CLEAN_MANIFEST if self.config.keep_clean else None,
         }
 
-    def build(self, sources, out_dir, progress=True) -> Path:
-        """The base build, then ``clean_manifest.csv`` listing the unprocessed copies (same rows, same order)."""
-        import csv
-
+    def finalize(self, rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+        """``clean_manifest.csv``: the unprocessed copies, same rows and order as ``manifest.csv``."""
         from aligncore.supervision import write_manifest
 
-        manifest = super().build(sources, out_dir, progress)
         if self.config.keep_clean:
-            with open(manifest, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f))
             clean = []
             for r in rows:
                 c = {k: v for k, v in r.items() if not k.startswith("pp_") and k != "clean_path"}
                 c["path"], c["processed_path"] = r["clean_path"], r["path"]
                 clean.append(c)
-            write_manifest(Path(out_dir) / CLEAN_MANIFEST, clean)
-        return manifest
+            write_manifest(out_dir / CLEAN_MANIFEST, clean)
+        return {}
 
 
 @hookimpl

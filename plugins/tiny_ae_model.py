@@ -20,7 +20,6 @@ Imported lazily (torch) by ``aligncore_plugins.vae_sets``.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -209,33 +208,17 @@ class TinyAutoencoder(nn.Module):
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors only: ``torch.load(weights_only=True)`` for .pth/.pt, safetensors for .safetensors.
+    """Tensors only, read through :mod:`aligncore.safeio` (safetensors, or weights-only torch files).
 
     diffusers-style prefixes (``encoder.layers.``/``decoder.layers.``) are stripped.
     """
-    p = Path(path)
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from aligncore.safeio import load_state_dict
 
-        sd = load_file(str(p))
-    else:
-        sd = torch.load(str(p), map_location="cpu", weights_only=True)
-    if not isinstance(sd, dict):
-        raise ValueError(f"{p}: not a state dict (got {type(sd).__name__})")
-    if "state_dict" in sd and isinstance(sd["state_dict"], dict):
-        sd = sd["state_dict"]
+    sd = load_state_dict(path)  # refuses code-running pickles; unwraps {"state_dict": ...}
     for prefix in ("encoder.layers.", "decoder.layers.", "layers."):
         if sd and all(k.startswith(prefix) for k in sd):
             sd = {k[len(prefix):]: v for k, v in sd.items()}
     return dict(sd)
-
-
-def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_tiny_autoencoder(encoder_path: str | Path, decoder_path: str | Path) -> TinyAutoencoder:
@@ -257,10 +240,8 @@ def load_tiny_autoencoder(encoder_path: str | Path, decoder_path: str | Path) ->
 def random_tiny_autoencoder(latent_channels: int = 4, width: int = 16, levels: int = 3, gn_mid: bool = True,
                             blocks_per_level: int = 1, seed: int = 0) -> TinyAutoencoder:
     """A small random-weight autoencoder of the same family (offline tests, sanity baselines)."""
-    gen_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    from aligncore.torchutil import seeded
+
+    with seeded(seed):
         model = TinyAutoencoder(standard_layout(latent_channels, width, levels, gn_mid, blocks_per_level))
-    finally:
-        torch.random.set_rng_state(gen_state)
     return model.eval()

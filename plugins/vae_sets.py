@@ -29,6 +29,7 @@ from pydantic import Field
 from aligncore import hookimpl
 from aligncore.errors import ConfigError, DataError, ModelUnavailableError
 from aligncore.supervision import BuilderConfig, SupervisionBuilder, WorkItem, item_seed
+from aligncore.torchutil import autocast_for, resolve_device, seeded
 
 SUBSET = "pixel"
 REAL_DIR, FAKE_DIR = "0_real", "1_fake"
@@ -60,13 +61,14 @@ class PixelSetBuilder(SupervisionBuilder):
 
     config_class: ClassVar[type[PixelSetConfig]] = PixelSetConfig
     config: PixelSetConfig
+    #: tiny: a small autoencoder with random weights, built offline
+    presets = {"tiny": {"weights": "random"}}
     #: autocast dtype on GPU when precision is 'auto'
     gpu_dtype: ClassVar[str] = "bf16"
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
         self.model = None
-        self._device = None
         self._seconds = 0.0
         self._reconstructed = 0
         self._last_psnrs: list[float] = []
@@ -147,17 +149,11 @@ class PixelSetBuilder(SupervisionBuilder):
     def batch_items(self) -> int:
         if self.config.batch_size:
             return self.config.batch_size
-        return 8 if self._resolve_device().startswith("cuda") else 1
+        return 8 if self.device.startswith("cuda") else 1
 
-    def _resolve_device(self) -> str:
-        if self._device is None:
-            dev = self.config.device
-            if dev == "auto":
-                import torch
-
-                dev = "cuda" if torch.cuda.is_available() else "cpu"
-            self._device = dev
-        return self._device
+    @property
+    def device(self) -> str:
+        return resolve_device(self.config.device)
 
     def setup(self) -> None:
         import torch
@@ -165,21 +161,16 @@ class PixelSetBuilder(SupervisionBuilder):
         if self.config.threads:
             torch.set_num_threads(self.config.threads)
         if self.model is None:
-            self.model = self.load_model().to(self._resolve_device()).eval()
+            self.model = self.load_model().to(self.device).eval()
 
-    def _autocast(self):
+    def autocast(self):
+        """The GPU autocast context (precision 'auto' = the builder's ``gpu_dtype``); the CPU always runs fp32."""
         import contextlib
 
-        import torch
-
-        dev = self._resolve_device()
+        dev = self.device
         if not dev.startswith("cuda"):
             return contextlib.nullcontext()
-        prec = self.gpu_dtype if self.config.precision == "auto" else self.config.precision
-        if prec == "fp32":
-            return contextlib.nullcontext()
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[prec]
-        return torch.autocast("cuda", dtype=dtype)
+        return autocast_for(dev, self.gpu_dtype if self.config.precision == "auto" else self.config.precision)
 
     # ---------------------------------------------------------------- processing
     def crop_box(self, width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -216,12 +207,12 @@ class PixelSetBuilder(SupervisionBuilder):
         for i, arr in crops.items():
             by_shape.setdefault(arr.shape[:2], []).append(i)
         recons: dict[int, Any] = {}
-        dev = self._resolve_device()
+        dev = self.device
         for idxs in by_shape.values():
             x = torch.from_numpy(np.stack([crops[i] for i in idxs])).to(dev).permute(0, 3, 1, 2).float().div_(255)
             seeds = [item_seed(self.config.seed, items[i].key) for i in idxs]
             t0 = time.perf_counter()
-            with torch.inference_mode(), self._autocast():
+            with torch.inference_mode(), self.autocast():
                 y = self.reconstruct(x, seeds)
             y8 = y.float().clamp(0, 1).mul(255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
             self._seconds += time.perf_counter() - t0
@@ -237,11 +228,8 @@ class PixelSetBuilder(SupervisionBuilder):
         return results
 
     def _write_pair(self, item: WorkItem, real, recon, out_dir: Path) -> list[dict[str, Any]]:
-        ext = "png" if self.config.format == "png" else "jpg"
-        rel_real = f"{REAL_DIR}/{item.meta['out_stem']}.{ext}"
-        rel_fake = f"{FAKE_DIR}/{item.meta['out_stem']}.{ext}"
-        _save(real, out_dir / rel_real, self.config.format, self.config.jpeg_quality)
-        _save(recon, out_dir / rel_fake, self.config.format, self.config.jpeg_quality)
+        real_row = self.write_image(real, f"{REAL_DIR}/{item.meta['out_stem']}")
+        fake_row = self.write_image(recon, f"{FAKE_DIR}/{item.meta['out_stem']}")
         value = psnr(real, recon)
         self._last_psnrs.append(value)
         h, w = real.shape[:2]
@@ -252,36 +240,24 @@ class PixelSetBuilder(SupervisionBuilder):
             "source": str(item.source),
             "psnr": round(value, 4),
             "decoder": self.decoder_name,
-            "format": self.config.format,
-            "quality": self.config.jpeg_quality if self.config.format == "jpeg" else None,
+            **self.encoding(),
             "seed": self.config.seed,
             "width": w,
             "height": h,
         }
-        return [{"path": rel_real, "label": 0, **common}, {"path": rel_fake, "label": 1, **common}]
+        return [{**real_row, "label": 0, **common}, {**fake_row, "label": 1, **common}]
 
     # ---------------------------------------------------------------- reporting
-    def build(self, sources, out_dir, progress=True) -> Path:
-        """The base build, then the set's PSNR statistics added to ``provenance.json``."""
-        import csv
-        import json
-
-        from aligncore.supervision import PROVENANCE_NAME
-
-        manifest = super().build(sources, out_dir, progress)
-        with open(manifest, newline="", encoding="utf-8") as f:
-            values = [float(r["psnr"]) for r in csv.DictReader(f) if r["label"] == "1" and r.get("psnr")]
+    def finalize(self, rows: list[dict[str, Any]], out_dir: Path) -> dict[str, Any]:
+        """The set's PSNR statistics (over every pair, resumed ones included) for ``provenance.json``."""
+        values = [float(r["psnr"]) for r in rows if int(r["label"]) == 1 and r.get("psnr") is not None]
         self._stats = {
             "pairs": len(values),
             "psnr_mean": round(sum(values) / len(values), 4) if values else None,
             "psnr_min": round(min(values), 4) if values else None,
             "psnr_max": round(max(values), 4) if values else None,
         }
-        prov_path = Path(out_dir) / PROVENANCE_NAME
-        prov = json.loads(prov_path.read_text())
-        prov["psnr"] = self._stats
-        prov_path.write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
-        return manifest
+        return {"psnr": self._stats}
 
     def summary(self) -> str | None:
         stats = getattr(self, "_stats", None)
@@ -294,7 +270,7 @@ class PixelSetBuilder(SupervisionBuilder):
         if self._reconstructed:
             line += (
                 f"; this run reconstructed {self._reconstructed} photos in {self._seconds:.1f} s "
-                f"({self._seconds / self._reconstructed:.2f} s per photo on {self._resolve_device()})"
+                f"({self._seconds / self._reconstructed:.2f} s per photo on {self.device})"
             )
         return line
 
@@ -315,20 +291,6 @@ def psnr(a, b) -> float:
     return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255.0**2 / mse))
 
 
-def _save(arr, path: Path, fmt: str, quality: int) -> None:
-    """Same encoder settings for both classes; written atomically so a kill never leaves a torn file."""
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    img = Image.fromarray(arr, "RGB")
-    if fmt == "png":
-        img.save(tmp, format="PNG", compress_level=6)
-    else:
-        img.save(tmp, format="JPEG", quality=quality, subsampling="4:2:0", optimize=False)
-    os.replace(tmp, path)
-
-
 # ============================================================================ tiny autoencoders
 
 
@@ -347,6 +309,10 @@ class TinyAEBuilder(PixelSetBuilder):
     config_class = TinyAEConfig
     config: TinyAEConfig
     gpu_dtype = "fp16"
+    #: ``alignctl demo``: a random-weight tiny autoencoder, or the real tiny FLUX.2 one (taef2) when
+    #: the demo's weights folder holds its files
+    demo_options = {"role": "pixel", "options": {"preset": "tiny", "threads": 1},
+                    "weights": {"encoder_path": "taef2_encoder.pth", "decoder_path": "taef2_decoder.pth"}}
 
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
@@ -426,11 +392,12 @@ class TinyAEBuilder(PixelSetBuilder):
     def decoder_provenance(self) -> dict[str, Any]:
         out: dict[str, Any] = {"preset": self.config.preset, "reinit_decoder": self.config.reinit_decoder}
         if self.config.preset is None:
-            m = self._load_module()
+            from aligncore.hashing import sha256_file
+
             out["encoder_path"] = str(self.config.encoder_path)
             out["decoder_path"] = str(self.config.decoder_path)
-            out["encoder_sha256"] = m.file_digest(Path(self.config.encoder_path).expanduser())
-            out["decoder_sha256"] = m.file_digest(Path(self.config.decoder_path).expanduser())
+            out["encoder_sha256"] = sha256_file(Path(self.config.encoder_path).expanduser())
+            out["decoder_sha256"] = sha256_file(Path(self.config.decoder_path).expanduser())
         if self.model is not None:
             out["latent_channels"] = self.model.latent_channels
             out["groupnorm_mid_blocks"] = self.model.layout.has_groupnorm
@@ -482,16 +449,11 @@ class KLVAEBuilder(PixelSetBuilder):
         return 2 ** (len(self.model.config.block_out_channels) - 1)
 
     def load_model(self):
-        import torch
         from diffusers import AutoencoderKL
 
         if self.config.preset == "tiny":
-            gen_state = torch.random.get_rng_state()
-            torch.manual_seed(self.config.seed)
-            try:
+            with seeded(self.config.seed):
                 return AutoencoderKL(**self.tiny_config)
-            finally:
-                torch.random.set_rng_state(gen_state)
         return _load_hf_vae(AutoencoderKL, self.model_id, self.config.subfolder or None, self.config.revision,
                             self.config.download)
 
@@ -538,21 +500,23 @@ class KLVAEBuilder(PixelSetBuilder):
 
 
 def _load_hf_vae(cls, model_id: str, subfolder: str | None, revision: str | None, download: bool):
-    """Local folder, or the Hub cache (network only when ``download``); ModelUnavailableError otherwise."""
+    """A local folder, or the Hub cache (network only when ``download``); ModelUnavailableError otherwise."""
+    from aligncore.hub import resolve_weights
+
     how = ("Pass -o model=LOCAL_FOLDER (a diffusers model folder, or a VAE folder with -o subfolder=''), "
            "or -o download=true where the Hub is reachable.")
     local = Path(model_id).expanduser()
-    if local.exists():
-        sub = subfolder if subfolder and (local / subfolder / "config.json").is_file() else None
-        try:
-            return cls.from_pretrained(str(local), subfolder=sub)
-        except Exception as exc:
-            raise ModelUnavailableError(str(local), how, exc) from None
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes") or not download
+    if local.exists():  # a VAE folder itself, or a model folder holding the VAE in `subfolder`
+        folder = local
+        subfolder = subfolder if subfolder and (local / subfolder / "config.json").is_file() else None
+    else:
+        prefix = f"{subfolder}/" if subfolder else ""
+        folder = resolve_weights(model_id, files=[f"{prefix}config.json", f"{prefix}diffusion_pytorch_model.safetensors"],
+                                 allow_download=download, revision=revision, how=how)
     try:
-        return cls.from_pretrained(model_id, subfolder=subfolder, revision=revision, local_files_only=offline)
+        return cls.from_pretrained(str(folder), subfolder=subfolder)
     except Exception as exc:
-        raise ModelUnavailableError(model_id, how, exc) from None
+        raise ModelUnavailableError(str(folder), how, exc, local=True) from None
 
 
 def _module_digest(module) -> str:

@@ -62,10 +62,11 @@ def test_bench_present_dataset_writes_leaderboard_row(tmp_path):
     assert r.exit_code == 0, r.output
     assert sum(l.startswith("ran  ") for l in r.output.splitlines()) == 2
     assert sum(l.startswith("skip ") for l in r.output.splitlines()) == 1
+    from aligncore.leaderboard import stored_rows
     from aligncore.store import ScoreStore
 
     with ScoreStore() as st:
-        rows = st.leaderboard_rows("mini")
+        rows = stored_rows(st, "mini")
     assert {r_["dataset"] for r_ in rows} == {"setA", "setB"}
     # second configuration: max fusion, so the leaderboard has two rows
     r = CliRunner().invoke(cli, ["bench", str(suite), "--root", str(root), "--branches", "fake", "--fusion", "max",
@@ -84,9 +85,9 @@ def test_bench_present_dataset_writes_leaderboard_row(tmp_path):
     assert [r_["setA"] for r_ in asc["rows"]] == sorted(r_["setA"] for r_ in asc["rows"])
     csv_out = CliRunner().invoke(cli, ["leaderboard", "--suite", "mini", "--format", "csv", "--metric", "auc"]).output
     header = next(csv.reader(io.StringIO(csv_out)))
-    assert header == ["branches", "checkpoints", "fusion", "perturb", "setA", "setB", "average", "run_ids"]
+    assert header == ["branches", "weights", "fusion", "perturb", "setA", "setB", "average", "run_ids"]
     md = CliRunner().invoke(cli, ["leaderboard", "--suite", "mini", "--format", "md"]).output
-    assert md.count("| fake |") == 2 and "| max(threshold=0.99) |" in md and "| or |" in md
+    assert md.count("| fake#") == 2 and "| max(threshold=0.99) |" in md and "| or |" in md
     html_out = CliRunner().invoke(cli, ["leaderboard", "--suite", "mini", "--format", "html"]).output
     assert html_out.startswith("<!DOCTYPE html>") and html_out.count("<tr>") == 3
     bad = CliRunner().invoke(cli, ["leaderboard", "--sort", "nonsense"])

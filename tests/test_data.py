@@ -51,6 +51,30 @@ def test_csv_and_jsonl_manifests(tmp_path):
     assert [r.label for r in load_dataset(tmp_path / "m.jsonl").records] == [0, 1]
 
 
+def test_manifest_columns_beyond_the_core_are_kept(tmp_path):
+    _png(tmp_path / "a.png", np.zeros((4, 4, 3), np.uint8))
+    _png(tmp_path / "b.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "m.csv").write_text("path,label,pair_id,rationale\na.png,0,p1,looks real\nb.png,1,p1,\n")
+    assert [r.extra for r in load_dataset(tmp_path / "m.csv").records] == [
+        {"pair_id": "p1", "rationale": "looks real"}, {"pair_id": "p1", "rationale": ""}]
+    (tmp_path / "m.jsonl").write_text(json.dumps({"file": "a.png", "label": 0, "psnr": 31.5, "tags": ["x"], "note": None}) + "\n")
+    assert load_dataset(tmp_path / "m.jsonl").records[0].extra == {"psnr": "31.5", "tags": '["x"]', "note": ""}
+    assert load_dataset(tmp_path / "a.png").records[0].extra == {}
+
+
+def test_a_folder_with_a_manifest_is_read_through_it(tmp_path):
+    """A builder's output folder: only what its manifest lists is in the set (not side copies)."""
+    for sub in ("0_real", "1_fake", "clean/0_real"):
+        (tmp_path / sub).mkdir(parents=True)
+        _png(tmp_path / sub / "x.png", np.zeros((4, 4, 3), np.uint8))
+    (tmp_path / "manifest.csv").write_text("path,label,generator,subset,clean_path\n0_real/x.png,0,,,clean/0_real/x.png\n"
+                                           "1_fake/x.png,1,gen,,\n")
+    ds = load_dataset(tmp_path)
+    assert ds.layout == "builder-manifest" and ds.root == str(tmp_path.resolve()) and ds.name == tmp_path.name
+    assert [(r.path, r.label, r.extra["clean_path"]) for r in ds.records] == [
+        (str(tmp_path.resolve() / "0_real/x.png"), 0, "clean/0_real/x.png"), (str(tmp_path.resolve() / "1_fake/x.png"), 1, "")]
+
+
 @pytest.mark.parametrize(
     "content, needle",
     [
@@ -106,6 +130,31 @@ def test_bad_files_raise_with_reason(tmp_path):
     for name, why in (("trunc.jpg", "corrupt"), ("zero.png", "empty file"), ("text.png", "not a recognised image")):
         with pytest.raises(ImageLoadError, match=why):
             load_image(tmp_path / name)
+
+
+def test_jpeg_roundtrip_is_one_thing_everywhere():
+    from aligncore.data.codec import encode, jpeg_roundtrip
+    from aligncore.perturb import parse_perturb
+
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (37, 45, 3), dtype=np.uint8)
+    img = Image.fromarray(arr)
+    from_array, from_image = jpeg_roundtrip(arr, 75), jpeg_roundtrip(img, 75)
+    assert isinstance(from_array, np.ndarray) and from_image.mode == "RGB"
+    assert np.array_equal(from_array, np.asarray(from_image))
+    assert np.array_equal(np.asarray(parse_perturb("jpeg:75")(img)), from_array)  # the robustness protocol's jpeg:75
+    with Image.open(io.BytesIO(encode(img, "jpeg", 75))) as im:
+        from PIL import JpegImagePlugin
+
+        assert JpegImagePlugin.get_sampling(im) == 2  # 4:2:0
+
+
+def test_an_rgb_image_without_rotation_is_not_copied(tmp_path, monkeypatch):
+    _png(tmp_path / "a.png", np.zeros((6, 5, 3), np.uint8))
+    copies = []
+    real_copy = Image.Image.copy
+    monkeypatch.setattr(Image.Image, "copy", lambda self: (copies.append(1), real_copy(self))[1])
+    assert load_image(tmp_path / "a.png").size == (5, 6) and not copies
 
 
 def test_decompression_bomb_refused_before_decoding(tmp_path):

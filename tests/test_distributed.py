@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from aligncore.distributed import free_port
+from aligncore.resources import accelerate_config, accelerate_configs
 
 ALIGNCTL = [sys.executable, "-m", "aligncore"]
 
@@ -45,8 +46,7 @@ def dataset(tmp_path):
     return make_image_folder(tmp_path / "ds", n_real=12, n_fake=12, generators=("g1", "g2"))
 
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs" / "accelerate").glob("*.yaml"))
+CONFIGS = sorted(accelerate_configs().values())
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
@@ -67,7 +67,7 @@ def test_two_cpu_ranks_equal_one_process(dataset, tmp_path):
                    env=env1, check=True, capture_output=True)
     env2 = {**os.environ, "ALIGNCORE_STORE": str(tmp_path / "two.sqlite")}
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(free_port()),
+              str(accelerate_config("cpu_2proc")), "--main_process_port", str(free_port()),
               "-m", "aligncore"]
     out = subprocess.run(launch + ["run", "--branches", "fake", "--data", str(dataset), "--out", str(tmp_path / "two"), "-q"],
                          env=env2, capture_output=True, text=True)

@@ -9,13 +9,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from aligncore.distributed import free_port
-
-REPO = Path(__file__).resolve().parents[1]
+from aligncore.resources import accelerate_config
 
 
 @pytest.fixture
@@ -36,7 +34,7 @@ def test_two_rank_ddp_training_equals_one_process(pair_set, tmp_path):
                          capture_output=True, text=True)
     assert one.returncode == 0, one.stderr[-2000:]
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-              str(REPO / "configs" / "accelerate" / "cpu_2proc.yaml"), "--main_process_port", str(free_port()),
+              str(accelerate_config("cpu_2proc")), "--main_process_port", str(free_port()),
               "-m", "aligncore"]
     two = subprocess.run(launch + args + ["--out", str(tmp_path / "two")], capture_output=True, text=True,
                          env={**os.environ, "OMP_NUM_THREADS": "1"})

@@ -115,14 +115,17 @@ def test_learned_fusion_never_sees_evaluation_images(tmp_path, monkeypatch):
         return orig_fit(self, scores, labels)
 
     monkeypatch.setattr(LearnedFusion, "fit", spy)
-    from aligncore.ablation import ablate, load_run_scores
+    from aligncore.ablation import ablate
+    from aligncore.rundir import RunDir
 
     res = ablate([run_dir], ["learned"], cal_fraction=0.3)
     split = json.loads((run_dir / "ablation" / "split.json").read_text())["splits"]["synthetic"]
-    cal, ev = set(split["calibration"]), set(split["evaluation"])
-    assert cal and ev and not cal & ev
-    rs = load_run_scores(run_dir)
-    assert cal | ev == set(rs.sha256)
+    cal, ev, left = set(split["calibration"]), set(split["evaluation"]), set(split["left_out"])
+    assert cal and ev and left and not cal & ev and not (cal | ev) & left
+    rs = RunDir.open(run_dir).scores()
+    assert cal | ev | left == set(rs.sha256)
+    # the images a branch could not score are left out of both sides (never fitted on, never measured)
+    assert left == {h for h, s in zip(rs.sha256, rs.scores["sem"]) if np.isnan(s)}
     # the rows the fusion was fitted on are exactly the calibration images' scores
     assert len(seen) == 1
     idx = [i for i, h in enumerate(rs.sha256) if h in cal]

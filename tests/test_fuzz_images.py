@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from aligncore.data.images import ImageLoadError, load_image
-from aligncore.fuzz import MAGIC, MUTATIONS, check_input, mutate, seed_images
+from fuzzing import MAGIC, MUTATIONS, check_input, mutate, seed_images
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TRICKY = FIXTURES / "tricky"

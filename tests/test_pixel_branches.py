@@ -13,6 +13,7 @@ from PIL import Image
 from aligncore import create_branch
 from aligncore.data.crops import crop, grid_positions, jpeg_roundtrip, pad_to
 from aligncore.errors import ModelUnavailableError
+from aligncore.train import train_branch
 from aligncore.train.pixel_config import PixelTrainConfig
 from aligncore.train.pixel_data import load_training_set, split_by_group
 from aligncore.train.pixel_trainer import PixelTrainer, read_metrics
@@ -25,6 +26,21 @@ TINY_TRAIN = {"epochs": 3, "batch_size": 8, "val_fraction": 0.25, "seed": 3}
 @pytest.fixture
 def pair_set(tmp_path) -> Path:
     return make_pixel_pair_set(tmp_path / "pairs", n=16)
+
+
+def _in_memory_scores(branch, ims) -> list[float]:
+    """Score with the model a trainer holds (no loading: ``score`` would rebuild it)."""
+    import torch
+
+    with torch.inference_mode():
+        return [float(x) for x in branch.score_batch(branch.collate([branch.preprocess(im) for im in ims]))]
+
+
+def _trainer(cls_name: str, train_cfg, **branch_opts):
+    from aligncore.registry import get_registry
+
+    cls = get_registry().get("branch", cls_name).cls
+    return cls.trainer_class(cls, cls.make_config(branch_opts), train_cfg, progress=False)
 
 
 def _cli(args):
@@ -74,7 +90,7 @@ def test_split_never_cuts_a_pair_and_paired_batches_share_position(pair_set):
     assert {r.pair_id for r in train}.isdisjoint({r.pair_id for r in val})
     assert len(val) == 8  # 4 of 16 pairs, both images each
     br = create_branch("npr", preset="tiny")
-    trainer = PixelTrainer(br, PixelTrainConfig(batch_size=8), progress=False)
+    trainer = PixelTrainer(type(br), br.config, PixelTrainConfig(batch_size=8), progress=False)
     from aligncore.train.pixel_data import EpochPlan, ImageCache
 
     plan = EpochPlan(train, 8, seed=0, paired=True)
@@ -99,7 +115,8 @@ def test_jpeg_augmentation_is_format_aligned(tmp_path):
             real = [q for q in rows if q["pair_id"] == r["pair_id"] and q["label"] == "0"][0]
             Image.open(m.parent / real["path"]).save(m.parent / r["path"])
     br = create_branch("npr", preset="tiny")
-    trainer = PixelTrainer(br, PixelTrainConfig(batch_size=8, jpeg_aug_prob=1.0, jpeg_quality_min=50, jpeg_quality_max=90),
+    trainer = PixelTrainer(type(br), br.config,
+                           PixelTrainConfig(batch_size=8, jpeg_aug_prob=1.0, jpeg_quality_min=50, jpeg_quality_max=90),
                            progress=False)
     from aligncore.train.pixel_data import EpochPlan, ImageCache
 
@@ -108,7 +125,7 @@ def test_jpeg_augmentation_is_format_aligned(tmp_path):
     c = x.permute(0, 2, 3, 1).numpy()
     np.testing.assert_array_equal(c[0], c[1])
     clean_cfg = PixelTrainConfig(batch_size=8)
-    x0, _ = PixelTrainer(br, clean_cfg, progress=False).make_batch(plan.batches(0)[0], ImageCache(), 0, 0)
+    x0, _ = PixelTrainer(type(br), br.config, clean_cfg, progress=False).make_batch(plan.batches(0)[0], ImageCache(), 0, 0)
     assert not np.array_equal(x0.numpy(), x.numpy())
     assert np.array_equal(jpeg_roundtrip(c[0], 90).shape, c[0].shape)
 
@@ -117,19 +134,25 @@ def test_jpeg_augmentation_is_format_aligned(tmp_path):
 
 
 def test_npr_tiny_training_learns_and_checkpoint_round_trip(pair_set, tmp_path):
-    br = create_branch("npr", preset="tiny", device="cpu")
-    ckpt = br.train(pair_set, tmp_path / "out", {**TINY_TRAIN, "epochs": 4, "lr": 3e-3})
+    trainer = _trainer("npr", PixelTrainConfig(**{**TINY_TRAIN, "epochs": 4, "lr": 3e-3}), preset="tiny", device="cpu")
+    res = trainer.train(pair_set, tmp_path / "out")
+    ckpt = res.checkpoint
     rows = read_metrics(tmp_path / "out")
     assert [int(r["epoch"]) for r in rows] == [0, 1, 2, 3]
     assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]) - 0.1
     assert float(rows[-1]["val_auc"]) >= 0.9
     assert (ckpt / "model.safetensors").exists() and ckpt.name == "best"
+    # the summary says what happened: every epoch ran, the best one is the first with the highest AUC
+    aucs = [float(r["val_auc"]) for r in rows]
+    s = res.summary
+    assert (s["epochs"], s["stop_reason"], s["steps"]) == (4, "epochs", int(rows[-1]["step"]))
+    assert s["best_epoch"] == aucs.index(max(aucs)) and s["val_auc"] == pytest.approx(max(aucs))
     ims = [Image.open(p) for p in sorted((pair_set.parent / "real").glob("*.png"))[:3]]
     ims += [Image.open(p) for p in sorted((pair_set.parent / "recon").glob("*.png"))[:3]]
-    # the last weights, as trained, vs the same weights reloaded from OUT/last
-    trained = br.score(ims)
+    # the last weights, as trained (held by the trainer's own branch), vs the same weights reloaded from OUT/last
+    trained = _in_memory_scores(trainer.branch, ims)
     reloaded = create_branch("npr", checkpoint=str(tmp_path / "out" / "last"), device="cpu")
-    assert reloaded.config.width == br.config.width and reloaded.config.crop_size == br.config.crop_size
+    assert (reloaded.config.width, reloaded.config.crop_size) == (8, 32)  # the tiny sizes, read from branch.json
     assert reloaded.score(ims) == pytest.approx(trained, abs=1e-6)
     assert reloaded.weights_digest() and reloaded.fingerprint() != create_branch("npr", preset="tiny").fingerprint()
 
@@ -142,7 +165,8 @@ def test_killed_training_resumes_to_the_same_result(pair_set, tmp_path):
 
         return load_file(str(d / "last" / "model.safetensors"))
 
-    create_branch("npr", preset="tiny", device="cpu").train(pair_set, tmp_path / "full", cfg)
+    tiny = {"preset": "tiny", "device": "cpu"}
+    train_branch("npr", pair_set, tmp_path / "full", branch_options=tiny, train_options=cfg, progress=False)
 
     class Killed(Exception):
         pass
@@ -152,9 +176,10 @@ def test_killed_training_resumes_to_the_same_result(pair_set, tmp_path):
             raise Killed
 
     with pytest.raises(Killed):
-        create_branch("npr", preset="tiny", device="cpu").train(pair_set, tmp_path / "cut", cfg, on_step=kill_at_5)
+        train_branch("npr", pair_set, tmp_path / "cut", branch_options=tiny, train_options=cfg, progress=False,
+                     on_step=kill_at_5)
     assert len(read_metrics(tmp_path / "cut")) == 1  # epoch 0 finished, killed inside epoch 1
-    create_branch("npr", preset="tiny", device="cpu").train(pair_set, tmp_path / "cut", cfg)
+    train_branch("npr", pair_set, tmp_path / "cut", branch_options=tiny, train_options=cfg, progress=False)
     full, cut = read_metrics(tmp_path / "full"), read_metrics(tmp_path / "cut")
     drop = ("elapsed_s",)
     assert [{k: v for k, v in r.items() if k not in drop} for r in cut] == \
@@ -164,11 +189,12 @@ def test_killed_training_resumes_to_the_same_result(pair_set, tmp_path):
 
 
 def test_dinov2_tiny_lora_adapter_round_trip(pair_set, tmp_path):
-    br = create_branch("dinov2", preset="tiny", device="cpu")
     untrained = create_branch("dinov2", preset="tiny", device="cpu")
     ims = [Image.open(p) for p in sorted((pair_set.parent / "recon").glob("*.png"))[:4]]
     base_scores = untrained.score(ims)
-    br.train(pair_set, tmp_path / "d", {"epochs": 1, "batch_size": 8, "val_fraction": 0.25, "lr": 5e-2})
+    trainer = _trainer("dinov2", type(untrained).train_config_class(epochs=1, batch_size=8, val_fraction=0.25, lr=5e-2),
+                       preset="tiny", device="cpu")
+    trainer.train(pair_set, tmp_path / "d")
     last = tmp_path / "d" / "last"
     assert {"adapter_model.safetensors", "adapter_config.json", "head.safetensors", "branch.json"} <= {p.name for p in last.iterdir()}
     from safetensors.numpy import load_file
@@ -176,7 +202,7 @@ def test_dinov2_tiny_lora_adapter_round_trip(pair_set, tmp_path):
     adapter = load_file(str(last / "adapter_model.safetensors"))
     assert any("lora_B" in k and np.abs(v).max() > 0 for k, v in adapter.items())  # LoRA actually moved
     assert all("lora_" in k for k in adapter)  # the adapter holds no backbone weights
-    trained = br.score(ims)
+    trained = _in_memory_scores(trainer.branch, ims)
     re = create_branch("dinov2", checkpoint=str(last), device="cpu")
     assert re.config.preset == "tiny"
     assert re.score(ims) == pytest.approx(trained, abs=1e-6)
@@ -206,7 +232,7 @@ def test_dinov2_missing_weights_fail_fast_naming_the_model(tmp_path, monkeypatch
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-hf" / "hub"))
     t = time.monotonic()
     with pytest.raises(ModelUnavailableError) as err:
-        create_branch("dinov2", device="cpu").ensure_loaded()
+        create_branch("dinov2", device="cpu").build_model()  # what training and a checkpoint's scoring load first
     assert time.monotonic() - t < 20
     msg = str(err.value)
     assert "vit_large_patch14_dinov2.lvd142m" in msg and "weights=" in msg and "from_scratch" in msg
@@ -216,15 +242,19 @@ def test_dinov2_missing_weights_fail_fast_naming_the_model(tmp_path, monkeypatch
 
 
 def test_spectrum_fits_and_round_trips_without_pickle(pair_set, tmp_path):
-    br = create_branch("spectrum", tile=32, max_tiles=4)
-    ckpt = br.train(pair_set, tmp_path / "s", {"val_fraction": 0.25})
+    from aligncore.train.linear_config import LinearTrainConfig
+
+    trainer = _trainer("spectrum", LinearTrainConfig(val_fraction=0.25), tile=32, max_tiles=4)
+    res = trainer.train(pair_set, tmp_path / "s")
+    ckpt = res.checkpoint
     row = read_metrics(tmp_path / "s")[0]
-    assert float(row["val_auc"]) >= 0.99
-    assert {p.name for p in ckpt.iterdir()} == {"spectrum.safetensors", "branch.json"}
+    assert float(row["val_auc"]) >= 0.99 and res.summary["val_auc"] == pytest.approx(float(row["val_auc"]))
+    assert res.summary["stop_reason"] == "converged" and res.summary["solver_iterations"] >= 1
+    assert {p.name for p in ckpt.iterdir()} == {"spectrum.safetensors", "branch.json", "training.json"}
     ims = [Image.open(p) for p in sorted(pair_set.parent.rglob("p00*.png"))]
     re = create_branch("spectrum", checkpoint=str(tmp_path / "s"))
     assert re.config.tile == 32 and re.config.max_tiles == 4
-    assert re.score(ims) == pytest.approx(br.score(ims), abs=1e-9)
+    assert re.score(ims) == pytest.approx(_in_memory_scores(trainer.branch, ims), abs=1e-9)
 
 
 # ---------------------------------------------------------------------- the CLI on a 0_real/1_fake folder

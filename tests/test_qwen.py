@@ -15,7 +15,7 @@ from aligncore import create_branch, create_builder, load_dataset, load_image
 from aligncore.errors import ModelUnavailableError
 
 SHORT_PROMPT = "Is this image real or fake? Answer real or fake."
-FAST_TRAIN = {"learning_rate": 1e-2, "per_device_train_batch_size": 4, "logging_steps": 100, "lora_dropout": 0.0}
+FAST_TRAIN = {"learning_rate": 1e-2, "per_device_train_batch_size": 4, "logging_steps": 4, "lora_dropout": 0.0}
 
 
 @pytest.fixture(autouse=True)
@@ -95,8 +95,16 @@ def test_fingerprint_covers_prompt_pixels_and_adapter(tmp_path):
     assert create_branch("qwen", preset="tiny", device="cpu", batch_size=3).fingerprint() == fp
     assert create_branch("qwen", preset="tiny", device="cpu", prompt="Real or fake?").fingerprint() != fp
     assert create_branch("qwen", preset="tiny", device="cpu", max_pixels=200 * 200).fingerprint() != fp
-    assert create_branch("qwen", device="cpu", model="/some/other/model").fingerprint() != \
-        create_branch("qwen", device="cpu").fingerprint()
+    # the base model's resolved weights: the same local folder with other weights is another model
+    model = tmp_path / "base"
+    model.mkdir()
+    (model / "config.json").write_text("{}")
+    (model / "model.safetensors").write_bytes(b"weights one")
+    before = create_branch("qwen", device="cpu", model=str(model)).fingerprint()
+    (model / "model.safetensors").write_bytes(b"other weights, same path")
+    assert create_branch("qwen", device="cpu", model=str(model)).fingerprint() != before
+    with pytest.raises(ModelUnavailableError):  # an unresolvable base has no identity: it fails as loading would
+        create_branch("qwen", device="cpu", model=str(tmp_path / "missing")).fingerprint()
 
 
 def test_full_size_default_without_weights_fails_fast(tmp_path, monkeypatch):
@@ -140,8 +148,29 @@ def test_7b_config_on_meta_device_shapes_and_lora_count():
           f"(q/k/v/o only: {attn_only:,})")
 
 
-def _train(branch, supervision, out, **extra):
-    return branch.train(str(supervision), out, {**FAST_TRAIN, **extra})
+def _train(supervision, out, prompt: str | None = None, log=None, **extra):
+    from aligncore.train import train_branch
+
+    bopts = {"preset": "tiny", "device": "cpu", **({"prompt": prompt} if prompt else {})}
+    return train_branch("qwen", str(supervision), out, branch_options=bopts, train_options={**FAST_TRAIN, **extra},
+                        progress=False, log=log)
+
+
+def _score_with(branch, model, images) -> list[float]:
+    """Score as ``branch.score`` does, with a model held in memory (e.g. the one a trainer just trained)."""
+    import torch
+
+    from aligncore_plugins.qwen_model import to_device, verdict_probabilities, verdict_token_ids
+
+    real, fake = verdict_token_ids(branch.processor().tokenizer)
+    model = model.to("cpu").eval()
+    out: list[float] = []
+    bs = branch.config.batch_size
+    with torch.inference_mode():
+        for i in range(0, len(images), bs):
+            batch = branch.collate([branch.preprocess(im) for im in images[i : i + bs]])
+            out += verdict_probabilities(model, to_device(batch, "cpu", branch.dtype), real, fake)
+    return out
 
 
 def test_dpo_on_synthetic_set_moves_scores_resumes_and_reloads(tmp_path):
@@ -149,31 +178,43 @@ def test_dpo_on_synthetic_set_moves_scores_resumes_and_reloads(tmp_path):
 
     from aligncore.cli import build_cli
     from aligncore.testing import make_image_folder
+    from aligncore.train.dpo_config import DPOTrainConfig
+    from aligncore.train.dpo_trainer import DPOTrainer
+    from aligncore_plugins.qwen import QwenBranch
 
     src = make_image_folder(tmp_path / "src", n_real=6, n_fake=6, size=(64, 64), seed=2)
     manifest = create_builder("semantic-set", size=64).build([src], tmp_path / "set", progress=False)
     records = load_dataset(manifest).records
-    before = _gap(create_branch("qwen", preset="tiny", device="cpu"), records)
+    untrained = create_branch("qwen", preset="tiny", device="cpu")
+    before = _gap(untrained, records)
 
     out = tmp_path / "ckpt"
-    _train(create_branch("qwen", preset="tiny", device="cpu"), manifest, out, max_steps=8, save_steps=4)
+    lines: list[str] = []
+    first = _train(manifest, out, max_steps=8, save_steps=4, log=lines.append)
+    assert first.checkpoint == out and first.summary["steps"] == 8 and first.summary["stop_reason"] == "max_steps"
+    # one readable line per logging step (FAST_TRAIN logs every 4), then the summary; no raw metric dicts
+    assert [ln.split("  ")[0] for ln in lines[:-1]] == ["step 4/8", "step 8/8"], lines
+    assert all("loss " in ln and "rewards/accuracies " in ln and "{" not in ln for ln in lines[:-1])
+    assert lines[-1].startswith("done: 8 steps in ") and "mean loss" in lines[-1]
     assert json.loads((out / "aligncore_qwen.json").read_text())["global_step"] == 8
-    trained = create_branch("qwen", preset="tiny", device="cpu")
-    _train(trained, manifest, out, max_steps=20, save_steps=4)  # same --out: resumes from step 8
+    # same --out: resumes from step 8 (the trainer object is kept to compare its in-memory model below)
+    trainer = DPOTrainer(QwenBranch, QwenBranch.make_config({"preset": "tiny", "device": "cpu"}),
+                         DPOTrainConfig(**FAST_TRAIN, max_steps=20, save_steps=4), progress=False)
+    res = trainer.train(str(manifest), out)
+    assert res.summary["resumed_from"] == "checkpoint-8" and res.summary["steps"] == 20
     meta = json.loads((out / "aligncore_qwen.json").read_text())
     assert meta["resumed_from"] == "checkpoint-8" and meta["global_step"] == 20
     assert meta["train_config"]["beta"] == 0.05 and meta["train_config"]["lora_r"] == 16
 
-    after = _gap(trained, records)
-    assert after - before > 0.05, f"DPO must move P(fake) apart: gap {before:.4f} -> {after:.4f}"
-
-    # a fresh branch from the checkpoint reproduces the trained scores exactly
-    images = [load_image(r.path) for r in records]
-    in_memory = trained.score(images)
+    # a fresh branch from the checkpoint reproduces the trained model's scores exactly
     reloaded = create_branch("qwen", checkpoint=str(out), device="cpu")
-    assert reloaded.config.preset == "tiny" and reloaded.config.max_pixels == trained.config.max_pixels
+    assert reloaded.config.preset == "tiny" and reloaded.config.max_pixels == untrained.config.max_pixels
+    images = [load_image(r.path) for r in records]
+    in_memory = _score_with(trainer.branch, trainer.model, images)
     assert reloaded.score(images) == in_memory
-    assert reloaded.fingerprint() == trained.fingerprint()
+    after = _gap(reloaded, records)
+    assert after - before > 0.05, f"DPO must move P(fake) apart: gap {before:.4f} -> {after:.4f}"
+    assert reloaded.weights_provenance().startswith("checkpoint:") and reloaded.fingerprint() != untrained.fingerprint()
 
     # ... and so does `alignctl run --branches qwen --checkpoint DIR`
     res = CliRunner().invoke(build_cli(), ["run", "--branches", "qwen", "--checkpoint", str(out), "--data", str(manifest),
@@ -190,8 +231,9 @@ def test_dpo_on_semantic_set_from_shared_data(shared_data, tmp_path):
         [shared_data / "MANIFEST.csv"], tmp_path / "set", progress=False)
     records = load_dataset(manifest).records
     before = _gap(create_branch("qwen", preset="tiny", device="cpu", prompt=SHORT_PROMPT), records)
-    trained = create_branch("qwen", preset="tiny", device="cpu", prompt=SHORT_PROMPT)
-    _train(trained, manifest, tmp_path / "ckpt", max_steps=30, save_steps=1000)
+    ckpt = _train(manifest, tmp_path / "ckpt", prompt=SHORT_PROMPT, max_steps=30, save_steps=1000).checkpoint
+    trained = create_branch("qwen", checkpoint=str(ckpt), device="cpu")
+    assert trained.config.prompt == SHORT_PROMPT  # recorded in the checkpoint, adopted on reload
     after = _gap(trained, records)
     print(f"\nshared-data semantic set, {len(records)} images: gap {before:.4f} -> {after:.4f}")
     assert after - before > 0.05, f"DPO must move P(fake) apart: gap {before:.4f} -> {after:.4f}"
@@ -202,7 +244,8 @@ def test_size_bucketing_in_runs_changes_order_not_scores(tmp_path):
     import csv
 
     from aligncore.config import make_run_config
-    from aligncore.runner import _size_bucket, run
+    from aligncore.data.loader import size_bucket
+    from aligncore.runner import run
 
     for i, im in enumerate(_images(8, seed=3)):
         d = tmp_path / "ds" / ("0_real" if i % 2 == 0 else "1_fake")
@@ -210,7 +253,7 @@ def test_size_bucketing_in_runs_changes_order_not_scores(tmp_path):
         im.save(d / f"{i}.png")
     paths = sorted(str(p) for p in (tmp_path / "ds").rglob("*.png"))
     assert type(create_branch("qwen", preset="tiny")).bucket_by_size
-    assert sorted(paths, key=_size_bucket) != paths  # the bucketed order differs from the listing order
+    assert sorted(paths, key=size_bucket) != paths  # the bucketed order differs from the listing order
     res = run(make_run_config(branches="qwen", preset="tiny", device="cpu", batch_size=3, data=str(tmp_path / "ds"),
                               out=str(tmp_path / "r")), progress=False)
     with open(res.out_dir / "predictions.csv", newline="") as f:

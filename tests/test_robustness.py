@@ -49,15 +49,16 @@ def test_run_with_perturb_stores_separately_and_records_it(image_folder, tmp_pat
     assert r2.exit_code == 0, r2.output
     # the clean scores in the store are not reused for the perturbed run
     assert "scored 12, reused from store 0" in r2.output
-    from aligncore.ablation import load_run_scores
+    from aligncore.leaderboard import stored_rows
+    from aligncore.rundir import RunDir
     from aligncore.store import ScoreStore
 
-    clean, blurred = load_run_scores(tmp_path / "a"), load_run_scores(tmp_path / "b")
+    clean, blurred = RunDir.open(tmp_path / "a").scores(), RunDir.open(tmp_path / "b").scores()
     assert blurred.perturb == "blur:2.0"
     assert not np.allclose(clean.scores["fake"], blurred.scores["fake"])  # blur makes images smoother
     assert (blurred.scores["fake"] >= clean.scores["fake"] - 1e-9).all()
     with ScoreStore() as st:
-        perturbs = {r["perturb"] for r in st.leaderboard_rows()}
+        perturbs = {r["perturb"] for r in stored_rows(st)}
     assert perturbs == {None, "blur:2.0"}
     r3 = CliRunner().invoke(cli, ["run", "--branches", "fake", "--data", str(image_folder), "--out", str(tmp_path / "c"),
                                   "-q", "--perturb", "blur:2.0"])

@@ -149,7 +149,8 @@ def test_detector_api_matches_run(image_folder, tmp_path):
     rows = _preds(res.out_dir)
     det = Detector(branches=["fake"], fusion="or")
     preds = det.predict([r["path"] for r in rows] + [str(tmp_path / "missing.png")])
-    assert [f"{p.score:.6f}" for p in preds[:-1]] == [r["fused_score"] for r in rows]
-    assert preds[-1].verdict == "error" and "cannot read" in preds[-1].error
+    assert [p.score for p in preds[:-1]] == [float(r["fused_score"]) for r in rows]  # full precision, both ways
+    assert [p.verdict for p in preds[:-1]] == [r["verdict"] for r in rows] and all(p.error is None for p in preds[:-1])
+    assert preds[-1].verdict is None and "cannot read" in preds[-1].error
     pil = Image.open(rows[0]["path"])
     assert det.predict(pil)[0].scores["fake"] == pytest.approx(preds[0].scores["fake"])

@@ -15,6 +15,7 @@ from PIL import Image
 from aligncore import create_builder, hookimpl
 from aligncore.branch import Branch, BranchConfig
 from aligncore.testing import make_image_folder
+from aligncore.train import TrainConfig, Trainer, TrainResult
 
 PARAMS = ["pp_scale", "pp_noise_sigma", "pp_noise_seed", "pp_blur_sigma", "pp_jpeg_quality", "pp_resample_down", "pp_resample_up"]
 
@@ -56,6 +57,21 @@ def test_every_image_has_its_parameters(sources, tmp_path):
     clean = _rows(out / "clean_manifest.csv")
     assert [c["path"] for c in clean] == [r["clean_path"] for r in rows]
     assert not any(k.startswith("pp_") for k in clean[0])
+
+
+def test_the_built_set_reads_as_its_manifest(sources, tmp_path):
+    """Scoring or training on the set's folder takes the processed images only (not the clean/ copies)."""
+    from aligncore.data import load_dataset
+
+    out = tmp_path / "s"
+    build(sources, out)
+    rows = _rows(out / "manifest.csv")
+    records = load_dataset(out).records
+    assert len(records) == len(rows) == 12 and not any("/clean/" in r.path for r in records)
+    assert {r.extra["clean_path"] for r in records} == {r["clean_path"] for r in rows}
+    assert all(set(PARAMS) <= set(r.extra) for r in records)
+    prov = json.loads((out / "provenance.json").read_text())
+    assert prov["encoding"] == {"format": "png", "quality": None}
 
 
 def test_manifest_parameters_reproduce_the_image(sources, tmp_path):
@@ -144,13 +160,19 @@ class ResidualBranch(Branch):
         z = (x - self.w["mean"]) / self.w["std"] @ np.asarray(self.w["coef"]) + self.w["bias"]
         return (1 / (1 + np.exp(-z))).tolist()
 
-    def train(self, supervision, out_dir, train_config=None, **kw):
+
+
+class ResidualTrainer(Trainer):
+    """Fits the residual branch's logistic regression (a third-party training method in the new shape)."""
+
+    def train(self, train_set, out_dir):
         from sklearn.linear_model import LogisticRegression
 
         from aligncore.data import load_dataset, load_image
 
-        recs = load_dataset(supervision).records
-        x = np.stack([self.preprocess(load_image(r.path)) for r in recs])
+        branch = self.new_branch()
+        recs = load_dataset(train_set).records
+        x = np.stack([branch.preprocess(load_image(r.path)) for r in recs])
         y = np.array([r.label for r in recs])
         mean, std = x.mean(0), x.std(0) + 1e-9
         lr = LogisticRegression(C=10.0).fit((x - mean) / std, y)
@@ -158,7 +180,11 @@ class ResidualBranch(Branch):
         out.mkdir(parents=True, exist_ok=True)
         (out / "w.json").write_text(json.dumps({"mean": mean.tolist(), "std": std.tolist(),
                                                 "coef": lr.coef_[0].tolist(), "bias": float(lr.intercept_[0])}))
-        return out
+        return TrainResult(out)
+
+
+ResidualBranch.trainer_class = ResidualTrainer
+ResidualBranch.train_config_class = TrainConfig
 
 
 @pytest.fixture
@@ -208,3 +234,22 @@ def test_leakage_audit_refuses_a_set_without_clean_copies(sources, tmp_path, res
     build(sources, tmp_path / "s", keep_clean=False)
     with pytest.raises(DataError, match="keep_clean"):
         leakage_audit(tmp_path / "s", residual_branch, tmp_path / "a")
+
+
+@pytest.mark.parametrize("name, cfg", [("semantic-set", {"size": 48}), ("fake-pairs", {})])
+def test_both_classes_are_written_with_one_encoder_setting(name, cfg, sources, tmp_path):
+    from PIL import JpegImagePlugin
+
+    from aligncore.errors import AlignCoreError
+
+    builder = create_builder(name, {**cfg, "format": "jpeg", "jpeg_quality": 83})
+    out = tmp_path / "s"
+    rows = _rows(builder.build([sources], out, progress=False))
+    tables = set()
+    for r in rows:
+        with Image.open(out / r["path"]) as im:
+            assert im.format == "JPEG" and r["path"].endswith(".jpg") and JpegImagePlugin.get_sampling(im) == 2
+            tables.add(json.dumps(im.quantization, sort_keys=True))
+    assert {r["label"] for r in rows} == {"0", "1"} and len(tables) == 1  # same quality for both classes
+    with pytest.raises(AlignCoreError, match="only available while build"):
+        builder.write_image(Image.new("RGB", (4, 4)), "x")

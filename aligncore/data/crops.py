@@ -12,11 +12,12 @@ any particular branch.
 
 from __future__ import annotations
 
-import io
 import math
 from typing import Literal
 
 import numpy as np
+
+from .codec import jpeg_roundtrip  # noqa: F401  (the one JPEG round trip; pixel trainers import it from here)
 
 PadMode = Literal["reflect", "constant"]
 
@@ -63,30 +64,30 @@ def random_position(h: int, w: int, size: int, rng: np.random.Generator, align: 
 
 
 def grid_positions(h: int, w: int, size: int, n: int, align: int = 8) -> list[tuple[int, int]]:
-    """Up to ``n`` deterministic window positions on an even rows×cols grid over the image
-    (rows/cols follow the aspect ratio; windows overlap when the image is small; centre when n == 1)."""
+    """Up to ``n`` distinct deterministic window positions spread over the image (centre when n == 1).
+
+    The positions lie on an even rows×cols grid whose shape follows the aspect ratio; when the grid
+    has more cells than ``n``, ``n`` of them are taken evenly. Exactly ``n`` distinct positions come
+    back whenever the image has that many aligned positions, fewer (all of them) otherwise: a window
+    is never listed twice.
+    """
     if n <= 1:
         return [center_position(h, w, size, align)]
     th, tw = _span(h, size, align), _span(w, size, align)
     step = max(1, align)
-    rows = min(n, max(1, round(math.sqrt(n * h / max(1, w)))))
-    cols = max(1, n // rows)
-    rows, cols = min(rows, th // step + 1), min(cols, tw // step + 1)  # no more than the distinct positions
+    ny, nx = th // step + 1, tw // step + 1  # distinct aligned positions along each side
+    rows = min(ny, n, max(1, round(math.sqrt(n * h / max(1, w)))))
+    cols = min(nx, math.ceil(n / rows))
+    rows = min(ny, math.ceil(n / cols))  # more rows when the columns ran out of room
 
     def spread(span: int, k: int) -> list[int]:
         if k == 1:
             off = span // 2
             return [off - off % step]
+        # neighbours lie at least `step` apart (k <= span // step + 1), so the aligned values are distinct
         return [v - v % step for v in (round(i * span / (k - 1)) for i in range(k))]
 
-    return [(t, l) for t in spread(th, rows) for l in spread(tw, cols)]
-
-
-def jpeg_roundtrip(arr: np.ndarray, quality: int) -> np.ndarray:
-    """Encode as JPEG at ``quality`` (4:2:0, as cameras and sites do) and decode again."""
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    return np.asarray(Image.open(buf).convert("RGB"))
+    grid = [(t, l) for t in spread(th, rows) for l in spread(tw, cols)]
+    if len(grid) > n:
+        grid = [grid[round(i * (len(grid) - 1) / (n - 1))] for i in range(n)]
+    return grid

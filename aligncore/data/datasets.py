@@ -6,7 +6,13 @@
 - ``real/`` + ``fake/`` folders; the first folder below ``fake/`` (or ``real/``) names the
   generator (or the source of the real photos).
 - CSV or JSONL manifests with ``path`` (or ``file``), ``label`` (0/1, real/fake) and
-  optional ``generator`` and ``subset``; paths are relative to the manifest's folder.
+  optional ``generator`` and ``subset``; paths are relative to the manifest's folder. Every
+  other column is kept in :attr:`Record.extra` (e.g. a pixel set's ``pair_id``).
+- A folder holding a ``manifest.csv`` (a supervision builder's output) is read through that
+  manifest, never scanned: the manifest says which files belong to the set.
+- Tables (:mod:`aligncore.data.tables`): ``.parquet``/``.arrow`` files, ``datasets.save_to_disk``
+  folders and Hub datasets (``hf:OWNER/NAME[:SPLIT]``), one image per row; their records carry a
+  :class:`~aligncore.data.sources.TableRow` that reads the image's bytes when asked.
 """
 
 from __future__ import annotations
@@ -14,17 +20,21 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable, Sequence
 
 from ..errors import DataError
+from .sources import ImageSource
 
 IMAGE_SUFFIXES = {
     ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".ppm", ".pgm", ".avif", ".heic",
 }
 REAL_NAMES = {"0_real", "real", "reals", "nature"}
 FAKE_NAMES = {"1_fake", "fake", "fakes", "ai"}
+MANIFEST_NAME = "manifest.csv"  # what a folder that is a supervision builder's output holds
+PATH_COLUMNS = ("path", "file", "filepath", "image")
+CORE_COLUMNS = ("label", "generator", "subset")
 LABEL_WORDS = {"0": 0, "real": 0, "0_real": 0, "nature": 0, "false": 0, "1": 1, "fake": 1, "1_fake": 1, "ai": 1, "true": 1}
 
 
@@ -34,9 +44,15 @@ class Record:
     label: int | None  # 0 real, 1 fake, None unknown (prediction only)
     generator: str | None = None
     subset: str | None = None
+    #: every manifest column beyond path/label/generator/subset, as text ({} for folder layouts)
+    extra: dict[str, str] = field(default_factory=dict, hash=False)
+    #: where the image's bytes are when it is not the file at ``path`` (a table row); ``path`` then names it
+    source: ImageSource | None = None
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    @property
+    def is_file(self) -> bool:
+        """The image is the file at :attr:`path` (not a row of a table)."""
+        return self.source is None
 
 
 @dataclass
@@ -44,14 +60,44 @@ class Dataset:
     root: str
     layout: str
     records: list[Record]
+    title: str | None = None  # the dataset's name where the root does not say it (a Hub id, a split)
 
     def __len__(self) -> int:
         return len(self.records)
 
     @property
     def name(self) -> str:
+        if self.title:
+            return self.title
         p = Path(self.root)
         return p.stem if p.is_file() else p.name
+
+
+def hash_records(records: Sequence[Record]) -> tuple[list[str | None], list[tuple[str, str]]]:
+    """The sha256 of every record's image bytes (None where they cannot be read) and (path, reason) of those.
+
+    Table rows are hashed in record order, so a table is streamed once.
+    """
+    from .sources import record_sha256
+
+    hashes: list[str | None] = []
+    unreadable = []
+    for r in records:
+        try:
+            hashes.append(record_sha256(r))
+        except OSError as exc:
+            hashes.append(None)
+            why = exc.strerror or exc
+            unreadable.append((r.path, f"cannot read file ({why})" if r.is_file else str(why)))
+    return hashes, unreadable
+
+
+def require_files(records: Sequence[Record], what: str) -> None:
+    """A clear error when ``what`` (a step that reads image files) is given table rows."""
+    rows = [r for r in records if not r.is_file]
+    if rows:
+        raise DataError(f"{what} reads image files, and {rows[0].path} is a row of a table: export the table's images "
+                        "to files (or a manifest) first.")
 
 
 def parse_label(value, where: str) -> int | None:
@@ -63,8 +109,25 @@ def parse_label(value, where: str) -> int | None:
     raise DataError(f"{where}: label {value!r} is not one of 0/1/real/fake.")
 
 
-def load_dataset(source: str | Path, allow_outside: bool = False) -> Dataset:
-    """Read a folder or manifest into records (sorted by path for a stable order)."""
+def load_dataset(source: str | Path, allow_outside: bool = False, options: dict[str, Any] | None = None,
+                 allow_download: bool = False) -> Dataset:
+    """Read a folder, manifest or table into records (folders sorted by path, manifests and tables in their order).
+
+    ``options`` (:class:`~aligncore.data.tables.TableOptions`: columns, label values, split) apply to
+    tables only; ``allow_download`` lets an ``hf:`` dataset missing from the Hugging Face cache be downloaded.
+    """
+    from . import tables
+
+    if tables.is_table_source(source):
+        topts = tables.table_options(options)
+        ts = tables.resolve_tables(source, topts, allow_download)
+        recs = tables.read_table_records(ts, topts, allow_outside)
+        if not recs:
+            raise DataError(f"{source}: the table holds no rows.")
+        return Dataset(ts.root, ts.layout, recs, ts.name)
+    if options:
+        raise DataError(f"{source}: data options ({', '.join(sorted(options))}) apply to parquet, Arrow and hf: "
+                        "datasets only.")
     src = Path(source).expanduser()
     if not src.exists():
         raise DataError(f"{src}: no such file or folder.")
@@ -80,6 +143,8 @@ def load_dataset(source: str | Path, allow_outside: bool = False) -> Dataset:
         else:
             raise DataError(f"{src}: not a manifest (.csv, .jsonl) or an image.")
         return Dataset(str(src.resolve()), layout, recs)
+    if (src / MANIFEST_NAME).is_file():
+        return Dataset(str(src.resolve()), "builder-manifest", _read_csv_manifest(src / MANIFEST_NAME, allow_outside))
     recs, layout = _read_folder(src.resolve())
     if not recs:
         raise DataError(f"{src}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
@@ -145,9 +210,10 @@ def _rows_to_records(rows: Iterable[tuple[str, dict]], base: Path, allow_outside
     out = []
     missing: list[str] = []
     for where, row in rows:
-        raw = row.get("path", row.get("file", row.get("filepath", row.get("image"))))
-        if raw is None:
+        key = next((k for k in PATH_COLUMNS if k in row), None)
+        if key is None:
             raise DataError(f"{where}: no 'path' (or 'file') column.")
+        raw = row[key]
         path = _resolve(base, raw, where, allow_outside)
         if not os.path.isfile(path):
             missing.append(f"{where} ({str(raw).strip()!r})")
@@ -160,6 +226,7 @@ def _rows_to_records(rows: Iterable[tuple[str, dict]], base: Path, allow_outside
                 parse_label(row.get("label"), where),
                 (str(row["generator"]).strip() or None) if row.get("generator") not in (None, "") else None,
                 (str(row["subset"]).strip() or None) if row.get("subset") not in (None, "") else None,
+                {k: _text(v) for k, v in row.items() if k != key and k not in CORE_COLUMNS and k is not None},
             )
         )
     if missing:
@@ -169,6 +236,13 @@ def _rows_to_records(rows: Iterable[tuple[str, dict]], base: Path, allow_outside
             f"the manifest's folder {base}): {'; '.join(missing[:5])}{more}."
         )
     return out
+
+
+def _text(value) -> str:
+    """A manifest cell as text: CSV cells already are; JSONL values are written back as JSON (None is empty)."""
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
 def _read_csv_manifest(path: Path, allow_outside: bool) -> list[Record]:

@@ -1,6 +1,7 @@
 """Robust image loading: any file from the open internet → an RGB PIL image, or a clear error.
 
 - EXIF orientation is applied.
+- No pixel copy that is not needed: an RGB file without an orientation tag is returned as decoded.
 - Every mode becomes RGB: palette (+ transparency) and LA/RGBA are composited on white,
   CMYK/YCbCr/LAB converted, 16-bit and float images rescaled (not clipped) to 8 bits.
 - Animated images (GIF, APNG, WebP) give their first frame.
@@ -128,7 +129,7 @@ def load_image(source: str | Path | bytes | Image.Image, max_pixels: int | None 
             w, h = img.size  # a few formats (ICO, JPEG 2000) settle the size only when loading
             if w <= 0 or h <= 0 or w * h > limit:
                 raise ImageLoadError(name, f"refused: decoded size {w}x{h} is empty or exceeds {limit} pixels")
-            img = ImageOps.exif_transpose(img) or img
+            ImageOps.exif_transpose(img, in_place=True)  # copies the pixels only when there is a rotation to apply
             return to_rgb(img)
     except ImageLoadError:
         raise
@@ -196,3 +197,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
     if mode == "1":
         return img.convert("L").convert("RGB")
     return img.convert("RGB")
+
+
+def rgb_array(image) -> np.ndarray:
+    """A PIL image (any mode) or an H×W×3 uint8 array → H×W×3 uint8 array, converting only when needed.
+
+    Images from :func:`load_image` are RGB already, so this is one copy, not two.
+    """
+    if isinstance(image, np.ndarray):
+        return np.asarray(image, dtype=np.uint8)
+    if image.mode != "RGB":
+        image = to_rgb(image)
+    return np.asarray(image, dtype=np.uint8)

@@ -1,19 +1,20 @@
-"""Typed configuration of DPO training for the semantic (VLM) branch.
+"""Typed configuration of DPO training for a vision-language (semantic) branch.
 
 Defaults are the AlignGemini paper's settings: learning rate 1e-6, beta 0.05, one epoch,
 LoRA rank 16 (alpha 32) on the language model's projections. Everything else follows
 trl's DPOConfig defaults unless the machine needs otherwise (CPU: no bf16, no
 gradient checkpointing; ``max_length`` unset so image tokens are never cut).
+``alignctl train BRANCH --options`` prints every field with its help.
 """
 
 from __future__ import annotations
 
 from pydantic import Field
 
-from ..component import ComponentConfig
+from .base import TrainConfig
 
 
-class DPOTrainConfig(ComponentConfig):
+class DPOTrainConfig(TrainConfig):
     learning_rate: float = Field(1e-6, gt=0, description="Peak learning rate (paper: 1e-6).")
     beta: float = Field(0.05, gt=0, description="DPO beta: how far the policy may move from the reference (paper: 0.05).")
     num_train_epochs: float = Field(1.0, gt=0, description="Epochs over the preference rows (paper: 1).")
@@ -27,7 +28,8 @@ class DPOTrainConfig(ComponentConfig):
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA path.")
     lora_target_modules: list[str] = Field(
         ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
-        description="Projections of the language model that get LoRA (the vision tower never does).",
+        description="Projection names that get LoRA; the branch maps them to its language model "
+        "(the vision tower never gets LoRA).",
     )
     rationale_column: str = Field("rationale", description="Manifest column whose text follows the chosen verdict "
                                   "(and, with rationale_in_rejected, the rejected one); unused when absent.")

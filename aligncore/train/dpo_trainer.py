@@ -1,60 +1,52 @@
-"""DPO training of the semantic branch (Qwen2.5-VL + LoRA) with trl's DPOTrainer.
+"""DPO training of a vision-language branch (LoRA) with trl's DPOTrainer.
 
 Each labelled image becomes one preference row: the image and the branch's fixed prompt,
 chosen = the correct verdict ("real"/"fake", optionally followed by a rationale),
 rejected = the wrong one. With a peft config, trl's reference model is the base model
 with the adapter disabled, so no second copy of the weights is held.
 
-The output folder holds the adapter, the processor and ``aligncore_qwen.json`` (and, for
-the tiny preset, the base model in ``base/``), so ``alignctl run --branches qwen
---checkpoint OUT`` reloads it. Trainer checkpoints go to ``OUT/trainer`` and a re-run
-with the same ``--out`` resumes from the last one.
+Any branch implementing :data:`PREFERENCE_MODEL_PROTOCOL` can be trained (qwen does):
 
-The same entry point works under ``accelerate launch -m aligncore train qwen ...``
-(every process builds the same rows; only the main process writes the final files).
+- ``processor()``: the processing class (tokenizer + image processor);
+- ``load_base()``: the base model without adapter (on CPU, in the training dtype);
+- ``prompt``: the fixed question;
+- ``lora_targets(projections)``: peft ``target_modules`` for those projection names;
+- ``save_checkpoint(model, out, info)``: write, beside the adapter and processor already
+  saved in ``out``, everything ``checkpoint=out`` needs (metadata, base weights not on the Hub);
+- ``device``.
+
+Trainer checkpoints go to ``OUT/trainer`` and a re-run with the same ``--out`` resumes from
+the last one. The same entry point works under ``accelerate launch -m aligncore train BRANCH
+...`` (every process builds the same rows; only the main process writes the final files).
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import shutil
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from ..errors import AlignCoreError, ConfigError, DataError
+from .base import Trainer, TrainResult, make_summary, write_training_record
 from .dpo_config import DPOTrainConfig
 
+TRAINER_DIR = "trainer"  # resumable trainer checkpoints (not part of the weights)
+PREFERENCE_MODEL_PROTOCOL = ("processor", "load_base", "prompt", "lora_targets", "save_checkpoint", "device")
 VERDICTS = ("real", "fake")
 
 
-def read_rows(supervision: Any, rationale_column: str) -> list[dict[str, Any]]:
+def read_rows(supervision: Any, rationale_column: str, allow_outside: bool = False) -> list[dict[str, Any]]:
     """A labelled set (manifest, folder or records) → [{path, label, rationale}], in a stable order."""
     from ..data import Record, load_dataset
+    from ..data.datasets import require_files
 
-    if isinstance(supervision, (list, tuple)):
-        records: Sequence[Record] = supervision
-        manifest = None
-    else:
-        src = Path(supervision)
-        if src.is_dir() and (src / "manifest.csv").exists():
-            src = src / "manifest.csv"  # a builder's output folder
-        records = load_dataset(src).records
-        manifest = src if src.is_file() and src.suffix.lower() == ".csv" else None
-    rationales: dict[str, str] = {}
-    if manifest is not None:
-        with open(manifest, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            if rationale_column in (reader.fieldnames or []):
-                for row in reader:
-                    text = (row.get(rationale_column) or "").strip()
-                    if text:
-                        rationales[str((manifest.parent / row["path"]).resolve())] = text
+    records: Sequence[Record] = (supervision if isinstance(supervision, (list, tuple))
+                                 else load_dataset(supervision, allow_outside=allow_outside).records)
+    require_files(records, "DPO training")
     rows = []
     for r in records:
         if r.label is None:
             raise DataError(f"{r.path}: DPO training needs a label (real/fake) for every image.")
-        rows.append({"path": r.path, "label": int(r.label), "rationale": rationales.get(str(Path(r.path).resolve()), "")})
+        rows.append({"path": r.path, "label": int(r.label), "rationale": (r.extra.get(rationale_column) or "").strip()})
     if not rows:
         raise DataError(f"no images in the training set {supervision}.")
     if len({r["label"] for r in rows}) < 2:
@@ -88,7 +80,7 @@ class _PreferenceTransform:
         return preference_rows(batch, self.prompt, self.rationale_in_rejected)
 
 
-def build_dpo_config(cfg: DPOTrainConfig, out: Path, on_cpu: bool):
+def build_dpo_config(cfg: DPOTrainConfig, out: Path, on_cpu: bool, progress: bool = True):
     import torch
     from trl import DPOConfig
 
@@ -98,8 +90,8 @@ def build_dpo_config(cfg: DPOTrainConfig, out: Path, on_cpu: bool):
     if bf16 and on_cpu:
         raise ConfigError("bf16=true needs a GPU; leave it unset (auto) on CPU.")
     gc = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else not on_cpu
-    return DPOConfig(
-        output_dir=str(out / "trainer"),
+    return DPOConfig(**checkpointing_argument(DPOConfig, gc),
+        output_dir=str(out / TRAINER_DIR),
         learning_rate=cfg.learning_rate,
         beta=cfg.beta,
         num_train_epochs=cfg.num_train_epochs,
@@ -111,7 +103,6 @@ def build_dpo_config(cfg: DPOTrainConfig, out: Path, on_cpu: bool):
         max_length=cfg.max_length,
         bf16=bool(bf16),
         use_cpu=on_cpu,
-        gradient_checkpointing=gc,
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,
@@ -121,110 +112,135 @@ def build_dpo_config(cfg: DPOTrainConfig, out: Path, on_cpu: bool):
         remove_unused_columns=False,  # the preference columns are produced by the transform
         dataloader_num_workers=cfg.dataloader_num_workers,
         deepspeed=cfg.deepspeed,
+        disable_tqdm=not progress,
     )
 
 
-def train_qwen_dpo(branch, supervision: Any, out_dir: str | Path, train_config: dict) -> Path:
-    """Train ``branch`` (a QwenBranch) with DPO on ``supervision``; returns the checkpoint folder."""
-    import datasets
-    import transformers
-    from peft import LoraConfig
-    from transformers.trainer_utils import get_last_checkpoint
-    from trl import DPOTrainer
+def checkpointing_argument(config_class, on: bool) -> dict[str, bool]:
+    """Activation checkpointing under the name this transformers knows (``gradient_checkpointing`` is a
+    deprecated alias in transformers 5 and warns when used)."""
+    import dataclasses
 
-    from aligncore_plugins import qwen_model as qm
-
-    cfg = _make_train_config(train_config)
-    if branch.config.checkpoint:
-        raise ConfigError("DPO training starts from the base model: drop `checkpoint` from the branch options "
-                          "(re-run with the same --out to resume an interrupted training).")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = read_rows(supervision, cfg.rationale_column)
-    on_cpu = str(branch.device) == "cpu"
-    args = build_dpo_config(cfg, out, on_cpu)
-    is_main = args.process_index == 0
-
-    processor = branch.processor()
-    transformers.set_seed(cfg.seed)
-    model = branch.load_base()
-    if branch.config.preset == "tiny" and is_main:
-        # the tiny base is part of the checkpoint, so a reload never depends on rebuilding it
-        model.save_pretrained(out / qm.BASE_DIR)
-    table = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in ("path", "label", "rationale")})
-    train_set = table.with_transform(_PreferenceTransform(branch.config.prompt, cfg.rationale_in_rejected))
-    lora = LoraConfig(
-        r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-        target_modules=qm.lora_target_regex(cfg.lora_target_modules), task_type="CAUSAL_LM",
-    )
-    trainer = DPOTrainer(model=model, args=args, train_dataset=train_set, processing_class=processor, peft_config=lora)
-    last = get_last_checkpoint(args.output_dir) if cfg.resume and Path(args.output_dir).is_dir() else None
-    result = trainer.train(resume_from_checkpoint=last)
-    trained = trainer.model
-    save_qwen_checkpoint(branch, trained, out, {
-        "train_config": cfg.model_dump(mode="json"),
-        "rows": len(rows),
-        "rows_real": sum(1 for r in rows if r["label"] == 0),
-        "rows_fake": sum(1 for r in rows if r["label"] == 1),
-        "global_step": int(trainer.state.global_step),
-        "train_loss": float(result.training_loss) if result.training_loss is not None else None,
-        "resumed_from": Path(last).name if last else None,
-    }, trainer=trainer)
-    # the branch now scores with the trained weights, and its fingerprint names the saved checkpoint
-    branch.config.checkpoint = str(out)
-    branch.set_model(trained)
-    return out
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return {"activation_checkpointing": on} if "activation_checkpointing" in names else {"gradient_checkpointing": on}
 
 
-def _make_train_config(train_config: dict) -> DPOTrainConfig:
-    from pydantic import ValidationError
+def log_line(logs: dict[str, Any], step: int, max_steps: int) -> str:
+    """One readable line for a trainer log entry (the loss and DPO rewards first), or the end-of-training summary."""
+    logs = {k: v for k, v in logs.items() if k != "total_flos"}
+    if "train_runtime" in logs:
+        loss = logs.get("train_loss")
+        return (f"done: {step} steps in {float(logs['train_runtime']):.1f} s"
+                + (f", mean loss {float(loss):.4f}" if loss is not None else ""))
+    first = ("loss", "rewards/accuracies", "rewards/margins", "learning_rate", "grad_norm", "epoch")
+    parts = [f"step {step}/{max_steps}" if max_steps > 0 else f"step {step}"]
+    for k in [*[k for k in first if k in logs], *sorted(k for k in logs if k not in first)]:
+        v = logs[k]
+        if isinstance(v, float):
+            v = f"{v:.3g}" if k in ("learning_rate", "epoch") else f"{v:.4f}"
+        parts.append(f"{k} {v}")
+    return "  ".join(parts)
 
-    from ..component import format_validation_error
 
-    try:
-        return DPOTrainConfig(**(train_config or {}))
-    except ValidationError as err:
-        raise ConfigError(format_validation_error("DPO training", err)) from None
+class DPOTrainer(Trainer):
+    """Train a preference-model branch class with DPO + LoRA; returns ``OUT`` as the checkpoint.
 
+    After :meth:`train`, ``self.branch`` (the trainer's own branch) and ``self.model`` (the
+    trained model with its adapter) are available to callers that want to inspect them.
+    """
 
-def save_qwen_checkpoint(branch, model, out: Path, info: dict, trainer=None) -> Path:
-    """Adapter + processor + metadata (+ tiny base): everything ``checkpoint=out`` needs."""
-    import peft
-    import transformers
-    import trl
+    config_class = DPOTrainConfig
+    config: DPOTrainConfig
 
-    from aligncore_plugins import qwen_model as qm
+    def __init__(self, branch_class, branch_config, config: DPOTrainConfig, *, progress: bool = True,
+                 on_step: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None,
+                 allow_outside_paths: bool = False):
+        super().__init__(branch_class, branch_config, config, progress=progress, on_step=on_step, log=log,
+                         allow_outside_paths=allow_outside_paths)
+        missing = [m for m in PREFERENCE_MODEL_PROTOCOL if not hasattr(branch_class, m)]
+        if missing:
+            raise AlignCoreError(f"branch {branch_class.name!r} cannot use the DPO trainer: it lacks {', '.join(missing)}.")
+        if getattr(branch_config, "checkpoint", None):
+            raise ConfigError("DPO training starts from the base model: drop `checkpoint` from the branch options "
+                              "(re-run with the same --out to resume an interrupted training).")
+        self.branch = self.new_branch()
+        self.model = None
 
-    out.mkdir(parents=True, exist_ok=True)
-    if trainer is not None:
+    def train(self, train_set: Any, out_dir: str | Path) -> TrainResult:
+        import datasets
+        import transformers
+        from peft import LoraConfig
+        from transformers.trainer_utils import get_last_checkpoint
+        from trl import DPOTrainer as TRLDPOTrainer
+
+        cfg, branch = self.config, self.branch
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        rows = read_rows(train_set, cfg.rationale_column, self.allow_outside_paths)
+        record = self.training_record(rows, train_set)
+        args = build_dpo_config(cfg, out, str(branch.device) == "cpu", progress=self.progress)
+        processor = branch.processor()
+        transformers.set_seed(cfg.seed)
+        model = branch.load_base()
+        table = datasets.Dataset.from_dict({k: [r[k] for r in rows] for k in ("path", "label", "rationale")})
+        train_rows = table.with_transform(_PreferenceTransform(branch.prompt, cfg.rationale_in_rejected))
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=branch.lora_targets(cfg.lora_target_modules), task_type="CAUSAL_LM")
+        trainer = TRLDPOTrainer(model=model, args=args, train_dataset=train_rows, processing_class=processor,
+                                peft_config=lora, callbacks=self._callbacks())
+        self._quiet_logs(trainer)
+        last = get_last_checkpoint(args.output_dir) if cfg.resume and Path(args.output_dir).is_dir() else None
+        result = trainer.train(resume_from_checkpoint=last)
+        self.model = trainer.model
+        info = {
+            "train_config": cfg.model_dump(mode="json"),
+            "rows": len(rows),
+            "rows_real": sum(1 for r in rows if r["label"] == 0),
+            "rows_fake": sum(1 for r in rows if r["label"] == 1),
+            "global_step": int(trainer.state.global_step),
+            "train_loss": float(result.training_loss) if result.training_loss is not None else None,
+            "resumed_from": Path(last).name if last else None,
+            "training_data": record["data"],
+        }
         trainer.save_model(str(out))  # gathers sharded (DeepSpeed) weights; writes adapter + processor
-        if not trainer.is_world_process_zero():
-            return out
-        (out / "training_args.bin").unlink(missing_ok=True)  # holds run paths; the meta file has the config
-    else:
-        if not hasattr(model, "peft_config"):
-            raise AlignCoreError("this qwen model has no LoRA adapter to save (train it first).")
-        model.save_pretrained(str(out))
-        branch.processor().save_pretrained(str(out))
-    if branch.config.preset == "tiny" and not (out / qm.BASE_DIR / "config.json").exists():
-        base = qm.build_tiny_model(branch.processor().tokenizer)
-        base.save_pretrained(out / qm.BASE_DIR)
-    meta = {
-        "branch": "qwen",
-        "model": None if branch.config.preset == "tiny" else branch.config.model,
-        "preset": branch.config.preset,
-        "prompt": branch.config.prompt,
-        "min_pixels": branch.config.min_pixels,
-        "max_pixels": branch.config.max_pixels,
-        "versions": {"transformers": transformers.__version__, "peft": peft.__version__, "trl": trl.__version__},
-        **info,
-    }
-    tmp = out / (qm.META_NAME + ".tmp")
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-    tmp.replace(out / qm.META_NAME)
-    return out
+        if trainer.is_world_process_zero():
+            (out / "training_args.bin").unlink(missing_ok=True)  # holds run paths; the metadata has the config
+            branch.save_checkpoint(self.model, out, info)
+            write_training_record(out, record)
+        stop = "max_steps" if cfg.max_steps > 0 and info["global_step"] >= cfg.max_steps else "epochs"
+        summary = make_summary(steps=info["global_step"], epochs=float(trainer.state.epoch or 0), stop_reason=stop,
+                               train_loss=info["train_loss"], resumed_from=info["resumed_from"], rows=len(rows),
+                               data_digest=record["data"]["digest"])
+        return TrainResult(out, summary)
 
+    def _callbacks(self) -> list | None:
+        """``on_step(global_step)`` after every optimizer step, and ``log`` once per logging step."""
+        from transformers import TrainerCallback
 
-def clear_trainer_state(out_dir: str | Path) -> None:
-    """Forget the resumable trainer checkpoints (the final adapter stays)."""
-    shutil.rmtree(Path(out_dir) / "trainer", ignore_errors=True)
+        on_step, log = self.on_step, self.log
+        out = []
+        if on_step is not None:
+            class OnStep(TrainerCallback):
+                def on_step_end(self, args, state, control, **kwargs):
+                    on_step(int(state.global_step))
+
+            out.append(OnStep())
+        if log is not None:
+            class LogLines(TrainerCallback):
+                def on_log(self, args, state, control, logs=None, **kwargs):
+                    if logs and state.is_world_process_zero:
+                        log(log_line(logs, int(state.global_step), int(state.max_steps or 0)))
+
+            out.append(LogLines())
+        return out or None
+
+    @staticmethod
+    def _quiet_logs(trainer) -> None:
+        """transformers prints every log entry as a raw dict; the ``log`` callback says it in one line instead."""
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        for cb in list(trainer.callback_handler.callbacks):
+            if isinstance(cb, ProgressCallback):
+                cb.on_log = lambda *a, **k: None  # keep its progress bar, drop its dict printing
+

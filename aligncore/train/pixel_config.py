@@ -1,31 +1,38 @@
 """Training configuration for the neural pixel experts (``dinov2``, ``npr``).
 
-One typed config, every field with help text (printed by ``alignctl train --help`` users
-through the docs and by :func:`PixelTrainConfig.options_help`). Values come from
-``--config train.yaml`` and ``-o key=value``; the branch may supply defaults of its own
-(dinov2: lr 1e-4).
+One typed config, every field with help text (``alignctl train npr --options`` prints
+them). Values come from ``--config train.yaml`` and ``-o key=value``; a branch may
+subclass it to change defaults or add switches of its own (dinov2: lr 1e-4, from_scratch).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from ..component import ComponentConfig, format_validation_error
-from ..errors import ConfigError
+from .base import TrainConfig
 
 
-class PixelTrainConfig(ComponentConfig):
+DEFAULT_EPOCHS = 3
+UNLIMITED_EPOCHS = 10**9  # "until the budget ends"
+
+
+class PixelTrainConfig(TrainConfig):
+    branch_fields: ClassVar[tuple[str, ...]] = ("crop_size",)
+
     # ---- schedule
-    epochs: int = Field(3, ge=1, description="Passes over the training pairs (or balanced images).")
+    epochs: int | None = Field(
+        None, ge=1, description="Passes over the training pairs (or balanced images). Unset: 3, or no limit when "
+        "max_minutes or max_steps is given (a budget given alone is the stopping rule)."
+    )
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps (overrides epochs for the LR schedule).")
     max_minutes: float | None = Field(
         None, gt=0, description="Wall-clock budget; training stops at the next step boundary, saves and evaluates. "
         "The cosine schedule then decays over whichever ends first, the steps or the budget. "
         "A time-limited run is not bit-reproducible (where it stops depends on the machine)."
     )
-    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (dinov2 defaults to 1e-4).")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps before the cosine decay.")
     scheduler: Literal["cosine", "constant"] = Field("cosine", description="Learning-rate schedule after warm-up.")
@@ -33,7 +40,8 @@ class PixelTrainConfig(ComponentConfig):
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step (batch_size is split across them).")
     max_grad_norm: float | None = Field(1.0, description="Gradient clipping norm (None: no clipping).")
     # ---- data
-    crop_size: int | None = Field(None, ge=8, description="Training window side (default: the branch's crop_size); random position, native resolution.")
+    crop_size: int | None = Field(None, ge=8, description="Training window side (default: the branch's crop_size); random "
+                                  "position, native resolution. Recorded in the checkpoint, so scoring uses it too.")
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of pairs / source photos held out for validation (a pair is never split).")
     paired: Literal["auto", "yes", "no"] = Field(
         "auto", description="Paired batches (a real crop and its reconstruction at the same position): auto = when the set has pair_id."
@@ -45,9 +53,6 @@ class PixelTrainConfig(ComponentConfig):
     jpeg_quality_max: int = Field(100, ge=1, le=100, description="Highest JPEG quality drawn for the augmentation.")
     cache_images: bool = Field(True, description="Keep decoded training images in memory (fast; ~3 bytes per pixel).")
     # ---- model
-    from_scratch: bool = Field(
-        False, description="Train every weight from a random initialisation (no pretrained weights needed; for dinov2 no LoRA)."
-    )
     gradient_checkpointing: bool = Field(False, description="Recompute activations in the backward pass (less memory, slower).")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
         "auto", description="auto = bf16 on GPU, none on CPU (CPU training is always fp32)."
@@ -60,6 +65,12 @@ class PixelTrainConfig(ComponentConfig):
     resume: bool = Field(True, description="Resume from OUT/state when it exists (a killed run continues where it stopped).")
     eval_batch_size: int = Field(16, ge=1, description="Images per forward pass during validation.")
 
+    def planned_epochs(self) -> int:
+        """The epoch limit in force: ``epochs`` when set, else 3, or (with a time or step budget) none."""
+        if self.epochs is not None:
+            return self.epochs
+        return UNLIMITED_EPOCHS if (self.max_minutes or self.max_steps) else DEFAULT_EPOCHS
+
     @model_validator(mode="after")
     def _check(self):
         if self.jpeg_quality_min > self.jpeg_quality_max:
@@ -67,14 +78,3 @@ class PixelTrainConfig(ComponentConfig):
         if self.batch_size % self.grad_accum_steps:
             raise ValueError("batch_size must be a multiple of grad_accum_steps")
         return self
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any] | None) -> "PixelTrainConfig":
-        try:
-            return cls(**(data or {}))
-        except ValidationError as err:
-            raise ConfigError(format_validation_error("pixel training", err)) from None
-
-    @classmethod
-    def options_help(cls) -> list[tuple[str, str, str]]:
-        return [(n, repr(f.get_default()), f.description or "") for n, f in cls.model_fields.items()]

@@ -10,16 +10,14 @@ same data as an uninterrupted one without saving any data-loader state.
 
 from __future__ import annotations
 
-import csv
 import hashlib
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable
 
 import numpy as np
 
 from ..data import load_dataset
+from ..data.datasets import require_files
 from ..errors import DataError
 
 
@@ -32,39 +30,19 @@ class TrainRecord:
     generator: str | None = None
 
 
-def _extra_columns(manifest: Path) -> dict[str, dict]:
-    """Resolved path → the manifest's full row (for pair_id / source), CSV or JSONL."""
-    rows: list[dict] = []
-    if manifest.suffix.lower() in (".csv", ".tsv"):
-        with open(manifest, newline="", encoding="utf-8-sig") as f:
-            rows = list(csv.DictReader(f, delimiter="\t" if manifest.suffix.lower() == ".tsv" else ","))
-    elif manifest.suffix.lower() in (".jsonl", ".ndjson", ".json"):
-        rows = [json.loads(l) for l in manifest.read_text(encoding="utf-8").splitlines() if l.strip()]
-    out = {}
-    for r in rows:
-        raw = r.get("path", r.get("file", r.get("filepath", r.get("image"))))
-        if raw:
-            p = Path(str(raw).strip()).expanduser()
-            out[str((p if p.is_absolute() else manifest.parent / p).resolve())] = r
-    return out
-
-
-def load_training_set(source) -> list[TrainRecord]:
-    """A folder, manifest (path) or list of TrainRecords → labelled TrainRecords."""
+def load_training_set(source, allow_outside: bool = False) -> list[TrainRecord]:
+    """A folder, manifest (path) or list of TrainRecords → labelled TrainRecords (manifest paths outside the
+    manifest's folder only with ``allow_outside``)."""
     if isinstance(source, (list, tuple)):
         return list(source)
-    src = Path(source)
-    if src.is_dir() and (src / "manifest.csv").exists():
-        src = src / "manifest.csv"  # a builder's output folder
-    ds = load_dataset(src)
-    extra = _extra_columns(Path(ds.root)) if Path(ds.root).is_file() else {}
+    ds = load_dataset(source, allow_outside=allow_outside)  # a builder's output folder is read through its manifest
+    require_files(ds.records, "training")
     out = []
     for r in ds.records:
         if r.label is None:
             continue
-        row = extra.get(r.path, {})
-        pair = str(row.get("pair_id") or "").strip() or None
-        src_id = str(row.get("source") or "").strip() or None
+        pair = (r.extra.get("pair_id") or "").strip() or None
+        src_id = (r.extra.get("source") or "").strip() or None
         out.append(TrainRecord(r.path, int(r.label), pair or src_id or r.path, pair, r.generator))
     labels = {r.label for r in out}
     if labels != {0, 1}:

@@ -23,6 +23,7 @@ import os
 import shutil
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -30,53 +31,98 @@ import numpy as np
 
 from ..data.crops import crop, jpeg_roundtrip, random_position
 from ..errors import AlignCoreError
-from .pixel_config import PixelTrainConfig
+from .base import (METRICS_FILE, Trainer, TrainResult, append_metrics, make_summary, read_metrics,
+                   write_training_record)
+from .pixel_config import UNLIMITED_EPOCHS, PixelTrainConfig
 from .pixel_data import EpochPlan, ImageCache, TrainRecord, load_training_set, split_by_group
 
-METRICS_FILE = "metrics.csv"
-METRIC_COLUMNS = ["epoch", "step", "train_loss", "val_loss", "val_auc", "val_ap", "val_balanced_accuracy", "lr", "elapsed_s", "stopped"]
+__all__ = ["PixelTrainer", "read_metrics"]
+
+#: what a neural pixel branch must offer the loop (see aligncore.pixel.NeuralPixelBranch)
+PIXEL_MODEL_PROTOCOL = ("build_model", "logits", "crops", "trainable_parameters", "trainable_state_dict",
+                        "load_trainable_state_dict", "save")
 
 
-class PixelTrainer:
-    """Train ``branch`` (a :class:`aligncore.pixel.NeuralPixelBranch`) with ``config``.
+@dataclass
+class _Data:
+    train: list[TrainRecord]
+    val: list[TrainRecord]
+    paired: bool
+    plan: EpochPlan
 
-    ``on_step(global_step)`` is called after every optimizer step (progress hooks; tests
-    raise from it to simulate a killed run).
+
+class PixelTrainer(Trainer):
+    """Train a :class:`aligncore.pixel.NeuralPixelBranch` class with a :class:`PixelTrainConfig`.
+
+    The trainer builds its own branch (``self.branch``) from the branch config plus the train
+    config's branch fields (crop_size; dinov2 adds from_scratch); after :meth:`train` it holds
+    the last weights. ``OUT/best`` is the checkpoint returned.
     """
 
-    def __init__(self, branch, config: PixelTrainConfig, on_step: Callable[[int], None] | None = None,
-                 progress: bool = True):
-        self.branch, self.config, self.on_step, self.progress = branch, config, on_step, progress
+    config_class = PixelTrainConfig
+    config: PixelTrainConfig
+
+    def __init__(self, branch_class, branch_config, config: PixelTrainConfig, *, progress: bool = True,
+                 on_step: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None,
+                 allow_outside_paths: bool = False):
+        super().__init__(branch_class, branch_config, config, progress=progress, on_step=on_step, log=log,
+                         allow_outside_paths=allow_outside_paths)
+        missing = [m for m in PIXEL_MODEL_PROTOCOL if not callable(getattr(branch_class, m, None))]
+        if missing:
+            raise AlignCoreError(f"branch {branch_class.name!r} cannot use the pixel trainer: it lacks {', '.join(missing)}.")
+        self.branch = self.new_branch()
 
     # ------------------------------------------------------------------ public
-    def train(self, supervision, out_dir) -> Path:
-        import torch
-        from accelerate import Accelerator
-
-        cfg, br = self.config, self.branch
+    def train(self, train_set, out_dir) -> TrainResult:
+        cfg = self.config
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        records = load_training_set(supervision)
+        data = self._load_data(train_set)
+        acc = self._accelerator()
+        model, opt, raw_model = self._prepare_model(acc)
+        state = self._start_state(out, raw_model, opt)
+        self.record = self.training_record(data.train + data.val, train_set, epochs=cfg.planned_epochs())
+        if acc.is_main_process:
+            (out / "train_config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
+            (out / "split.json").write_text(json.dumps({
+                "paired": data.paired, "n_train": len(data.train), "n_val": len(data.val),
+                "val_groups": sorted({r.group for r in data.val}),
+            }, indent=2) + "\n")
+        stopped = self._run_epochs(out, data, model, raw_model, opt, state)
+        self.branch.model = raw_model
+        self.branch.model.eval()
+        acc.wait_for_everyone()
+        summary = make_summary(steps=state["global_step"], epochs=state["epoch"], stop_reason=stopped or "epochs",
+                               best_epoch=state["best_epoch"], val_auc=state["best_auc"],
+                               last=getattr(self, "last_metrics", None), paired=data.paired,
+                               n_train=len(data.train), n_val=len(data.val), data_digest=self.record["data"]["digest"])
+        return TrainResult(out / "best", summary)
+
+    # ------------------------------------------------------------------ set-up
+    def _load_data(self, train_set) -> _Data:
+        cfg = self.config
+        records = load_training_set(train_set, self.allow_outside_paths)
         train_recs, val_recs = split_by_group(records, cfg.val_fraction, cfg.seed)
         has_pairs = any(r.pair_id for r in train_recs)
         paired = has_pairs if cfg.paired == "auto" else cfg.paired == "yes"
-        if cfg.crop_size:
-            br.config.crop_size = cfg.crop_size
-        if cfg.from_scratch:
-            if "from_scratch" not in type(br.config).model_fields:
-                raise AlignCoreError(f"branch {br.name!r} has no from-scratch mode.")
-            br.config.from_scratch = True
-        plan = EpochPlan(train_recs, cfg.batch_size, cfg.seed, paired)
+        return _Data(train_recs, val_recs, paired, EpochPlan(train_recs, cfg.batch_size, cfg.seed, paired))
 
-        device = br.device
-        mp = cfg.mixed_precision
+    def _accelerator(self):
+        from accelerate import Accelerator
+
+        on_gpu = self.branch.device.startswith("cuda")
+        mp = self.config.mixed_precision
         if mp == "auto":
-            mp = "bf16" if device.startswith("cuda") else "no"
-        if not device.startswith("cuda"):
-            mp = "no"
-        acc = Accelerator(cpu=not device.startswith("cuda"), mixed_precision=mp)
-        self.acc = acc
+            mp = "bf16" if on_gpu else "no"
+        if not on_gpu:
+            mp = "no"  # CPU training is always fp32
+        self.acc = Accelerator(cpu=not on_gpu, mixed_precision=mp)
+        return self.acc
 
+    def _prepare_model(self, acc):
+        import torch
+
+        cfg, br = self.config, self.branch
         torch.manual_seed(cfg.seed)  # initialisation of heads / LoRA / scratch weights
         br.build_model(for_training=True, gradient_checkpointing=cfg.gradient_checkpointing)
         br.model.to(acc.device)
@@ -87,38 +133,38 @@ class PixelTrainer:
         model, opt = acc.prepare(br.model, opt)
         raw_model = br.model
         br.model = model
+        return model, opt, raw_model
 
-        total_steps = plan.steps * cfg.epochs
-        if cfg.max_steps:
-            total_steps = min(total_steps, cfg.max_steps)
+    def _start_state(self, out: Path, raw_model, opt) -> dict:
         state = {"epoch": 0, "step_in_epoch": 0, "global_step": 0, "loss_sum": 0.0, "loss_n": 0,
                  "best_auc": None, "best_epoch": None, "elapsed_s": 0.0}
         state_dir = out / "state"
-        if cfg.resume and (state_dir / "trainer_state.json").exists():
+        if self.config.resume and (state_dir / "trainer_state.json").exists():
             state = self._load_state(state_dir, raw_model, opt)
             _truncate_metrics(out / METRICS_FILE, state["epoch"])
         elif (out / METRICS_FILE).exists():
             (out / METRICS_FILE).unlink()
-        if acc.is_main_process:
-            (out / "train_config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2, sort_keys=True) + "\n")
-            (out / "split.json").write_text(json.dumps({
-                "paired": paired, "n_train": len(train_recs), "n_val": len(val_recs),
-                "val_groups": sorted({r.group for r in val_recs}),
-            }, indent=2) + "\n")
+        return state
 
+    # ------------------------------------------------------------------ the loop
+    def _run_epochs(self, out: Path, data: _Data, model, raw_model, opt, state: dict) -> str:
+        """Epochs until done, max_steps or max_minutes; returns why it stopped ("" = all epochs)."""
+        import torch
+
+        cfg, acc = self.config, self.acc
+        epochs = cfg.planned_epochs()
+        total_steps = data.plan.steps * epochs
+        if cfg.max_steps:
+            total_steps = min(total_steps, cfg.max_steps)
         cache = ImageCache(cfg.cache_images)
         loss_fn = torch.nn.BCEWithLogitsLoss()
         t_start = time.monotonic() - state["elapsed_s"]
         stopped = ""
-        bar = None
-        if self.progress and acc.is_main_process:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total_steps, initial=state["global_step"], desc=f"train {br.name}", unit="step",
-                       dynamic_ncols=True, leave=False)
-        while state["epoch"] < cfg.epochs and not stopped:
+        bar = self._progress_bar(None if epochs == UNLIMITED_EPOCHS and not cfg.max_steps else total_steps,
+                                 state["global_step"])
+        while state["epoch"] < epochs and not stopped:
             epoch = state["epoch"]
-            batches = plan.batches(epoch)
+            batches = data.plan.batches(epoch)
             model.train()
             for s in range(state["step_in_epoch"], len(batches)):
                 if state["global_step"] >= total_steps:
@@ -140,26 +186,29 @@ class PixelTrainer:
                 if cfg.max_minutes and state["elapsed_s"] >= cfg.max_minutes * 60:
                     stopped = "max_minutes"
                 if cfg.save_every_steps and state["global_step"] % cfg.save_every_steps == 0 and s + 1 < len(batches):
-                    self._save_state(state_dir, raw_model, opt, state)
+                    self._save_state(out / "state", raw_model, opt, state)
                 if self.on_step is not None:
                     self.on_step(state["global_step"])
                 if stopped:
                     break
             if state["global_step"] >= total_steps and not stopped:
-                stopped = "max_steps" if state["step_in_epoch"] < len(batches) or epoch + 1 < cfg.epochs else ""
-            self._end_epoch(out, raw_model, val_recs, cache, state, stopped)
+                stopped = "max_steps" if state["step_in_epoch"] < len(batches) or epoch + 1 < epochs else ""
+            self._end_epoch(out, raw_model, data.val, cache, state, stopped)
             if not stopped or state["step_in_epoch"] >= len(batches):
                 state["epoch"] = epoch + 1
                 state["step_in_epoch"] = 0
                 state["loss_sum"], state["loss_n"] = 0.0, 0
-            self._save_state(state_dir, raw_model, opt, state)
+            self._save_state(out / "state", raw_model, opt, state)
         if bar is not None:
             bar.close()
-        br.model = raw_model
-        br.model.eval()
-        br._loaded = True  # the branch now holds the last weights and can score directly
-        acc.wait_for_everyone()
-        return out / "best"
+        return stopped
+
+    def _progress_bar(self, total: int, done: int):
+        if not (self.progress and self.acc.is_main_process):
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=done, desc=f"train {self.branch.name}", unit="step", dynamic_ncols=True, leave=False)
 
     # ------------------------------------------------------------------ one step
     def _lr(self, step: int, total: int, elapsed_s: float = 0.0) -> float:
@@ -277,12 +326,12 @@ class PixelTrainer:
         with self._unwrapped(raw_model):
             m = self.evaluate(val_recs, cache)
             if acc.is_main_process:
-                _replace_dir(out / "last", self.branch.save)
+                _replace_dir(out / "last", self._save_checkpoint)
                 auc = m.get("val_auc")
                 best = state["best_auc"]
                 if best is None or (auc is not None and auc > best) or not (out / "best").exists():
                     state["best_auc"], state["best_epoch"] = auc, state["epoch"]
-                    _replace_dir(out / "best", self.branch.save)
+                    _replace_dir(out / "best", self._save_checkpoint)
         row = {
             "epoch": state["epoch"], "step": state["global_step"],
             "train_loss": state["loss_sum"] / max(1, state["loss_n"]),
@@ -290,20 +339,27 @@ class PixelTrainer:
             "elapsed_s": round(state["elapsed_s"], 1), "stopped": stopped, **m,
         }
         if acc.is_main_process:
-            _append_metrics(out / METRICS_FILE, row)
+            append_metrics(out / METRICS_FILE, row)
+            if self.log is not None:
+                self.log(epoch_line(row, self.config.planned_epochs()))
         self.last_metrics = row
+
+    def _save_checkpoint(self, folder: Path) -> None:
+        """The branch's weights plus ``training.json`` (what it was trained on, with which settings)."""
+        self.branch.save(folder)
+        write_training_record(folder, self.record)
 
     def _save_state(self, state_dir: Path, raw_model, opt, state: dict) -> None:
         import torch
-        from safetensors.torch import save_file
+
+        from ..safeio import save_state_dict
 
         if not self.acc.is_main_process:
             return
 
         def write(tmp: Path) -> None:
             with self._unwrapped(raw_model):
-                sd = {k: v.detach().cpu().contiguous() for k, v in self.branch.trainable_state_dict().items()}
-            save_file(sd, str(tmp / "weights.safetensors"))
+                save_state_dict(self.branch.trainable_state_dict(), tmp / "weights.safetensors")
             torch.save(opt.state_dict(), tmp / "optimizer.pt")
             torch.save({"torch": torch.get_rng_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}, tmp / "rng.pt")
@@ -313,16 +369,31 @@ class PixelTrainer:
 
     def _load_state(self, state_dir: Path, raw_model, opt) -> dict:
         import torch
-        from safetensors.torch import load_file
+
+        from ..safeio import load_state_dict, safe_torch_load
 
         with self._unwrapped(raw_model):
-            self.branch.load_trainable_state_dict(load_file(str(state_dir / "weights.safetensors")))
-        opt.load_state_dict(torch.load(state_dir / "optimizer.pt", weights_only=True, map_location="cpu"))
-        rng = torch.load(state_dir / "rng.pt", weights_only=True)
+            self.branch.load_trainable_state_dict(load_state_dict(state_dir / "weights.safetensors"))
+        opt.load_state_dict(safe_torch_load(state_dir / "optimizer.pt"))
+        rng = safe_torch_load(state_dir / "rng.pt")
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         return json.loads((state_dir / "trainer_state.json").read_text())
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """One readable line per epoch: losses, validation metrics, time (no epoch total when a budget rules)."""
+    total = "" if epochs >= UNLIMITED_EPOCHS else f"/{epochs}"
+    parts = [f"epoch {int(row['epoch']) + 1}{total}", f"step {row['step']}"]
+    for k in ("train_loss", "val_loss", "val_auc", "val_ap", "val_balanced_accuracy"):
+        v = row.get(k)
+        if v is not None and v != "":
+            parts.append(f"{k} {float(v):.4f}")
+    parts.append(f"{row.get('elapsed_s')} s")
+    if row.get("stopped"):
+        parts.append(f"stopped: {row['stopped']}")
+    return "  ".join(parts)
 
 
 def _replace_dir(target: Path, write: Callable[[Path], object]) -> None:
@@ -339,15 +410,6 @@ def _replace_dir(target: Path, write: Callable[[Path], object]) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _append_metrics(path: Path, row: dict) -> None:
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=METRIC_COLUMNS, extrasaction="ignore", lineterminator="\n")
-        if new:
-            w.writeheader()
-        w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in METRIC_COLUMNS})
-
-
 def _truncate_metrics(path: Path, epoch: int) -> None:
     """Drop rows of epochs not yet complete in the saved state (written just before a kill)."""
     if not path.exists():
@@ -356,12 +418,5 @@ def _truncate_metrics(path: Path, epoch: int) -> None:
         rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < epoch]
     path.unlink()
     for r in rows:
-        _append_metrics(path, r)
+        append_metrics(path, r)
 
-
-def read_metrics(out_dir) -> list[dict]:
-    p = Path(out_dir) / METRICS_FILE
-    if not p.exists():
-        return []
-    with open(p, newline="") as f:
-        return list(csv.DictReader(f))

@@ -28,7 +28,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from aligncore import create_branch, load_dataset
-    from aligncore.runner import iter_batches
+    from aligncore.data.loader import LoadItem, load_images
 
     tmp = None
     data = args.data
@@ -41,16 +41,16 @@ def main() -> None:
         data = str(make_image_folder(Path(tmp.name), n_real=args.limit // 2, n_fake=args.limit // 2, size=(512, 512)))
     records = load_dataset(data).records[: args.limit]
     branch = create_branch(args.branch, **({"preset": args.preset} if args.preset else {}), device="cpu")
-    items = [(i, r.path) for i, r in enumerate(records)]
+    items = [LoadItem(i, r.path, (0,)) for i, r in enumerate(records)]
     print(f"{len(items)} images from {data}; branch {args.branch}; batch {args.batch_size}; {os.cpu_count()} CPUs")
-    for _ in iter_batches(branch, items, args.batch_size, 0, pin=False):  # warm the file cache: time decoding, not disk
+    for _ in load_images(items, [branch.preprocess], args.batch_size):  # warm the file cache: time decoding, not disk
         pass
     base = None
     for w in [int(x) for x in args.workers.split(",")]:
         t = time.perf_counter()
         n = 0
-        for idxs, _xs, _batch, errors in iter_batches(branch, items, args.batch_size, w, pin=False):
-            n += len(idxs) + len(errors)
+        for loaded in load_images(items, [branch.preprocess], args.batch_size, workers=w):
+            n += len(loaded)
         dt = time.perf_counter() - t
         rate = n / dt
         base = base or rate

@@ -2,7 +2,8 @@
 
 The rule (:func:`check_input`): :func:`aligncore.data.load_image` either returns an RGB
 image or raises :class:`ImageLoadError` with a reason, within a time bound. Used by
-``tests/test_fuzz_images.py`` and ``benchmarks/fuzz_images.py``.
+``tests/test_fuzz_images.py`` and ``benchmarks/fuzz_images.py`` (a test helper, not part of the package:
+the installed package ships no fuzzer).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .data.images import ImageLoadError, load_image
+from aligncore.data.images import ImageLoadError, load_image
 
 #: per-input decode deadline in fuzz runs (seconds); an input that needs longer is refused by it
 MAX_SECONDS = 2.0

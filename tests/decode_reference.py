@@ -1,0 +1,81 @@
+"""Images for the scoring-path regression test, and the frozen scores of the earlier path.
+
+``tests/fixtures/scores_before_one_decode.json`` holds the ``fake`` branch's scores (full
+precision, read from the score store) that the per-branch scoring path gave on these images
+before the runner decoded each image once for all branches. The images are PNG/GIF only, so
+their decoded pixels do not depend on the JPEG library; the modes and the EXIF orientation
+exercise every conversion the loader does. Regenerate only on purpose:
+``python tests/decode_reference.py`` (it overwrites the fixture with the current path's scores).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+FIXTURE = Path(__file__).parent / "fixtures" / "scores_before_one_decode.json"
+CONDITIONS = (None, "blur:1.0+crop:0.8")
+
+
+def make_reference_images(root: Path) -> Path:
+    """A 0_real/1_fake folder of 10 small images in several modes (deterministic pixels)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(1234)
+    real, fake = root / "0_real", root / "1_fake"
+    real.mkdir(parents=True, exist_ok=True)
+    fake.mkdir(parents=True, exist_ok=True)
+
+    def rgb(h, w, noise):
+        ramp = np.linspace(0, 80, w)[None, :, None]
+        return np.clip(rng.uniform(0, 200, (1, 1, 3)) + ramp + rng.normal(0, noise, (h, w, 3)), 0, 255).astype(np.uint8)
+
+    for k in range(3):
+        Image.fromarray(rgb(40 + 3 * k, 52, 30)).save(real / f"rgb{k}.png")
+        Image.fromarray(rgb(44, 50 + 5 * k, 3)).save(fake / f"rgb{k}.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed rotated by 90 degrees: the loader must transpose
+    Image.fromarray(rgb(30, 60, 20)).save(real / "rotated.png", exif=exif)
+    Image.fromarray((np.arange(48 * 40, dtype=np.uint16).reshape(48, 40) * 27).astype(np.uint16)).save(real / "gray16.png")
+    rgba = np.concatenate([rgb(36, 36, 4), rng.integers(0, 256, (36, 36, 1), dtype=np.uint8)], axis=2)
+    Image.fromarray(rgba, "RGBA").save(fake / "rgba.png")
+    pal = Image.fromarray(rng.integers(0, 8, (40, 40), dtype=np.uint8), "P")
+    pal.putpalette([int(v) for v in rng.integers(0, 256, 768)])
+    pal.save(fake / "palette.png", transparency=0)
+    frames = [Image.fromarray(rgb(32, 32, 10)) for _ in range(2)]
+    frames[0].save(fake / "anim.gif", save_all=True, append_images=frames[1:])
+    return root
+
+
+def current_scores(root: Path, work: Path) -> dict[str, dict[str, float]]:
+    """{condition: {relative path: score}} of the ``fake`` branch through today's runner (read from the store)."""
+    from aligncore.config import make_run_config
+    from aligncore.data import load_dataset
+    from aligncore.hashing import sha256_file
+    from aligncore.perturb import perturbed_fingerprint
+    from aligncore.registry import create_branch
+    from aligncore.runner import run
+    from aligncore.store import ScoreStore
+
+    out: dict[str, dict[str, float]] = {}
+    records = load_dataset(root).records
+    for cond in CONDITIONS:
+        store = work / f"store-{cond or 'clean'}.sqlite"
+        run(make_run_config(branches="fake", data=str(root), out=str(work / f"run-{cond or 'clean'}"), store=str(store),
+                            perturb=cond, batch_size=4), progress=False)
+        fp = perturbed_fingerprint(create_branch("fake").fingerprint(), cond)
+        with ScoreStore(store) as st:
+            got = st.get_scores(fp, [sha256_file(r.path) for r in records])
+        out[cond or "clean"] = {Path(r.path).relative_to(root).as_posix(): got[sha256_file(r.path)][0] for r in records}
+    return out
+
+
+if __name__ == "__main__":
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        images = make_reference_images(Path(tmp) / "images")
+        FIXTURE.write_text(json.dumps(current_scores(images, Path(tmp)), indent=1, sort_keys=True) + "\n")
+    print(f"wrote {FIXTURE}")
