@@ -92,6 +92,9 @@ class Branch(Component):
     #: the training method (an aligncore.train.Trainer subclass) and its options; None = not trainable
     trainer_class: ClassVar[Any] = None
     train_config_class: ClassVar[Any] = None
+    #: trained weights shipped as package data, ``"PACKAGE:FOLDER"`` (checkpoint files + SHA256SUMS; see
+    #: :mod:`aligncore.builtin`): used when neither ``checkpoint`` nor ``preset`` is set; None = none
+    builtin_weights: ClassVar[str | None] = None
 
     config: BranchConfig
 
@@ -123,6 +126,13 @@ class Branch(Component):
             data = {**{k: v for k, v in saved.items() if k in fields}, **data}
         elif data.get("checkpoint"):
             data = cls._adopt_checkpoint(data)
+        elif cls.uses_builtin(data):
+            # the built-in weights' recorded architecture fills unset fields, as a checkpoint's would
+            from .builtin import builtin_folder
+
+            folder = builtin_folder(cls.builtin_weights)
+            data = {k: v for k, v in cls._adopt_checkpoint({**data, "checkpoint": str(folder)}).items()
+                    if k != "checkpoint" or "checkpoint" in data}
         return cls.validate_config(data)
 
     @classmethod
@@ -213,15 +223,38 @@ class Branch(Component):
     def weights_digest(self) -> str:
         """Digest of the weights that decide scores. Default: the checkpoint directory's content
         (its records, such as a model card, left out)."""
-        if not self.config.checkpoint:
+        folder = self.config.checkpoint or self.builtin_folder()
+        if not folder:
             return ""
+        from .builtin import SUMS_FILE
         from .pretrained import RECORD_FILES
 
-        return hash_directory(self.config.checkpoint, exclude_top=RECORD_FILES)
+        return hash_directory(folder, exclude_top=RECORD_FILES + (SUMS_FILE,))
 
     def checkpoint_folder(self) -> Path | None:
         """The folder that holds the checkpoint's weights (what ``save_pretrained`` copies); None without one."""
         return Path(self.config.checkpoint).expanduser() if self.config.checkpoint else None
+
+    @classmethod
+    def uses_builtin(cls, values: dict[str, Any]) -> bool:
+        """Whether config ``values`` select the built-in weights: the branch has some and neither ``checkpoint``
+        nor ``preset`` is set. A branch whose other options name weights of their own narrows this."""
+        from .builtin import in_use
+
+        return bool(cls.builtin_weights) and not values.get("checkpoint") and values.get("preset") is None and in_use()
+
+    @property
+    def uses_builtin_weights(self) -> bool:
+        """True when the branch scores with its built-in weights (see :meth:`uses_builtin`)."""
+        return self.uses_builtin(dict(self.config))
+
+    def builtin_folder(self) -> Path | None:
+        """The checked folder of the built-in weights in use, or None (see :mod:`aligncore.builtin`)."""
+        if not self.uses_builtin_weights:
+            return None
+        from .builtin import builtin_folder
+
+        return builtin_folder(self.builtin_weights)
 
     def scoring_identity(self) -> dict:
         """Resolved settings that change scores but are not config values (e.g. the precision 'auto' picks)."""
@@ -239,6 +272,8 @@ class Branch(Component):
             return f"checkpoint:{self.weights_digest()[:16]}"
         if self.random_weights:
             return "random"
+        if self.uses_builtin_weights:
+            return f"builtin@{self.weights_digest()[:16]}"
         return self.pretrained_provenance()
 
     def pretrained_provenance(self) -> str:

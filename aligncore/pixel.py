@@ -87,7 +87,8 @@ class PixelBranch(Branch):
 
     @property
     def checkpoint_dir(self) -> Path | None:
-        return resolve_checkpoint(self.config.checkpoint) if self.config.checkpoint else None
+        """The folder of the weights to load: the checkpoint's, else the built-in weights' (None: neither)."""
+        return resolve_checkpoint(self.config.checkpoint) if self.config.checkpoint else self.builtin_folder()
 
     def checkpoint_folder(self) -> Path | None:
         return self.checkpoint_dir
@@ -100,9 +101,9 @@ class PixelBranch(Branch):
         (out_dir / BRANCH_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
     def weights_digest(self) -> str:
-        if not self.config.checkpoint:
-            return ""
         folder = self.checkpoint_dir
+        if folder is None:
+            return ""
         return digest_files(folder, [f for f in self.weight_files if (folder / f).exists()])
 
     # ------------------------------------------------------------------ preprocessing
@@ -153,7 +154,7 @@ class NeuralPixelBranch(PixelBranch):
     def untrained(self) -> str | None:
         """A neural pixel branch scores with trained weights (``checkpoint``) or, for tests and demos, a preset
         that asks for random weights; anything else would be a random model presented as a detector."""
-        if self.config.checkpoint or self.preset_flag(self.config.preset, "weights") == "random":
+        if self.config.checkpoint or self.uses_builtin_weights or self.preset_flag(self.config.preset, "weights") == "random":
             return None
         randoms = sorted(p for p in self.presets if self.preset_flag(p, "weights") == "random")
         hint = f", or use the random-weight preset for tests (--preset {randoms[0]})" if randoms else ""
@@ -202,8 +203,9 @@ class NeuralPixelBranch(PixelBranch):
         if problem:
             raise ConfigError(problem)
         self.build_model()
-        if self.config.checkpoint:
-            self.load_weights(self.checkpoint_dir)
+        folder = self.checkpoint_dir  # a checkpoint, or the built-in weights
+        if folder is not None:
+            self.load_weights(folder)
         self.model.to(self.device).eval()
 
     def trainable_parameters(self):

@@ -567,10 +567,17 @@ def export_head(ex: Expert, data: Data, shared: Path, out: Path, seed: int) -> d
 # =========================================================================== main
 
 
+def default_shared() -> str | None:
+    """``../shared`` beside the checkout, when it holds the data."""
+    cand = REPO.parent / "shared"
+    return str(cand) if (cand / "data" / "MANIFEST.csv").is_file() else None
+
+
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--shared", default=os.environ.get("ALIGNCORE_SHARED"),
-                    help="The shared folder holding data/ and weights/ (or $ALIGNCORE_SHARED).")
+    ap.add_argument("--shared", default=os.environ.get("ALIGNCORE_SHARED") or default_shared(),
+                    help="The shared folder holding data/ and weights/ (default: $ALIGNCORE_SHARED, else ../shared "
+                    "beside the checkout when it exists).")
     ap.add_argument("--work", help="Cache folder for decoded pixels and features (outside the repository); "
                     "default: a folder under the system temp dir.")
     ap.add_argument("--quick", action="store_true", help="Stratified subset and fewer experts (a few minutes).")

@@ -14,6 +14,8 @@ through a TAESD-family tiny autoencoder from local weight files at the first of 
   encoder's statistics at every scale, and the same statistics of a canonical view (the whole image
   resized to ``canonical_size``; :mod:`aligncore_plugins.aerecon_model` lists them).
 
+Without ``checkpoint``, ``preset`` and autoencoder paths it uses its built-in weights (``builtin_weights``:
+the taef2 autoencoder, MIT, and a head fitted on the shared data by ``benchmarks/build_builtin.py``).
 ``preset=tiny`` builds a small random-weight autoencoder offline (tests, demos; not a detector).
 Torch is imported only when the model is built.
 """
@@ -62,64 +64,83 @@ class AereconBranch(Branch):
     nonscoring_fields = Branch.nonscoring_fields | {"encoder_path", "decoder_path"}
     config: AereconConfig
 
+    #: the taef2 autoencoder and a head fitted by benchmarks/build_builtin.py (see the model card beside them)
+    builtin_weights = "aligncore.resources:builtin/aerecon"
+    #: the built-in folder's autoencoder files
+    BUILTIN_AE = ("encoder.safetensors", "decoder.safetensors")
+
     def __init__(self, config=None, **overrides):
         super().__init__(config, **overrides)
         c = self.config
-        if c.preset is None:
+        if c.preset is None and not self.uses_builtin_weights:
             missing = [n for n in ("encoder_path", "decoder_path") if not getattr(c, n)]
             if missing:
                 raise ConfigError(
                     f"branch 'aerecon' needs {' and '.join(missing)}: the weight files of a TAESD-family tiny "
                     "autoencoder (e.g. -o aerecon.encoder_path=taef2_encoder.pth -o aerecon.decoder_path=taef2_decoder.pth), "
-                    "or preset=tiny for a random-weight autoencoder (tests only)."
+                    "or no checkpoint and no paths for the built-in weights, or preset=tiny for a random-weight "
+                    "autoencoder (tests only)."
                 )
             for n in ("encoder_path", "decoder_path"):
                 if not Path(getattr(c, n)).expanduser().is_file():
                     raise ConfigError(f"branch 'aerecon': {n} {getattr(c, n)!r} is not a file.")
-        elif c.preset != "tiny":
-            raise ConfigError(f"branch 'aerecon': unknown preset {c.preset!r} (known: tiny).")
         if any(s < 1 for s in c.scales):
             raise ConfigError(f"branch 'aerecon': scales must be positive integers, got {c.scales}.")
         self.model = None
         self.head: dict[str, np.ndarray] | None = None
         self._digest: str | None = None
-        if c.checkpoint:
-            self._adopt_checkpoint()
+
+    @classmethod
+    def uses_builtin(cls, values) -> bool:
+        # autoencoder files of the caller's own mean the training-free branch (or their own head) on them
+        return super().uses_builtin(values) and not values.get("encoder_path") and not values.get("decoder_path")
 
     # ------------------------------------------------------------------ checkpoint and identity
     @property
     def checkpoint_dir(self) -> Path | None:
+        """The head's folder: the checkpoint's, else the built-in weights' (None: the training-free score)."""
         from aligncore.pixel import resolve_checkpoint
 
-        return resolve_checkpoint(self.config.checkpoint) if self.config.checkpoint else None
+        return resolve_checkpoint(self.config.checkpoint) if self.config.checkpoint else self.builtin_folder()
 
-    def _adopt_checkpoint(self) -> None:
-        """Take the scales/window a head was fitted with; an explicit different value is an error."""
-        info = json.loads((self.checkpoint_dir / BRANCH_FILE).read_text())
-        if info.get("branch") != self.name:
-            raise AlignCoreError(f"{self.checkpoint_dir} was written by branch {info.get('branch')!r}, not {self.name!r}.")
-        for k, v in info.get("architecture", {}).items():
-            if k not in self.architecture_fields or getattr(self.config, k) == v:
-                continue
-            if k in self.config.model_fields_set:
-                raise ConfigError(f"branch 'aerecon': {k}={getattr(self.config, k)!r} conflicts with the checkpoint's "
-                                  f"{k}={v!r} ({self.checkpoint_dir}).")
-            setattr(self.config, k, v)
+    def checkpoint_folder(self) -> Path | None:
+        return self.checkpoint_dir
+
+    @classmethod
+    def checkpoint_record(cls, checkpoint) -> dict:
+        """The scales/window a head was fitted with (unset fields adopt them; a different set value is an error)."""
+        from aligncore.pixel import resolve_checkpoint
+
+        folder = resolve_checkpoint(checkpoint)
+        info = json.loads((folder / BRANCH_FILE).read_text())
+        if info.get("branch") != cls.name:
+            raise ConfigError(f"{folder} was written by branch {info.get('branch')!r}, not {cls.name!r}.")
+        return {k: v for k, v in info.get("architecture", {}).items() if k in cls.architecture_fields}
 
     def write_branch_file(self, out_dir: Path, extra: dict | None = None) -> None:
         info = {"branch": self.name, "version": self.version,
                 "architecture": {k: getattr(self.config, k) for k in self.architecture_fields}, **(extra or {})}
         (Path(out_dir) / BRANCH_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
+    def autoencoder_files(self) -> tuple[Path, Path] | None:
+        """(encoder, decoder) weight files: the built-in ones or the configured paths; None with a preset."""
+        if self.uses_builtin_weights:
+            folder = self.builtin_folder()
+            return folder / self.BUILTIN_AE[0], folder / self.BUILTIN_AE[1]
+        if self.config.preset is not None:
+            return None
+        return Path(self.config.encoder_path).expanduser(), Path(self.config.decoder_path).expanduser()
+
     def weights_digest(self) -> str:
         if self._digest is None:
             parts = []
-            if self.config.checkpoint:
-                folder = self.checkpoint_dir
-                parts.append(digest_files(folder, [f for f in (BRANCH_FILE, HEAD_FILE) if (folder / f).exists()]))
-            if self.config.preset is None:
-                parts += [sha256_file(Path(self.config.encoder_path).expanduser())[:16],
-                          sha256_file(Path(self.config.decoder_path).expanduser())[:16]]
+            folder = self.checkpoint_dir
+            if folder is not None:
+                parts.append(digest_files(folder, [f for f in (BRANCH_FILE, HEAD_FILE, *self.BUILTIN_AE)
+                                                   if (folder / f).exists()]))
+            ae = self.autoencoder_files()
+            if ae is not None and not self.uses_builtin_weights:
+                parts += [sha256_file(ae[0])[:16], sha256_file(ae[1])[:16]]
             self._digest = "-".join(parts)
         return self._digest
 
@@ -130,19 +151,20 @@ class AereconBranch(Branch):
         from . import tiny_ae_model
 
         c = self.config
-        if c.preset == "tiny":
+        ae = self.autoencoder_files()
+        if ae is None:
             model = tiny_ae_model.random_tiny_autoencoder(latent_channels=4, width=16, levels=3, gn_mid=True, seed=0)
         else:
             try:
-                model = tiny_ae_model.load_tiny_autoencoder(Path(c.encoder_path).expanduser(), Path(c.decoder_path).expanduser())
+                model = tiny_ae_model.load_tiny_autoencoder(*ae)
             except (RuntimeError, ValueError) as exc:
-                raise ConfigError(f"branch 'aerecon': {c.encoder_path} / {c.decoder_path} are not a TAESD-family "
+                raise ConfigError(f"branch 'aerecon': {ae[0]} / {ae[1]} are not a TAESD-family "
                                   f"encoder/decoder pair: {str(exc).splitlines()[0]}") from None
         if c.crop_size % model.stride:
             raise ConfigError(f"branch 'aerecon': crop_size {c.crop_size} is not a multiple of the autoencoder's "
                               f"stride ({model.stride}).")
         self.model = model.to(self.device).to(memory_format=torch.channels_last).eval()
-        if c.checkpoint:
+        if self.checkpoint_dir is not None:  # a head: the checkpoint's or the built-in one
             from aligncore.safeio import load_state_dict
 
             sd = load_state_dict(self.checkpoint_dir / HEAD_FILE)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import sys
 from pathlib import Path
 
@@ -199,9 +200,18 @@ def test_aerecon_tiny_scores_in_unit_interval_and_repeats():
     assert names[:4] == ["s1_l2", "s1_hp", "s1_feat", "s1_tex"] and "s4_z_lstd3" in names and names[-1] == "c2_z_lstd3"
 
 
+def _head_folder(tmp_path: Path) -> Path:
+    d = tmp_path / "head"
+    d.mkdir()
+    (d / "branch.json").write_text(json.dumps({"branch": "aerecon", "architecture": {}}))
+    return d
+
+
 def test_aerecon_needs_weights_or_preset(tmp_path):
-    with pytest.raises(ConfigError, match="encoder_path and decoder_path"):
-        create_branch("aerecon")
+    with pytest.raises(ConfigError, match="needs decoder_path"):  # one own file: no built-in fallback
+        create_branch("aerecon", encoder_path=str(tmp_path / "no.pth"))
+    with pytest.raises(ConfigError, match="needs encoder_path and decoder_path"):  # a head of one's own
+        create_branch("aerecon", checkpoint=str(_head_folder(tmp_path)))
     with pytest.raises(ConfigError, match="is not a file"):
         create_branch("aerecon", encoder_path=str(tmp_path / "no.pth"), decoder_path=str(tmp_path / "no.pth"))
 
@@ -250,7 +260,7 @@ def test_aerecon_head_checkpoint(tmp_path):
     z = ((x - mean.astype(np.float32)) / scale.astype(np.float32)) @ coef.astype(np.float32) + 0.2
     np.testing.assert_allclose(fitted.score(ims), 1 / (1 + np.exp(-z)), rtol=1e-4)
     assert fitted.fingerprint() != br.fingerprint()
-    with pytest.raises(ConfigError, match="conflicts with the checkpoint"):
+    with pytest.raises(ConfigError, match="conflict with checkpoint"):
         create_branch("aerecon", preset="tiny", checkpoint=str(tmp_path / "head"), crop_size=64)
 
 
