@@ -104,6 +104,7 @@ CORE_COMMANDS: tuple[tuple[str, str], ...] = (
     ("demo", "demo_cmd"),
     ("configs", "configs_cmd"),
     ("push", "push_cmd"),
+    ("detect", "detect_cmd"),
 )
 
 
