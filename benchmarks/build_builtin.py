@@ -116,7 +116,7 @@ def build(shared: Path, work: Path, out: Path, seed: int, jobs: int, results: Pa
 
     # ---- aerecon: the head of the shipped expert, and the autoencoder it reads
     ae_dir = out / "aerecon"
-    head = gen.export_head(ex, data, shared, ae_dir, seed)
+    head = gen.export_head(ex, data, shared, ae_dir, seed, fitted_by="benchmarks/build_builtin.py")
     for part in ("encoder", "decoder"):
         sd = read_state_dict(shared / "weights" / f"taef2_{part}.pth")
         save_state_dict({k: sd[k].contiguous() for k in sorted(sd)}, ae_dir / f"{part}.safetensors",
@@ -223,12 +223,14 @@ def model_card(digest: str, detector: dict, items: list, results: Path | None) -
         "",
         "## Known limits",
         "",
-        "- 580 fakes from ~35 generators, half of them from two families: the folds of rare generators are small "
-        "and their AUCs noisy; newer generators than those in the data are untested.",
+        f"- {n_fake} fakes from {n_gen} generator folders, 42 % of them from two families (flux, sdxl): the folds of "
+        "rare generators are small and their AUCs noisy; generators newer than those in the data are untested.",
         "- Latent-diffusion images reconstruct well through a FLUX.2-family autoencoder; GAN and pixel-space "
         "generators (gigagan, unknown-gan) are the weakest folds.",
-        "- Photo collections differ in camera and compression; the worst real fold (scenes-cameras: Dresden, "
+        "- Photo collections differ in camera and compression; the hardest real fold (scenes-cameras: Dresden, "
         "PolyU, Sun-Hays) is well below the mean. Re-encoding (resize + JPEG) costs several AUC points.",
+        "- The shipped detector reads the image as `alignctl detect` decodes it (EXIF orientation applied); the "
+        "protocol reads the stored pixels: the few rotated camera JPEGs are seen turned.",
         "- The 5 % FPR threshold holds on the shared photos out of fold; other photo sources shift it.",
         "- Not a forensic proof: use the score as evidence, not a verdict on a single image.",
         "",

@@ -538,7 +538,8 @@ def render(res: dict) -> str:
 # =========================================================================== export
 
 
-def export_head(ex: Expert, data: Data, shared: Path, out: Path, seed: int) -> dict:
+def export_head(ex: Expert, data: Data, shared: Path, out: Path, seed: int,
+                fitted_by: str = "benchmarks/generalization.py --export") -> dict:
     """Fit ``ex`` (an lr expert over ae [+ thumb-enc] features) on every image and write it as an
     ``aerecon`` head checkpoint; also record a threshold at 5 % FPR on real photos, read off
     out-of-fold scores (each real fold scored by a fit that never saw its collections)."""
@@ -563,7 +564,7 @@ def export_head(ex: Expert, data: Data, shared: Path, out: Path, seed: int) -> d
                            scales=list(fe.AE_SCALES), crop_size=fe.AE_CROP,
                            canonical_size=fe.THUMB if "thumb-enc" in ex.fsets else None)
     info = {
-        "fitted_by": "benchmarks/generalization.py --export", "expert": ex.name,
+        "fitted_by": fitted_by, "expert": ex.name,
         "data": f"SHARED/data: {int(y.sum())} fakes and {int((1 - y).sum())} real photos, as-is condition",
         "head": {"C": ex.C, "class_weight": "balanced", "family_balanced": ex.balance, "train_conditions": list(ex.train_conditions)},
         "threshold_logit_5fpr": threshold,
