@@ -128,11 +128,7 @@ class Branch(Component):
             data = cls._adopt_checkpoint(data)
         elif cls.uses_builtin(data):
             # the built-in weights' recorded architecture fills unset fields, as a checkpoint's would
-            from .builtin import builtin_folder
-
-            folder = builtin_folder(cls.builtin_weights)
-            data = {k: v for k, v in cls._adopt_checkpoint({**data, "checkpoint": str(folder)}).items()
-                    if k != "checkpoint" or "checkpoint" in data}
+            data = {**cls.builtin_record(), **data}
         return cls.validate_config(data)
 
     @classmethod
@@ -237,11 +233,47 @@ class Branch(Component):
 
     @classmethod
     def uses_builtin(cls, values: dict[str, Any]) -> bool:
-        """Whether config ``values`` select the built-in weights: the branch has some and neither ``checkpoint``
-        nor ``preset`` is set. A branch whose other options name weights of their own narrows this."""
+        """Whether config ``values`` select the built-in weights: the branch has some, neither ``checkpoint``
+        nor ``preset`` is set, and no value differs from what they were trained with (such a config describes
+        another model: it has no trained weights, see :meth:`builtin_conflicts`). A branch whose other options
+        name weights of their own narrows this."""
         from .builtin import in_use
 
-        return bool(cls.builtin_weights) and not values.get("checkpoint") and values.get("preset") is None and in_use()
+        if not (cls.builtin_weights and not values.get("checkpoint") and values.get("preset") is None and in_use()):
+            return False
+        return not cls.builtin_conflicts(values)
+
+    @classmethod
+    def builtin_record(cls) -> dict[str, Any]:
+        """The config values the built-in weights were trained with (their checkpoint record), checked files."""
+        from .builtin import builtin_folder
+
+        fields = cls.config_class.model_fields
+        return {k: v for k, v in cls.checkpoint_record(builtin_folder(cls.builtin_weights)).items()
+                if v is not None and k in fields}
+
+    @classmethod
+    def builtin_conflicts(cls, values: dict[str, Any]) -> list[str]:
+        """``field=value (built-in: field=other)`` for every given value that the built-in weights cannot serve."""
+        if not cls.builtin_weights:
+            return []
+        recorded = cls.builtin_record()
+        given = {k: v for k, v in values.items() if k in recorded}
+        if not given:
+            return []
+        typed = cls.config_class.model_construct(**given)  # no validation: compare the values as given
+        return [f"{k}={getattr(typed, k)!r} (built-in: {k}={recorded[k]!r})"
+                for k in sorted(given) if getattr(typed, k) != recorded[k]]
+
+    def builtin_hint(self) -> str:
+        """Why the built-in weights are not used although no checkpoint or preset is set ("" otherwise)."""
+        from .builtin import in_use
+
+        if not self.builtin_weights or self.config.checkpoint or self.config.preset is not None or not in_use():
+            return ""
+        conflicts = self.builtin_conflicts(dict(self.config))
+        return (f" Its built-in weights were trained with other options ({'; '.join(conflicts)}): leave those "
+                "unset to score with them.") if conflicts else ""
 
     @property
     def uses_builtin_weights(self) -> bool:

@@ -159,7 +159,7 @@ class NeuralPixelBranch(PixelBranch):
         randoms = sorted(p for p in self.presets if self.preset_flag(p, "weights") == "random")
         hint = f", or use the random-weight preset for tests (--preset {randoms[0]})" if randoms else ""
         return (f"branch {self.name!r} has no trained weights to score with: train it (`alignctl train {self.name} "
-                f"--set SET --out DIR`) and score with --checkpoint DIR{hint}.")
+                f"--set SET --out DIR`) and score with --checkpoint DIR{hint}.{self.builtin_hint()}")
 
     def preprocess(self, image):
         import torch

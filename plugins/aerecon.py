@@ -79,7 +79,7 @@ class AereconBranch(Branch):
                     f"branch 'aerecon' needs {' and '.join(missing)}: the weight files of a TAESD-family tiny "
                     "autoencoder (e.g. -o aerecon.encoder_path=taef2_encoder.pth -o aerecon.decoder_path=taef2_decoder.pth), "
                     "or no checkpoint and no paths for the built-in weights, or preset=tiny for a random-weight "
-                    "autoencoder (tests only)."
+                    "autoencoder (tests only)." + self.builtin_hint()
                 )
             for n in ("encoder_path", "decoder_path"):
                 if not Path(getattr(c, n)).expanduser().is_file():

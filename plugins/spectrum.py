@@ -88,7 +88,7 @@ class SpectrumBranch(PixelBranch):
         if self.config.checkpoint or self.uses_builtin_weights or self.random_weights:
             return None
         return ("spectrum must be fitted first: `alignctl train spectrum --set SET --out DIR`, then score with "
-                "--checkpoint DIR (or --preset tiny for a random linear model).")
+                "--checkpoint DIR (or --preset tiny for a random linear model)." + self.builtin_hint())
 
     def load(self) -> None:
         if self.checkpoint_dir is not None:  # a checkpoint, or the built-in weights

@@ -72,15 +72,19 @@ def test_builtin_weights_are_real_not_the_random_preset():
     assert npr_tiny.weights_provenance() == "random" and npr_tiny.config.width == 8
 
 
-def test_builtin_architecture_is_adopted_and_a_conflict_is_an_error():
-    from aligncore.errors import ConfigError
+def test_builtin_architecture_is_adopted_and_other_options_mean_another_model():
+    from aligncore.errors import AlignCoreError, ConfigError
 
     recorded = json.loads((BUILTIN / "npr" / "branch.json").read_text())["architecture"]
     b = create_branch("npr")
-    assert {k: getattr(b.config, k) for k in recorded} == recorded
+    assert {k: getattr(b.config, k) for k in recorded} == recorded and b.uses_builtin_weights
     other = 8 if recorded["width"] != 8 else 32
-    with pytest.raises(ConfigError, match="width"):
-        create_branch("npr", width=other)
+    mine = create_branch("npr", width=other)  # a model the built-in weights cannot serve: untrained, never them
+    assert not mine.uses_builtin_weights and mine.weights_digest() == ""
+    with pytest.raises(AlignCoreError, match=rf"no trained weights.*width={other} \(built-in: width={recorded['width']}\)"):
+        mine.ensure_loaded()
+    with pytest.raises(ConfigError, match="built-in: scales"):
+        create_branch("aerecon", scales=[1])
 
 
 def _fake_package(tmp_path, monkeypatch, name: str) -> Path:
