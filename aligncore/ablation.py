@@ -25,6 +25,7 @@ from .fusion import threshold_for_fpr
 from .metrics import binary_metrics
 from .registry import get_registry
 from .rundir import RunDir, RunScores
+from .text import csv_cell, md_cell, terminal_text
 
 DEFAULT_FUSIONS = ("or", "and", "max", "weighted", "learned")
 TABLE_METRICS = ("accuracy", "real_accuracy", "fake_accuracy", "balanced_accuracy", "ap", "auc", "tpr_at_5fpr")
@@ -173,12 +174,17 @@ def _fmt(v) -> str:
     return str(v)
 
 
+#: text columns of ablation.csv: written through :func:`aligncore.text.csv_cell` (escaped, never a formula)
+TEXT_COLUMNS = ("dataset", "scope", "group", "method", "run_id")
+
+
 def to_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=[*COLUMNS, "run_id"], lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in [*COLUMNS, "run_id"]})
+        w.writerow({k: ("" if r.get(k) is None else csv_cell(r[k]) if k in TEXT_COLUMNS else r.get(k))
+                    for k in [*COLUMNS, "run_id"]})
     return buf.getvalue()
 
 
@@ -193,15 +199,16 @@ def to_markdown(rows: list[dict], target_fpr: float | None = None, cal_fraction:
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in rows:
-        vals = [r["dataset"], r["group"], r["method"], f"{r['n']} ({r['n_real']}/{r['n_fake']})",
-                *[_fmt(r.get(k)) for k in TABLE_METRICS]]
+        vals = [md_cell(r["dataset"]), md_cell(r["group"]), md_cell(r["method"]),
+                f"{r['n']} ({r['n_real']}/{r['n_fake']})", *[_fmt(r.get(k)) for k in TABLE_METRICS]]
         lines.append("| " + " | ".join(vals) + " |")
     return "\n".join(lines) + "\n"
 
 
 def to_text(rows: list[dict]) -> str:
     head = ["dataset", "group", "method", "n", *[METRIC_TITLES[k] for k in TABLE_METRICS]]
-    body = [[r["dataset"], r["group"], r["method"], str(r["n"]), *[_fmt(r.get(k)) for k in TABLE_METRICS]] for r in rows]
+    body = [[terminal_text(r["dataset"]), terminal_text(r["group"]), terminal_text(r["method"]), str(r["n"]),
+             *[_fmt(r.get(k)) for k in TABLE_METRICS]] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     out.append("  ".join("-" * w for w in widths))

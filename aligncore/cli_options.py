@@ -28,8 +28,18 @@ DEVICE = click.Choice(["auto", "cpu", "cuda"])
 
 
 def echo_err(msg: str) -> None:
-    """Print a progress or warning line on stderr (stdout stays for results)."""
-    click.echo(msg, err=True)
+    """Print a progress or warning line on stderr (stdout stays for results); names in it are data, so
+    control characters (terminal escape sequences) are shown escaped, never sent raw."""
+    from .text import terminal_text
+
+    click.echo(terminal_text(msg, keep_newlines=True), err=True)
+
+
+def echo(msg: str = "") -> None:
+    """Print a result line on stdout with control characters (terminal escape sequences) escaped."""
+    from .text import terminal_text
+
+    click.echo(terminal_text(msg, keep_newlines=True))
 
 
 def csv_list(value: str | None) -> list[str] | None:

@@ -19,6 +19,7 @@ import numpy as np
 from .ablation import METRIC_TITLES, TABLE_METRICS, ablate
 from .errors import AlignCoreError
 from .rundir import RunDir, RunScores
+from .text import html_text, plot_text
 
 
 def _png(fig) -> str:
@@ -31,17 +32,25 @@ def _png(fig) -> str:
 
 
 def make_figures(rs: RunScores) -> list[tuple[str, str, str]]:
-    """(title, caption, base64 PNG) for every figure of the report."""
+    """(title, caption, base64 PNG) for every figure of the report. Names (branches, generators) are data:
+    drawn literally, never as mathtext (a generator called ``$\\foo$`` is shown as written)."""
     import matplotlib
 
     matplotlib.use("Agg")
+    from .text import literal_text
+
+    with literal_text():
+        return _make_figures(rs)
+
+
+def _make_figures(rs: RunScores) -> list[tuple[str, str, str]]:
     import matplotlib.pyplot as plt
     from sklearn.metrics import confusion_matrix, roc_curve
 
     fused, verdict = rs.fused, rs.verdicts
     y = rs.labels
     lab = y >= 0
-    series = {"fused": fused, **{f"branch {b}": rs.scores[b] for b in rs.branches}}
+    series = {"fused": fused, **{f"branch {plot_text(b)}": rs.scores[b] for b in rs.branches}}
     figs = []
 
     # ROC curves
@@ -67,7 +76,7 @@ def make_figures(rs: RunScores) -> list[tuple[str, str, str]]:
         for cls, g in groups:
             m = lab & (y == cls) & (np.array([str(x) or "(none)" for x in rs.generators]) == g)
             acc = float((verdict[m] == (cls == 1)).mean())
-            names.append(f"{g} ({m.sum()})")
+            names.append(f"{plot_text(g)} ({m.sum()})")
             accs.append(acc)
             colors.append("#4C72B0" if cls == 0 else "#DD8452")
         ax.bar(range(len(names)), accs, color=colors)
@@ -106,8 +115,8 @@ def make_figures(rs: RunScores) -> list[tuple[str, str, str]]:
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> str:
-    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    th = "".join(f"<th>{html_text(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html_text(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -153,7 +162,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, fusions: tu
         f"<figcaption>{html.escape(c)}</figcaption></figure>" for t, c, b64 in figs)
     note_html = f'<p class="note">{html.escape(note)}</p>' if note else ""
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>aligncore report {html.escape(str(info.get('run_id')))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>aligncore report {html_text(info.get('run_id'))}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 24px; max-width: 1200px; color: #222 }}
 table {{ border-collapse: collapse; margin: 8px 0 20px }} td, th {{ border: 1px solid #ccc; padding: 3px 8px; font-size: 13px }}
@@ -166,7 +175,7 @@ th {{ background: #f3f3f3 }} figure {{ margin: 0 0 24px }} img {{ max-width: 100
 <h2>Overall (configured fusion, all images)</h2>{overall}
 <h2>Each branch alone (threshold 0.5)</h2>{per_branch}
 {fig_html}
-<h2>Fusion ablation</h2><p>{html.escape(ablation_note)}</p>{ablation_html}
+<h2>Fusion ablation</h2><p>{html_text(ablation_note)}</p>{ablation_html}
 </body></html>
 """
     dest = Path(out) if out else run_dir / "report.html"

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import AlignCoreError
+from .text import csv_cell, decode_path, encode_path, read_csv_cell
 
 PREDICTIONS = "predictions.csv"
 SKIPPED = "skipped.csv"
@@ -46,7 +47,9 @@ DERIVED = ("ablation", "fusions", "report.html")
 SHARDS = "shards"  # a distributed run's per-rank stores (merged into the main store, then removed)
 #: what a folder may hold for it to be swapped as a whole
 OWNED = frozenset({*ARTEFACTS, *DERIVED, SHARDS, *(f"{a}.tmp" for a in ARTEFACTS)})
-FORMAT = 2  # run.json with a digest of every file; runs written before carry no "format"
+#: 2: run.json lists a digest of every file; 3: text cells escaped (:func:`aligncore.text.csv_cell`) and an exact
+#: ``path_encoded`` column. Runs written before run.json carry no "format".
+FORMAT = 3
 _STAGE = ".rundir-"
 
 
@@ -150,31 +153,61 @@ class RunDir:
     def metrics(self) -> dict:
         return json.loads((self.path / METRICS).read_text(encoding="utf-8"))
 
+    @property
+    def escaped(self) -> bool:
+        """True when the CSV text cells are escaped (format 3 on): read them with :func:`read_csv_cell`."""
+        return int(self.info.get("format") or 0) >= 3
+
+    def _text(self, row: dict, column: str) -> str:
+        cell = row.get(column) or ""
+        return read_csv_cell(cell) if self.escaped else cell
+
+    def _path(self, row: dict) -> str:
+        return decode_path(row["path_encoded"]) if self.escaped and row.get("path_encoded") else self._text(row, "path")
+
     def skipped(self) -> list[tuple[str, str]]:
         if not (self.path / SKIPPED).is_file():
             return []
-        return [(r["path"], r["reason"]) for r in _read_csv(self.path / SKIPPED)]
+        return [(self._path(r), self._text(r, "reason")) for r in self._rows(SKIPPED, ("path", "reason"))]
+
+    def _rows(self, name: str, required: Sequence[str]) -> list[dict]:
+        """The rows of one of the run's CSV files, with the columns it must have checked."""
+        path = self.path / name
+        try:
+            rows, columns = _read_csv(path)
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise AlignCoreError(f"{path} cannot be read ({exc}); re-run the same `alignctl run`.") from None
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise AlignCoreError(f"{path} has no column {', '.join(repr(c) for c in missing)}: it was not written by "
+                                 "aligncore, or was edited.")
+        return rows
 
     def scores(self) -> RunScores:
         """Full-precision per-branch scores, labels, hashes and the fused output, as written."""
         cfg = self.config
         branches = list(cfg.get("fingerprints") or cfg.get("branches") or [])
-        rows = _read_csv(self.path / PREDICTIONS)
-        missing = [b for b in branches if rows and f"score_{b}" not in rows[0]]
-        if missing:
-            raise AlignCoreError(f"{self.path / PREDICTIONS} has no score column for branch(es) {missing}.")
+        if not all(isinstance(b, str) for b in branches):
+            raise AlignCoreError(f"{self.path / RUN_INFO}: the run's branches {branches!r} are not names.")
+        where = self.path / PREDICTIONS
+        rows = self._rows(PREDICTIONS, ["path", "sha256", "label", "generator", "subset",
+                                        *[f"score_{b}" for b in branches], "fused_score", "verdict"])
         dataset = cfg.get("dataset_name") or Path((cfg.get("dataset") or {}).get("root", self.path.name)).name
-        return RunScores(
-            branches=branches, paths=[r["path"] for r in rows], sha256=[r["sha256"] for r in rows],
-            labels=np.array([int(r["label"]) if r["label"] != "" else -1 for r in rows], dtype=int),
-            generators=np.array([r["generator"] for r in rows], dtype=object),
-            subsets=np.array([r["subset"] for r in rows], dtype=object),
-            scores={b: np.array([_num(r[f"score_{b}"]) for r in rows], dtype=float) for b in branches},
-            errors=[r.get("error") or "" for r in rows], skipped=self.skipped(),
-            run_id=self.run_id, run_dir=self.path, dataset=dataset, perturb=cfg.get("perturb"),
-            fused=np.array([_num(r["fused_score"]) for r in rows], dtype=float),
-            verdicts=np.array([r["verdict"] == "fake" for r in rows], dtype=bool),
-        )
+        try:
+            return RunScores(
+                branches=branches, paths=[self._path(r) for r in rows], sha256=[r["sha256"] for r in rows],
+                labels=np.array([_label(r["label"]) for r in rows], dtype=int),
+                generators=np.array([self._text(r, "generator") for r in rows], dtype=object),
+                subsets=np.array([self._text(r, "subset") for r in rows], dtype=object),
+                scores={b: np.array([_num(r[f"score_{b}"]) for r in rows], dtype=float) for b in branches},
+                errors=[self._text(r, "error") for r in rows], skipped=self.skipped(),
+                run_id=self.run_id, run_dir=self.path, dataset=str(dataset), perturb=cfg.get("perturb"),
+                fused=np.array([_num(r["fused_score"]) for r in rows], dtype=float),
+                verdicts=np.array([r["verdict"] == "fake" for r in rows], dtype=bool),
+            )
+        except (ValueError, TypeError) as exc:
+            raise AlignCoreError(f"{where} holds a value that is not a number or label ({exc}): it was not written "
+                                 "by aligncore, or was edited.") from None
 
     # ------------------------------------------------------------------ writing
     @staticmethod
@@ -204,7 +237,7 @@ class RunDir:
         """Publish one run (``fused``: the fusion's output over ``table``) at ``out`` atomically."""
         files = {
             PREDICTIONS: _predictions_csv(table, fused),
-            SKIPPED: _csv_bytes([{"path": p, "reason": why} for p, why in table.skipped], ["path", "reason"]),
+            SKIPPED: _skipped_csv(table.skipped),
             METRICS: _json_bytes(metrics),
             CONFIG: _yaml_bytes(config),
         }
@@ -230,8 +263,18 @@ def make_run_id(config) -> str:
 # ---------------------------------------------------------------------- file contents
 
 
-def _num(v: str) -> float:
+def _num(v: str | None) -> float:
+    if v is None:
+        raise ValueError("a cell is missing")
     return math.nan if v == "" else float(v)
+
+
+def _label(v: str | None) -> int:
+    if v is None or v == "":
+        return -1
+    if v not in ("0", "1"):
+        raise ValueError(f"label {v!r}")
+    return int(v)
 
 
 def _float_cell(v: float) -> str:
@@ -239,17 +282,24 @@ def _float_cell(v: float) -> str:
 
 
 def _predictions_csv(table: ScoreTable, fused) -> bytes:
+    """Text cells through :func:`csv_cell` (escaped, never a formula); ``path_encoded``: the path's exact bytes."""
     cols = ["path", "sha256", "label", "generator", "subset", *[f"score_{b}" for b in table.branches],
-            "fused_score", "verdict", "error"]
+            "fused_score", "verdict", "error", "path_encoded"]
     rows = []
     for k in range(len(table)):
-        row = {"path": table.paths[k], "sha256": table.sha256[k], "label": "" if table.labels[k] < 0 else int(table.labels[k]),
-               "generator": table.generators[k] or "", "subset": table.subsets[k] or ""}
+        row = {"path": csv_cell(table.paths[k]), "sha256": table.sha256[k],
+               "label": "" if table.labels[k] < 0 else int(table.labels[k]),
+               "generator": csv_cell(table.generators[k] or ""), "subset": csv_cell(table.subsets[k] or "")}
         row.update({f"score_{b}": _float_cell(table.scores[b][k]) for b in table.branches})
         row.update(fused_score=_float_cell(fused.score[k]), verdict="fake" if fused.verdict[k] else "real",
-                   error=table.errors[k] or "")
+                   error=csv_cell(table.errors[k] or ""), path_encoded=encode_path(table.paths[k]))
         rows.append(row)
     return _csv_bytes(rows, cols)
+
+
+def _skipped_csv(skipped: Sequence[tuple[str, str]]) -> bytes:
+    rows = [{"path": csv_cell(p), "reason": csv_cell(why), "path_encoded": encode_path(p)} for p, why in skipped]
+    return _csv_bytes(rows, ["path", "reason", "path_encoded"])
 
 
 def _csv_bytes(rows: list[dict], columns: list[str]) -> bytes:
@@ -260,9 +310,11 @@ def _csv_bytes(rows: list[dict], columns: list[str]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def _read_csv(path: Path) -> list[dict]:
+def _read_csv(path: Path) -> tuple[list[dict], list[str]]:
     with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        return rows, list(reader.fieldnames or [])
 
 
 def json_default(o):

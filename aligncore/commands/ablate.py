@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli_options import csv_list
+from ..cli_options import csv_list, echo
 
 
 @click.command("ablate")
@@ -26,10 +26,10 @@ def ablate_cmd(runs, fusions, target_fpr, cal_fraction, seed, out, generators) -
     res = ablate(runs, csv_list(fusions) or [], target_fpr, cal_fraction, seed, out_dir=out)
     rows = res.rows if generators else [r for r in res.rows if r["scope"] == "dataset"]
     thr = f"thresholds calibrated to {target_fpr:.1%} FPR" if target_fpr is not None else "configured thresholds"
-    click.echo(f"evaluation split: {1 - cal_fraction:.0%} of images by content hash; learned fusions fitted on the rest; {thr}")
-    click.echo(to_text(rows))
+    echo(f"evaluation split: {1 - cal_fraction:.0%} of images by content hash; learned fusions fitted on the rest; {thr}")
+    click.echo(to_text(rows))  # names already escaped by to_text
     for k in ("csv", "md", "fusions"):
-        click.echo(f"{k}: {res.files[k]}")
+        echo(f"{k}: {res.files[k]}")
     for k, p in res.files.items():
         if k.startswith("state:"):
-            click.echo(f"fitted state ({k[6:]}): {p}   (reuse: alignctl run ... --fusion-state {p})")
+            echo(f"fitted state ({k[6:]}): {p}   (reuse: alignctl run ... --fusion-state {p})")

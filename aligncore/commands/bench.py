@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import click
 
-from ..cli_options import Scoring, scoring_options
+from ..cli_options import Scoring, echo, scoring_options
 
 
 def _print_outcome(o) -> None:
     if o.status == "skipped":
-        click.echo(f"skip {o.name}: {o.detail}")
+        echo(f"skip {o.name}: {o.detail}")
     else:
         m = o.metrics["overall"]
-        click.echo(f"ran  {o.name}: run {o.run_id}, {m['n']} images, acc {m['accuracy']}, AUC {m['auc']}  ({o.detail})")
+        echo(f"ran  {o.name}: run {o.run_id}, {m['n']} images, acc {m['accuracy']}, AUC {m['auc']}  ({o.detail})")
 
 
 @click.command("bench")
@@ -30,10 +30,10 @@ def bench_cmd(suite, root, perturb, metric, scoring: Scoring) -> None:
 
     s = load_suite(suite)
     root_path, origin = resolve_root(s, root)
-    click.echo(f"suite {s.name}: {len(s.datasets)} dataset(s), root {root_path or '-'} ({origin})")
+    echo(f"suite {s.name}: {len(s.datasets)} dataset(s), root {root_path or '-'} ({origin})")
     opts = {**scoring.run_options(), **({"perturb": perturb} if perturb else {})}
     outcomes = run_suite(s, root_path, opts, progress=scoring.progress, on_event=_print_outcome)
     if any(o.status == "ran" for o in outcomes):
         with ScoreStore(scoring.store) as st:
             ds, rows = leaderboard(st, s.name, metric)
-        click.echo(render(ds, rows, "table", metric, s.name))
+        click.echo(render(ds, rows, "table", metric, s.name))  # names already escaped by render

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli_options import parse_kv
+from ..cli_options import echo, parse_kv
 
 
 @click.command("build")
@@ -25,5 +25,5 @@ def build_cmd(builder, sources, out, config_file, options, quiet) -> None:
     manifest = b.build(sources, out, progress=not quiet)
     line = b.summary()
     if line:
-        click.echo(line)
-    click.echo(f"manifest written to {manifest}")
+        echo(line)
+    echo(f"manifest written to {manifest}")

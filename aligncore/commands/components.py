@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..cli_options import echo_err
+from ..cli_options import echo, echo_err
 
 
 def _component_lister(command_name: str, kind: str, title: str) -> click.Command:
@@ -25,10 +25,10 @@ def _component_lister(command_name: str, kind: str, title: str) -> click.Command
                 for r in items], indent=2))
             return
         for r in items:
-            click.echo(f"{r.name:<14} {r.help}  ({r.plugin})")
+            echo(f"{r.name:<14} {r.help}  ({r.plugin})")
             if verbose:
                 for n, d, h in r.cls.options_help():
-                    click.echo(f"    {n} = {d}  {h}")
+                    echo(f"    {n} = {d}  {h}")
         for err in get_registry().errors.values():
             echo_err(f"warning: {err}")
 

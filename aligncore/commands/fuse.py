@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli_options import parse_kv
+from ..cli_options import echo, parse_kv
 from .run import fusion_state_option, print_metrics, read_fusion_state
 
 
@@ -21,4 +21,4 @@ def fuse_cmd(run_dir, fusion, fusion_options, fusion_state, store) -> None:
     out, metrics = refuse(run_dir, fusion, parse_kv(fusion_options, "--fusion-option"), store,
                           read_fusion_state(fusion_state))
     print_metrics(metrics)
-    click.echo(f"fusion {fusion} written to {out}")
+    echo(f"fusion {fusion} written to {out}")

@@ -6,6 +6,8 @@ import json
 
 import click
 
+from ..cli_options import echo
+
 
 @click.command("plugins")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
@@ -31,11 +33,11 @@ def plugins_cmd(as_json: bool, show_all: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     if not rows:
-        click.echo("No third-party plugins installed (alignctl plugins --all shows the built-ins).")
+        echo("No third-party plugins installed (alignctl plugins --all shows the built-ins).")
         return
     for r in rows:
         status = "BLOCKED" if r["blocked"] else ("BROKEN" if r["error"] else "ok")
         regs = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["registers"].items()) or "-"
-        click.echo(f"{r['name']:<14} {r['distribution'] or '-'} {r['version'] or ''}  [{status}]  {regs}")
+        echo(f"{r['name']:<14} {r['distribution'] or '-'} {r['version'] or ''}  [{status}]  {regs}")
         if r["error"]:
-            click.echo(f"    error: {r['error']}")
+            echo(f"    error: {r['error']}")

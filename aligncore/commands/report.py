@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli_options import csv_list
+from ..cli_options import csv_list, echo
 
 
 @click.command("report")
@@ -17,4 +17,4 @@ def report_cmd(run_dir, out, fusions, target_fpr) -> None:
     from ..report import write_report
 
     path = write_report(run_dir, out, tuple(csv_list(fusions) or ()), target_fpr)
-    click.echo(f"report written to {path}")
+    echo(f"report written to {path}")

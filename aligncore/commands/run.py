@@ -8,7 +8,8 @@ import sys
 
 import click
 
-from ..cli_options import Scoring, echo_err, scoring_options
+from ..cli_options import Scoring, echo, echo_err, scoring_options
+from ..text import terminal_text
 
 
 def print_metrics(metrics: dict) -> None:
@@ -18,13 +19,13 @@ def print_metrics(metrics: dict) -> None:
     def f(v):
         return "n/a" if v is None else f"{v:.4f}"
 
-    click.echo(
+    echo(
         f"images {o['n']} (real {o['n_real']}, fake {o['n_fake']})  acc {f(o['accuracy'])}  "
         f"real {f(o['real_accuracy'])}  fake {f(o['fake_accuracy'])}  bacc {f(o['balanced_accuracy'])}  "
         f"AP {f(o['ap'])}  AUC {f(o['auc'])}  TPR@5%FPR {f(o['tpr_at_5fpr'])}"
     )
     for k, why in (o.get("undefined") or {}).items():
-        click.echo(f"  {k}: undefined ({why})")
+        echo(f"  {k}: undefined ({why})")
 
 
 def read_fusion_state(path: str | None) -> dict | None:
@@ -74,13 +75,13 @@ def _relaunch(num_processes: int, scoring: Scoring, config_file: str | None, dat
 
 def _print_result(result) -> None:
     for name, st in result.branches.items():
-        click.echo(f"branch {name}: scored {st.scored}, reused from store {st.reused}, failed {st.failed}  [{st.fingerprint}]")
+        echo(f"branch {name}: scored {st.scored}, reused from store {st.reused}, failed {st.failed}  [{st.fingerprint}]")
     if result.skipped:
-        click.echo(f"skipped {len(result.skipped)} file(s):")
-        for path, why in result.skipped:
-            click.echo(f"  {path}: {why}")
+        echo(f"skipped {len(result.skipped)} file(s):")
+        for path, why in result.skipped:  # one line each, whatever the name holds
+            echo(f"  {terminal_text(path)}: {terminal_text(why)}")
     print_metrics(result.metrics)
-    click.echo(f"run {result.run_id} written to {result.out_dir}")
+    echo(f"run {result.run_id} written to {result.out_dir}")
 
 
 @click.command("run")

@@ -9,21 +9,21 @@ import os
 
 import click
 
-from ..cli_options import parse_kv
+from ..cli_options import echo, parse_kv
 
 
 def _print_options(branch_class) -> None:
     tcls = branch_class.train_config_class
-    click.echo(f"Training options of {branch_class.name} ({branch_class.trainer_class.__name__}, "
+    echo(f"Training options of {branch_class.name} ({branch_class.trainer_class.__name__}, "
                f"{tcls.__name__}); pass them as -o KEY=VALUE or in --config FILE:")
     for name, default, help_text in tcls.options_help():
-        click.echo(f"    {name} = {default}  {help_text}")
-    click.echo(f"Branch options of {branch_class.name}; pass them as -b KEY=VALUE:")
+        echo(f"    {name} = {default}  {help_text}")
+    echo(f"Branch options of {branch_class.name}; pass them as -b KEY=VALUE:")
     for name, default, help_text in branch_class.options_help():
-        click.echo(f"    {name} = {default}  {help_text}")
+        echo(f"    {name} = {default}  {help_text}")
     for preset, values in sorted(branch_class.presets.items()):
         shown = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "no changes"
-        click.echo(f"Preset {preset!r} (--preset {preset}): {shown}")
+        echo(f"Preset {preset!r} (--preset {preset}): {shown}")
 
 
 @click.command("train")
@@ -63,4 +63,4 @@ def train_cmd(branch, train_set, out, config_file, preset, device, options, bran
     result = train_branch_class(branch_class, train_set, out, branch_options=bopts, train_options=topts,
                                 progress=not quiet)
     if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch, rank 0 reports
-        click.echo(f"checkpoint written to {result.checkpoint}")
+        echo(f"checkpoint written to {result.checkpoint}")
