@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -64,30 +63,15 @@ class RunConfig(ComponentConfig):
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """YAML, TOML or JSON → dict, with a clear error naming the file."""
+    """YAML, TOML or JSON → dict, with a clear error naming the file. The file must be a regular file of at
+    most 16 MiB whose parsed value stays small (YAML alias bombs and deep nesting are refused, see
+    :mod:`aligncore.parsing`)."""
+    from .parsing import read_structured
+
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file {p} does not exist.")
-    text = p.read_text(encoding="utf-8")
-    try:
-        if p.suffix.lower() == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        elif p.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        if hasattr(exc, "lineno"):  # json / tomllib
-            where = f" at line {exc.lineno}, column {getattr(exc, 'colno', '?')}"
-        what = getattr(exc, "problem", None) or getattr(exc, "msg", None) or str(exc)
-        what = " ".join(str(what).split())  # one paragraph: YAML's messages span several lines
-        raise ConfigError(f"config file {p} cannot be parsed{where}: {what}.") from None
+    data = read_structured(p, "config file")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -13,11 +13,18 @@ from typing import Iterable
 CHUNK = 1 << 20
 
 
-def sha256_file(path: str | Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks."""
+def sha256_file(path: str | Path, max_bytes: int | None = None) -> str:
+    """Hex sha256 of a regular file's bytes, read in 1 MiB chunks. A FIFO, a device or a file above
+    ``max_bytes`` raises :class:`aligncore.files.FileRefused` before a byte is read."""
+    from .files import FileRefused, open_regular
+
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    read = 0
+    with open_regular(path, max_bytes) as f:
         for chunk in iter(lambda: f.read(CHUNK), b""):
+            read += len(chunk)
+            if max_bytes is not None and read > max_bytes:  # grew while being read
+                raise FileRefused(path, f"refused: file holds more than {max_bytes} bytes")
             h.update(chunk)
     return h.hexdigest()
 

@@ -78,11 +78,17 @@ class PixelBranch(Branch):
     @classmethod
     def checkpoint_record(cls, checkpoint) -> dict[str, Any]:
         """The architecture recorded in the checkpoint's branch.json (so `--checkpoint DIR` alone is enough)."""
+        from .parsing import read_structured
+
         folder = resolve_checkpoint(checkpoint)
-        info = json.loads((folder / BRANCH_FILE).read_text())
+        info = read_structured(folder / BRANCH_FILE, "checkpoint file", fmt="json", max_bytes=1 << 20)
+        arch = info.get("architecture", {}) if isinstance(info, dict) else None
+        if not isinstance(arch, dict):
+            raise ConfigError(f"checkpoint file {folder / BRANCH_FILE} is not a branch description written by "
+                              "aligncore (no 'architecture' mapping).")
         if info.get("branch") not in (None, cls.name):
             raise ConfigError(f"{folder} was written by branch {info.get('branch')!r}, not {cls.name!r}.")
-        return {k: v for k, v in info.get("architecture", {}).items() if k in cls.architecture_fields}
+        return {k: v for k, v in arch.items() if k in cls.architecture_fields}
 
     @property
     def checkpoint_dir(self) -> Path | None:

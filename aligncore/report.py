@@ -142,7 +142,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, fusions: tu
                          + (f"; thresholds calibrated to {target_fpr:.0%} FPR." if target_fpr is not None else "."))
     except AlignCoreError as exc:
         ablation_html, ablation_note = "", f"Ablation not available: {exc}"
-    o = metrics["overall"]
+    o = metrics.get("overall")
+    if not isinstance(o, dict):
+        raise AlignCoreError(f"{Path(run_dir) / 'metrics.json'} holds no overall metrics: it was not written by aligncore.")
     overall = _table(["images", "real", "fake", *[METRIC_TITLES[k] for k in TABLE_METRICS]],
                      [[o["n"], o["n_real"], o["n_fake"], *[_f(o.get(k)) for k in TABLE_METRICS]]])
     per_branch = _table(["branch", *[METRIC_TITLES[k] for k in TABLE_METRICS]],

@@ -34,6 +34,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import AlignCoreError
+from .parsing import read_structured
 from .text import csv_cell, decode_path, encode_path, read_csv_cell
 
 PREDICTIONS = "predictions.csv"
@@ -122,7 +123,10 @@ class RunDir:
 
     @property
     def config(self) -> dict:
-        return self.info.get("config", {})
+        cfg = self.info.get("config", {})
+        if not isinstance(cfg, dict):
+            raise AlignCoreError(f"{self.path / RUN_INFO}: its config is a {type(cfg).__name__}, not a mapping.")
+        return cfg
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -135,9 +139,9 @@ class RunDir:
             raise AlignCoreError(f"{path} is not a finished run folder (no {RUN_INFO}): make one with `alignctl run`, "
                                  f"or, if a run into it was interrupted, {again}.")
         try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise AlignCoreError(f"{info_path} cannot be read ({exc}); {again}.") from None
+            info = read_structured(info_path, "run description", fmt="json", error=AlignCoreError)
+        except AlignCoreError as exc:
+            raise AlignCoreError(f"{exc} Re-run the same `alignctl run` to rewrite it.") from None
         files = info.get("files") if isinstance(info, dict) else None
         if not isinstance(info, dict) or (info.get("format") is not None and not isinstance(files, dict)):
             raise AlignCoreError(f"{info_path} is not a run description written by aligncore; {again}.")
@@ -151,7 +155,10 @@ class RunDir:
         return cls(path, info)
 
     def metrics(self) -> dict:
-        return json.loads((self.path / METRICS).read_text(encoding="utf-8"))
+        metrics = read_structured(self.path / METRICS, "run metrics", fmt="json", error=AlignCoreError)
+        if not isinstance(metrics, dict):
+            raise AlignCoreError(f"{self.path / METRICS} holds a {type(metrics).__name__}, not the metrics aligncore writes.")
+        return metrics
 
     @property
     def escaped(self) -> bool:

@@ -183,16 +183,30 @@ class SupervisionBuilder(Component):
 
 def read_journal(path: Path) -> dict[str, list[dict]]:
     """Finished items; a torn last line (killed mid-write) is ignored and redone."""
+    from .files import FileRefused, open_regular
+    from .parsing import check_size
+
     done: dict[str, list[dict]] = {}
-    if not path.exists():
+    if not os.path.lexists(path):
         return done
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[rec["key"]] = rec["rows"]
+    try:
+        with open_regular(path, what="build journal") as f:
+            lines = f.read().decode("utf-8", errors="replace").split("\n")
+    except FileRefused as exc:
+        raise AlignCoreError(f"{exc}. Remove it to rebuild the set.") from None
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            continue  # a torn line (killed mid-write): that item is redone
+        check_size(rec, f"{path} line {i}", AlignCoreError)
+        if not (isinstance(rec, dict) and isinstance(rec.get("key"), str) and isinstance(rec.get("rows"), list)
+                and all(isinstance(r, dict) for r in rec["rows"])):
+            raise AlignCoreError(f"{path} line {i} is not a journal record written by aligncore (key and rows). "
+                                 "Remove the journal to rebuild the set.")
+        done[rec["key"]] = rec["rows"]
     return done
 
 

@@ -98,7 +98,11 @@ class QwenBranch(Branch):
         f = ck / META_NAME
         if not f.exists():
             raise ConfigError(f"{ck} is not a qwen checkpoint (no {META_NAME}); train one with `alignctl train qwen`.")
-        meta = json.loads(f.read_text())
+        from aligncore.parsing import read_structured
+
+        meta = read_structured(f, "checkpoint file", fmt="json", max_bytes=1 << 20)
+        if not isinstance(meta, dict):
+            raise ConfigError(f"checkpoint file {f} holds a {type(meta).__name__}, not the mapping `alignctl train qwen` writes.")
         return {k: meta.get(k) for k in RECORDED_FIELDS}
 
     @property

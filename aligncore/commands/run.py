@@ -32,8 +32,9 @@ def read_fusion_state(path: str | None) -> dict | None:
     """A fusion state file: either the bare state or ablate's {"name", "config", "state"} entry."""
     if not path:
         return None
-    with open(path, encoding="utf-8") as f:
-        obj = json.load(f)
+    from ..parsing import read_structured
+
+    obj = read_structured(path, "fusion state file", fmt="json")
     return obj.get("state", obj) if isinstance(obj, dict) else None
 
 

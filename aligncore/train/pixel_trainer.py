@@ -366,7 +366,13 @@ class PixelTrainer(Trainer):
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        return json.loads((state_dir / "trainer_state.json").read_text())
+        from ..parsing import read_structured
+
+        state = read_structured(state_dir / "trainer_state.json", "trainer state", fmt="json")
+        if not isinstance(state, dict):
+            raise AlignCoreError(f"trainer state {state_dir / 'trainer_state.json'} is not a mapping; remove "
+                                 f"{state_dir} to train from the start.")
+        return state
 
 
 def _replace_dir(target: Path, write: Callable[[Path], object]) -> None:
