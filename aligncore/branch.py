@@ -26,7 +26,7 @@ class BranchConfig(ComponentConfig):
         "the values the checkpoint was trained with."
     )
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
-    batch_size: int = Field(16, ge=1, description="Images per forward pass when scoring.")
+    batch_size: int = Field(16, ge=1, le=65536, description="Images per forward pass when scoring.")
 
 
 class Branch(Component):
@@ -68,6 +68,29 @@ class Branch(Component):
     def __init__(self, config: BranchConfig | dict | None = None, **overrides: Any):
         super().__init__(config, **overrides)
         self._loaded = False
+        self.check_resources()
+
+    # ------------------------------------------------------------------ resources
+    def input_nbytes(self) -> int:
+        """Bytes one preprocessed image takes while its batch is scored (0: small or unknown). Branches whose
+        inputs grow with their settings (crops, windows, pixels) override it, so a batch that cannot fit in
+        memory is refused when the branch is built, not after the machine starts swapping."""
+        return 0
+
+    def work_nbytes(self) -> int:
+        """Bytes preprocessing one image takes on top of its result (0: small or unknown)."""
+        return 0
+
+    def check_resources(self) -> None:
+        """Refuse settings whose batch of inputs exceeds the machine's memory budget (see :mod:`aligncore.limits`)."""
+        per, work = self.input_nbytes(), self.work_nbytes()
+        if per or work:
+            from .limits import check_memory, gib
+
+            bs = int(self.config.batch_size)
+            extra = f", plus {gib(work)} to preprocess one" if work else ""
+            check_memory(per * bs + work, f"branch {self.name!r}: a batch of {bs} image(s) ({gib(per)} each{extra}, "
+                         "with these settings)", "Lower batch_size (or the crops, windows or pixels per image).")
 
     @classmethod
     def kind_name(cls) -> str:

@@ -18,7 +18,8 @@ class RunConfig(ComponentConfig):
     preset: str | None = Field(None, description="Preset passed to every branch (e.g. 'tiny' for offline models).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     batch_size: int | None = Field(None, ge=1, description="Override every branch's batch size.")
-    workers: int = Field(0, ge=0, description="Data loader worker processes (0 decodes in the main process).")
+    workers: int = Field(0, ge=0, description="Data loader worker processes (0 decodes in the main process; at most "
+                         "one per CPU core this process may use).")
     out: str | None = Field(None, description="Run directory (default: runs/<run id>).")
     store: str | None = Field(None, description="SQLite score store (default: $ALIGNCORE_STORE or ~/.aligncore/store.sqlite).")
     branch_options: dict[str, dict[str, Any]] = Field(
@@ -33,6 +34,8 @@ class RunConfig(ComponentConfig):
         None, description="Deterministic perturbation applied to every image before branch preprocessing, "
         "e.g. jpeg:75, webp:80, blur:1.0, resize:0.5, crop:0.8 (chain with '+')."
     )
+    overwrite: bool = Field(False, description="Write into an `out` folder that holds other files, the data (or lies "
+                            "inside it, or holds it), or a run of another configuration.")
     fusion_state: dict[str, Any] | None = Field(
         None, description="Fitted state of a learned fusion (as written by alignctl ablate)."
     )
@@ -46,6 +49,16 @@ class RunConfig(ComponentConfig):
             return normalize_perturb(v)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v):
+        from .limits import check_workers
+
+        try:
+            return check_workers(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc).rstrip(".")) from None
 
     @field_validator("branches", mode="before")
     @classmethod

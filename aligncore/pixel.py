@@ -36,12 +36,12 @@ BRANCH_FILE = "branch.json"
 
 
 class PixelBranchConfig(BranchConfig):
-    crop_size: int = Field(128, ge=8, description="Side of the square window cut at native resolution (no resizing).")
+    crop_size: int = Field(128, ge=8, le=4096, description="Side of the square window cut at native resolution (no resizing).")
     inference_crops: int = Field(
-        4, ge=1, description="Windows averaged per image when scoring: 1 = centre crop, more = an even grid over the image."
+        4, ge=1, le=1024, description="Windows averaged per image when scoring: 1 = centre crop, more = an even grid over the image."
     )
     crop_align: int = Field(
-        8, ge=1, description="Window positions are multiples of this (keeps JPEG-block and decoder-upsampling phase)."
+        8, ge=1, le=4096, description="Window positions are multiples of this (keeps JPEG-block and decoder-upsampling phase)."
     )
     pad_mode: Literal["reflect", "constant"] = Field(
         "reflect", description="How an image smaller than the window is padded (bottom/right): mirror or zeros."
@@ -106,6 +106,11 @@ class PixelBranch(Branch):
             return ""
         folder = self.checkpoint_dir
         return digest_files(folder, [f for f in self.weight_files if (folder / f).exists()])
+
+    def input_nbytes(self) -> int:
+        """``inference_crops`` uint8 windows per image, plus the float32 copy the model normalises."""
+        c = self.config
+        return c.inference_crops * c.crop_size * c.crop_size * 3 * (1 + 4)
 
     # ------------------------------------------------------------------ preprocessing
     def crops(self, image) -> np.ndarray:

@@ -213,8 +213,39 @@ def load_processor(source: str, min_pixels: int, max_pixels: int):
     return proc
 
 
-def load_pretrained_model(source: str, dtype: torch.dtype, attention: str):
+def check_model_size(source: str, dtype: torch.dtype, device: str) -> int:
+    """The parameter count the model folder's config.json asks for (built on the meta device: no memory),
+    refused when its weights would not fit in this machine's memory (or, on a GPU, the GPU's)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from aligncore.limits import check_memory, gib
+    from aligncore.parsing import read_structured
+
+    read_structured(Path(source) / "config.json", "model config", fmt="json", max_bytes=1 << 20)  # bounded first
+    try:
+        cfg = AutoConfig.from_pretrained(source)
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(cfg)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ModelUnavailableError(source, f"Its config.json does not describe a model transformers can build "
+                                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}).",
+                                    local=True) from None
+    n = sum(p.numel() for p in model.parameters())
+    nbytes = n * torch.finfo(dtype).bits // 8
+    gpu = 0
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    if nbytes > gpu:
+        check_memory(nbytes, f"the model in {source} ({n / 1e9:.2f}B parameters in {str(dtype).replace('torch.', '')}"
+                     f"{', more than the GPU has: ' + gib(gpu) if gpu else ''})",
+                     "Use a smaller model, or a machine with more memory.")
+    return n
+
+
+def load_pretrained_model(source: str, dtype: torch.dtype, attention: str, device: str = "cpu"):
     from transformers import AutoModelForImageTextToText
+
+    check_model_size(source, dtype, device)
 
     try:
         return AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, attn_implementation=attention)
@@ -304,7 +335,9 @@ def verdict_probabilities(model, batch: dict[str, torch.Tensor], real_ids: list[
 
 
 def generate_rationales(model, processor, batch: dict[str, torch.Tensor], max_new_tokens: int) -> list[str]:
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+    # every setting that bounds the work is given here, so a checkpoint's generation_config.json (num_beams,
+    # max_length...) cannot make one rationale run without end
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, num_return_sequences=1,
                          pad_token_id=processor.tokenizer.pad_token_id)
     new = out[:, batch["input_ids"].shape[1]:]
     return [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]

@@ -59,15 +59,14 @@ def _strip_option(argv: list[str], name: str) -> list[str]:
     return out
 
 
-def _relaunch(num_processes: int, scoring: Scoring, config_file: str | None, data: str | None, out: str | None) -> None:
-    """Re-run this very command under ``accelerate launch`` on ``num_processes`` ranks."""
-    from ..config import make_run_config
+def _relaunch(num_processes: int, scoring: Scoring, cfg) -> None:
+    """Re-run this very command under ``accelerate launch`` on ``num_processes`` ranks (``cfg``: the run's
+    config, already validated here, so a bad value fails before any process starts)."""
     from ..distributed import launch
     from ..runner import make_run_id
 
     argv = _strip_option(sys.argv[1:], "--num-processes")
-    if not out:  # every rank must write to the same folder
-        cfg = make_run_config(config_file, branches=scoring.branches, data=data or "-")
+    if not cfg.out:  # every rank must write to the same folder
         argv += ["--out", os.path.join("runs", make_run_id(cfg))]
     rc = launch(argv, num_processes, scoring.device)
     if rc != 0:
@@ -97,20 +96,24 @@ def _print_result(result) -> None:
 @click.option("--perturb", help="Perturb every image before scoring: jpeg:75, webp:80, blur:1.0, resize:0.5, crop:0.8 (chain with +).")
 @fusion_state_option
 @click.option("--num-processes", type=int, default=1, show_default=True,
-              help="Shard scoring across N processes (GPUs, or CPU ranks) with accelerate launch.")
+              help="Shard scoring across N processes (GPUs, or CPU ranks; at most one per GPU or core) with accelerate launch.")
+@click.option("--overwrite", is_flag=True, default=None,
+              help="Write into an --out folder that holds other files, the data, or a run of another configuration.")
 def run_cmd(scoring: Scoring, data, config_file, workers, out, explain, allow_outside_paths, suite, perturb,
-            fusion_state, num_processes) -> None:
+            fusion_state, num_processes, overwrite) -> None:
     """Score a dataset with one or more branches, fuse, and write predictions and metrics."""
     from ..config import make_run_config
+    from ..limits import check_ranks
     from ..runner import run
 
-    if num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        _relaunch(num_processes, scoring, config_file, data, out)
-        return
     cfg = make_run_config(
         config_file, **scoring.run_options(), data=data, workers=workers, out=out, explain=explain,
         allow_outside_paths=allow_outside_paths, suite=suite, perturb=perturb,
-        fusion_state=read_fusion_state(fusion_state))
+        fusion_state=read_fusion_state(fusion_state), overwrite=overwrite)
+    if num_processes != 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        check_ranks(num_processes, cfg.device)
+        _relaunch(num_processes, scoring, cfg)
+        return
     result = run(cfg, progress=scoring.progress, log=None if scoring.quiet else echo_err)
     if not result.is_main:  # a non-zero rank of a distributed run: rank 0 reports
         return

@@ -68,6 +68,17 @@ class PixelTrainer(Trainer):
         if missing:
             raise AlignCoreError(f"branch {branch_class.name!r} cannot use the pixel trainer: it lacks {', '.join(missing)}.")
         self.branch = self.new_branch()
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        """A training step holds batch_size windows (uint8 and float32), a validation step eval_batch_size."""
+        from ..limits import check_memory
+
+        s, cfg = self.branch.config.crop_size, self.config
+        per = s * s * 3 * (1 + 4)
+        for field, n in (("batch_size", cfg.batch_size // cfg.grad_accum_steps), ("eval_batch_size", cfg.eval_batch_size)):
+            check_memory(per * n, f"training {self.branch.name!r}: {field} {n} of {s}x{s} windows",
+                         f"Lower {field} (or crop_size, or raise grad_accum_steps).")
 
     # ------------------------------------------------------------------ public
     def train(self, train_set, out_dir) -> TrainResult:
