@@ -24,13 +24,24 @@ from .errors import AlignCoreError
 from .fusion import threshold_for_fpr
 from .metrics import binary_metrics
 from .registry import get_registry
-from .rundir import RunDir, RunScores
+from .rundir import FolderLayout, RunDir, RunScores, publish_folder
 from .text import csv_cell, md_cell, terminal_text
 
 DEFAULT_FUSIONS = ("or", "and", "max", "weighted", "learned")
 TABLE_METRICS = ("accuracy", "real_accuracy", "fake_accuracy", "balanced_accuracy", "ap", "auc", "tpr_at_5fpr")
 METRIC_TITLES = {"accuracy": "acc", "real_accuracy": "real acc", "fake_accuracy": "fake acc",
                  "balanced_accuracy": "bal acc", "ap": "AP", "auc": "AUC", "tpr_at_5fpr": "TPR@5%FPR"}
+
+
+ABLATION_FILES = frozenset({"ablation.csv", "ablation.md", "fusions.json", "split.json"})
+
+
+def _ablation_file(name: str) -> bool:
+    return name in ABLATION_FILES or name.endswith((".state.json", ".tmp"))
+
+
+#: an ablation folder holds only these files; a new ablation replaces the previous one as a whole
+ABLATION_LAYOUT = FolderLayout(owned=_ablation_file, replaced=_ablation_file)
 
 
 def calibration_mask(sha256: Sequence[str], fraction: float, seed: int = 0) -> np.ndarray:
@@ -144,20 +155,25 @@ def ablate(run_dirs: Sequence[str | Path], fusions: Sequence[str] = DEFAULT_FUSI
         splits[key] = split
     result = AblationResult(all_rows, fitted, splits, target_fpr, cal_fraction)
     out = Path(out_dir) if out_dir else Path(run_dirs[0]) / "ablation"
-    out.mkdir(parents=True, exist_ok=True)
-    result.files = {
-        "csv": _write(out / "ablation.csv", to_csv(all_rows)),
-        "md": _write(out / "ablation.md", to_markdown(all_rows, target_fpr, cal_fraction)),
-        "fusions": _write(out / "fusions.json", json.dumps(fitted, indent=2, sort_keys=True) + "\n"),
-        "split": _write(out / "split.json", json.dumps(
-            {"cal_fraction": cal_fraction, "seed": seed, "splits": splits}, indent=1, sort_keys=True) + "\n"),
+    texts = {
+        "csv": ("ablation.csv", to_csv(all_rows)),
+        "md": ("ablation.md", to_markdown(all_rows, target_fpr, cal_fraction)),
+        "fusions": ("fusions.json", json.dumps(fitted, indent=2, sort_keys=True) + "\n"),
+        "split": ("split.json", json.dumps({"cal_fraction": cal_fraction, "seed": seed, "splits": splits},
+                                           indent=1, sort_keys=True) + "\n"),
     }
     for ds, fit in fitted.items():  # one file per fitted fusion, ready for --fusion-state
         for method, entry in fit.items():
             if method.startswith("fusion:") and entry["state"]:
                 safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ds)
-                result.files[f"state:{ds}:{entry['name']}"] = _write(
-                    out / f"{entry['name']}-{safe}.state.json", json.dumps(entry, indent=2, sort_keys=True) + "\n")
+                texts[f"state:{ds}:{entry['name']}"] = (f"{entry['name']}-{safe}.state.json",
+                                                        json.dumps(entry, indent=2, sort_keys=True) + "\n")
+    # one step: a kill leaves the previous ablation or this one, never a mix of both
+    try:
+        publish_folder(out, {name: text.encode("utf-8") for name, text in texts.values()}, ABLATION_LAYOUT)
+    except OSError as exc:
+        raise AlignCoreError(f"cannot write the ablation to {out}: {exc.strerror or exc}. Choose another --out.") from None
+    result.files = {key: out / name for key, (name, _) in texts.items()}
     return result
 
 
@@ -220,7 +236,3 @@ def to_text(rows: list[dict]) -> str:
         out.append("  ".join(v.ljust(w) for v, w in zip(vals, widths)))
     return "\n".join(out)
 
-
-def _write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path

@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import numpy as np
 
 from .ablation import METRIC_TITLES, TABLE_METRICS, ablate
 from .errors import AlignCoreError
-from .rundir import RunDir, RunScores
+from .rundir import ARTEFACTS, RunDir, RunScores
 from .text import html_text, plot_text
 
 
@@ -181,6 +182,14 @@ th {{ background: #f3f3f3 }} figure {{ margin: 0 0 24px }} img {{ max-width: 100
 </body></html>
 """
     dest = Path(out) if out else run_dir / "report.html"
+    if dest.resolve() in {(Path(run_dir) / name).resolve() for name in ARTEFACTS}:
+        raise AlignCoreError(f"--out {dest} is a file of the run {run_dir}; choose another file for the report.")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(page, encoding="utf-8")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")  # a kill leaves the old report or the new one
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise AlignCoreError(f"cannot write the report {dest}: {exc.strerror or exc}.") from None
     return dest

@@ -238,6 +238,38 @@ class RunDir:
             raise AlignCoreError(f"cannot write to the run directory {out}: {exc.strerror or exc}. "
                                  "Choose another with --out.") from None
 
+    @staticmethod
+    def check_output(out: str | Path, config: dict, data: str | Path | None = None, overwrite: bool = False) -> None:
+        """Refuse to publish a run with ``config`` (its resolved config, see :func:`run_identity`) at ``out``
+        when ``out`` overlaps the ``data``, holds files that are not a run's, or holds a run of another
+        configuration, unless ``overwrite``. A run folder of the same configuration is reused."""
+        from .outputs import check_not_inputs, describe_names, differences, foreign_entries
+
+        if overwrite:
+            return
+        out = Path(out)
+        if data is not None:
+            check_not_inputs(out, [data], "--out")
+        if not out.is_dir():
+            return
+        again = "Choose another --out, or pass --overwrite to write the run there anyway"
+        foreign = foreign_entries(out, OWNED)
+        if foreign:
+            raise AlignCoreError(f"--out {out} holds files that are not a run's ({describe_names(foreign)}). {again} "
+                                 "(they are kept; the run's files are written beside them).")
+        if not (out / RUN_INFO).exists():
+            return  # nothing published yet (an interrupted run): its files are rewritten
+        try:
+            old = RunDir.open(out).config
+        except AlignCoreError:
+            raise AlignCoreError(f"--out {out} holds a run folder aligncore cannot read as one complete run. {again} "
+                                 "(it is replaced).") from None
+        diff = differences(run_identity(old), run_identity(config))
+        if diff:
+            raise AlignCoreError(f"--out {out} holds run {old.get('run_id', '?')} of another configuration (it differs "
+                                 f"in: {', '.join(diff)}). {again} (it is replaced), or re-run with the same settings "
+                                 "to reuse it.")
+
     @classmethod
     def write(cls, out: str | Path, *, run_id: str, kind: str, table: ScoreTable, fused, metrics: dict, config: dict,
               summary: dict | None = None) -> "RunDir":
@@ -259,6 +291,15 @@ class RunDir:
                                  "another --out; the scores are already in the store, so a re-run only rewrites the "
                                  "reports.") from None
         return cls(out, json.loads(files[RUN_INFO]))
+
+
+def run_identity(config: dict) -> dict:
+    """What decides a run's results, from its resolved config: the data, each branch's fingerprint (settings,
+    weights, perturbation) and the fusion. Two runs with equal identities give the same predictions."""
+    dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    return {"data": dataset.get("root") or config.get("data"), "fingerprints": config.get("fingerprints"),
+            "fusion": config.get("fusion"), "fusion_options": config.get("fusion_options") or {},
+            "fusion_state": config.get("fusion_state")}
 
 
 def make_run_id(config) -> str:
@@ -350,15 +391,39 @@ def _sha256(data: bytes) -> str:
 # ---------------------------------------------------------------------- atomic publication
 
 
-def _publish(out: Path, files: dict[str, bytes]) -> None:
+@dataclass(frozen=True)
+class FolderLayout:
+    """What a published folder may hold, for :func:`publish_folder`.
+
+    ``owned(name)``: an entry that belongs to such a folder (a folder holding anything else is never swapped);
+    ``replaced(name)``: an entry of the previous folder that leaves with it (the rest is carried over);
+    ``marker``: written last and removed first when files must be replaced in place, so readers refuse the
+    folder meanwhile; ``derived``: entries computed from the previous contents, removed in place.
+    """
+
+    owned: Any
+    replaced: Any
+    marker: str | None = None
+    derived: tuple[str, ...] = ()
+
+
+RUN_LAYOUT = FolderLayout(owned=lambda n: n in OWNED, replaced=lambda n: n in ARTEFACTS or n in DERIVED,
+                          marker=RUN_INFO, derived=DERIVED)
+
+
+def publish_folder(out: Path, files: dict[str, bytes], layout: FolderLayout = RUN_LAYOUT) -> None:
+    """Publish ``files`` as the folder ``out`` in one step: written into a hidden sibling, then swapped with
+    ``out`` (``renameat2(RENAME_EXCHANGE)``), so a SIGKILL at any moment leaves the old folder or the new one.
+    Where the swap is impossible (a folder holding other entries, no ``renameat2``, a read-only parent) the
+    files are replaced one by one, the layout's marker removed first and written last."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    _sweep(out)
+    _sweep(out, layout)
     try:
         stage = _new_stage(out)
     except OSError:
         stage = None  # a read-only parent: replace the files inside ``out``
     if stage is not None:
-        for name, data in files.items():  # run.json last: a stage without it is an unfinished write
+        for name, data in files.items():  # the marker last: a stage without it is an unfinished write
             (stage / name).write_bytes(data)
         if not out.exists():
             try:
@@ -366,11 +431,15 @@ def _publish(out: Path, files: dict[str, bytes]) -> None:
                 return
             except OSError:
                 pass  # created meanwhile (another writer): swap with it instead
-        if all(e.name in OWNED for e in out.iterdir()) and _exchange(stage, out):
-            _carry_over(stage, out)
+        if all(layout.owned(e.name) for e in out.iterdir()) and _exchange(stage, out):
+            _carry_over(stage, out, layout)
             return
         shutil.rmtree(stage, ignore_errors=True)
-    _replace_in_place(out, files)
+    _replace_in_place(out, files, layout)
+
+
+def _publish(out: Path, files: dict[str, bytes]) -> None:
+    publish_folder(out, files, RUN_LAYOUT)
 
 
 def _new_stage(out: Path) -> Path:
@@ -396,11 +465,11 @@ def _exchange(a: Path, b: Path) -> bool:
     return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
-def _carry_over(old: Path, out: Path) -> None:
-    """Move what is neither a run file nor computed from the old run (``shards/``) into ``out``; drop the rest."""
+def _carry_over(old: Path, out: Path, layout: FolderLayout = RUN_LAYOUT) -> None:
+    """Move what leaves not with the old folder (a run's ``shards/``) into ``out``; drop the rest."""
     keep = False
     for entry in sorted(old.iterdir()):
-        if entry.name in ARTEFACTS or entry.name in DERIVED:
+        if layout.replaced(entry.name):
             continue
         if os.path.lexists(out / entry.name):
             keep = True  # both hold it: never delete what cannot be put back
@@ -410,14 +479,14 @@ def _carry_over(old: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _sweep(out: Path) -> None:
+def _sweep(out: Path, layout: FolderLayout = RUN_LAYOUT) -> None:
     """Finish what a killed publish left beside ``out``: carry its entries over, then remove it."""
     for left in out.parent.glob(f".{glob.escape(out.name)}{_STAGE}*"):
         pid = left.name.rsplit(_STAGE, 1)[1].split("-", 1)[0]
         if not left.is_dir() or (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
             continue
         if out.is_dir():
-            _carry_over(left, out)
+            _carry_over(left, out, layout)
         else:
             shutil.rmtree(left, ignore_errors=True)
 
@@ -432,16 +501,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _replace_in_place(out: Path, files: dict[str, bytes]) -> None:
+def _replace_in_place(out: Path, files: dict[str, bytes], layout: FolderLayout = RUN_LAYOUT) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_INFO).unlink(missing_ok=True)  # from here until the end the folder reads as incomplete
+    if layout.marker:
+        (out / layout.marker).unlink(missing_ok=True)  # from here until the end the folder reads as incomplete
     for name, data in files.items():
-        if name != RUN_INFO:
+        if name != layout.marker:
             _replace_file(out / name, data)
-    for name in DERIVED:
+    for name in layout.derived:
         p = out / name
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    _replace_file(out / RUN_INFO, files[RUN_INFO])
+    if layout.marker:
+        _replace_file(out / layout.marker, files[layout.marker])
 
 
 def _replace_file(path: Path, data: bytes) -> None:

@@ -117,6 +117,7 @@ class FakePairBuilder(SupervisionBuilder):
     name = "pairs-example"
     help = "No model: real crop + smoothed copy with seeded noise, per source image (tests, plumbing checks)."
     config_class = FakePairBuilderConfig
+    nonoutput_fields = frozenset({"delay_s"})
     config: FakePairBuilderConfig
 
     def plan(self, sources: Sequence[Path]) -> list[WorkItem]:

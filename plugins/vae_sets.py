@@ -59,6 +59,9 @@ class PixelSetConfig(BuilderConfig):
 class PixelSetBuilder(SupervisionBuilder):
     """Shared logic; subclasses implement :meth:`load_model`, :meth:`reconstruct` and the naming."""
 
+    #: how many threads decode, and whether a missing model may be downloaded, never change the set
+    nonoutput_fields = frozenset({"threads", "download"})
+
     config_class: ClassVar[type[PixelSetConfig]] = PixelSetConfig
     config: PixelSetConfig
     #: tiny: a small autoencoder with random weights, built offline

@@ -14,7 +14,9 @@ from ..cli_options import echo, parse_kv
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML/TOML/JSON builder config.")
 @click.option("-o", "--option", "options", multiple=True, help="Builder option KEY=VALUE.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-def build_cmd(builder, sources, out, config_file, options, quiet) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace a set of another build in --out (or write among other files "
+              "or the sources).")
+def build_cmd(builder, sources, out, config_file, options, quiet, overwrite) -> None:
     """Build a supervision set from SOURCES (folders or manifests of images) with BUILDER."""
     from ..config import read_config_file
     from ..registry import create_builder
@@ -22,7 +24,7 @@ def build_cmd(builder, sources, out, config_file, options, quiet) -> None:
     cfg = read_config_file(config_file) if config_file else {}
     cfg.update(parse_kv(options, "--option"))
     b = create_builder(builder, cfg)
-    manifest = b.build(sources, out, progress=not quiet)
+    manifest = b.build(sources, out, progress=not quiet, overwrite=overwrite)
     line = b.summary()
     if line:
         echo(line)

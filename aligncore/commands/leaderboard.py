@@ -26,6 +26,10 @@ def leaderboard_cmd(suite, fmt, metric, sort, ascending, store, out) -> None:
         click.echo("The leaderboard is empty" + (f" for suite {suite!r}" if suite else "") +
                    ": alignctl run or alignctl bench adds rows.", err=True)
     if out:
+        from pathlib import Path
+
+        if Path(out).exists() and st.path.exists() and Path(out).resolve() == st.path.resolve():
+            raise click.ClickException(f"--out {out} is the score store; choose another file for the leaderboard.")
         with open(out, "w", encoding="utf-8") as f:
             f.write(text)
         click.echo(f"written to {out}")

@@ -56,7 +56,12 @@ def train_branch(branch: str, train_set: Any, out: str | Path, *, branch_options
 def train_branch_class(branch_class: type, train_set: Any, out: str | Path, *,
                        branch_options: dict[str, Any] | None = None, train_options: dict[str, Any] | None = None,
                        progress: bool = True, on_step: Callable[[int], None] | None = None) -> TrainResult:
-    """:func:`train_branch` for a branch class (e.g. one not registered under a name)."""
+    """:func:`train_branch` for a branch class (e.g. one not registered under a name). ``out`` may not be the
+    training set's folder, lie inside it or hold it (the checkpoint would be written among the images)."""
+    if isinstance(train_set, (str, Path)):
+        from ..outputs import check_not_inputs
+
+        check_not_inputs(out, [train_set], "--out", overwrite=None)
     tcfg = train_config_for(branch_class, train_options)
     bcfg = branch_class.make_config(branch_options)
     trainer = branch_class.trainer_class(branch_class, bcfg, tcfg, progress=progress, on_step=on_step)
