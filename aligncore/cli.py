@@ -126,6 +126,9 @@ def build_cli() -> click.Group:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .process import rank_guard
+
+    rank_guard()  # a rank started by `run --num-processes` dies with its launcher
     build_cli()
     cli.main(args=argv, prog_name="alignctl")
 

@@ -65,9 +65,13 @@ def _relaunch(num_processes: int, scoring: Scoring, cfg) -> None:
     from ..distributed import launch
     from ..runner import make_run_id
 
+    from ..runner import plan
+
     argv = _strip_option(sys.argv[1:], "--num-processes")
     if not cfg.out:  # every rank must write to the same folder
-        argv += ["--out", os.path.join("runs", make_run_id(cfg))]
+        cfg = cfg.model_copy(update={"out": os.path.join("runs", make_run_id(cfg))})
+        argv += ["--out", cfg.out]
+    plan(cfg)  # names, data and the output folder are checked before any process starts
     rc = launch(argv, num_processes, scoring.device)
     if rc != 0:
         raise click.ClickException(f"distributed run failed (exit code {rc}); re-run the same command to resume.")
