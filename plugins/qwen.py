@@ -143,7 +143,7 @@ class QwenBranch(Branch):
                 self._processor = qm.build_tiny_processor(self.config.min_pixels, self.config.max_pixels)
             else:
                 self._processor = qm.load_processor(source, self.config.min_pixels, self.config.max_pixels)
-            self._text = qm.prompt_text(self._processor, self.config.prompt)
+            self._text = qm.prompt_text(self._processor, self.config.prompt, where=source or "the tiny processor")
             self._real_ids, self._fake_ids = qm.verdict_token_ids(self._processor.tokenizer)
         return self._processor
 

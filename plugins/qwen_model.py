@@ -287,9 +287,32 @@ def verdict_token_ids(tokenizer) -> tuple[list[int], list[int]]:
     return real, fake
 
 
-def prompt_text(processor, prompt: str) -> str:
+#: the longest answer a bounded render is tried with (training renders the verdict and a rationale)
+PROBE_ANSWER_CHARS = 4096
+
+
+def prompt_text(processor, prompt: str, where: str = "the processor") -> str:
+    """The fixed question as the chat template renders it. A template aligncore did not write (from a checkpoint
+    or a base model folder: ``where``) is code from elsewhere: it is checked, and rendered in a bounded process
+    together with a long answer (:mod:`aligncore.templates`), before it is used in-process."""
+    from aligncore.templates import check_template, render_bounded, templates_of
+
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    templates = list(templates_of(processor))
+    if templates and all(src == TINY_CHAT_TEMPLATE for _, src in templates):
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    for name, src in templates:
+        check_template(src, f"{where} ({name})")
+    template = getattr(processor, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
+    if template is None:
+        template = getattr(processor.tokenizer, "chat_template", None)
+    if template is None:
+        raise AlignCoreError(f"{where}: the processor has no chat template to render the prompt with.")
+    answer = "fake. " + "x" * PROBE_ANSWER_CHARS
+    probes = [messages + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]]
+    return render_bounded(template, messages, where, dict(processor.tokenizer.special_tokens_map), probes=probes)
 
 
 def encode_one(processor, text: str, image) -> dict[str, torch.Tensor]:
