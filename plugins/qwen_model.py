@@ -245,11 +245,16 @@ def check_model_size(source: str, dtype: torch.dtype, device: str) -> int:
 def load_pretrained_model(source: str, dtype: torch.dtype, attention: str, device: str = "cpu"):
     from transformers import AutoModelForImageTextToText
 
-    check_model_size(source, dtype, device)
+    from aligncore.safeio import check_folder, unsafe_from
 
+    check_folder(source)  # a code-running pickle is refused here, never by transformers' own message
+    check_model_size(source, dtype, device)
     try:
         return AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, attn_implementation=attention)
     except (OSError, ValueError) as exc:
+        unsafe = unsafe_from(exc, source)
+        if unsafe is not None:
+            raise unsafe from None
         if attention == "flash_attention_2":  # a broken flash-attn install: fall back, do not fail
             return AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, attn_implementation="sdpa")
         raise ModelUnavailableError(source, HOW_TO_PROVIDE, cause=exc) from None

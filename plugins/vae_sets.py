@@ -516,9 +516,15 @@ def _load_hf_vae(cls, model_id: str, subfolder: str | None, revision: str | None
         prefix = f"{subfolder}/" if subfolder else ""
         folder = resolve_weights(model_id, files=[f"{prefix}config.json", f"{prefix}diffusion_pytorch_model.safetensors"],
                                  allow_download=download, revision=revision, how=how)
+    from aligncore.safeio import check_folder, unsafe_from
+
+    check_folder(Path(folder) / subfolder if subfolder else folder)  # the documented refusal, before diffusers unpickles
     try:
         return cls.from_pretrained(str(folder), subfolder=subfolder)
     except Exception as exc:
+        unsafe = unsafe_from(exc, folder)
+        if unsafe is not None:
+            raise unsafe from None
         raise ModelUnavailableError(str(folder), how, exc, local=True) from None
 
 

@@ -58,11 +58,11 @@ def train_branch_class(branch_class: type, train_set: Any, out: str | Path, *,
                        progress: bool = True, on_step: Callable[[int], None] | None = None) -> TrainResult:
     """:func:`train_branch` for a branch class (e.g. one not registered under a name). ``out`` may not be the
     training set's folder, lie inside it or hold it (the checkpoint would be written among the images)."""
+    tcfg = train_config_for(branch_class, train_options)
+    bcfg = branch_class.make_config(branch_options)
     if isinstance(train_set, (str, Path)):
         from ..outputs import check_not_inputs
 
         check_not_inputs(out, [train_set], "--out", overwrite=None)
-    tcfg = train_config_for(branch_class, train_options)
-    bcfg = branch_class.make_config(branch_options)
     trainer = branch_class.trainer_class(branch_class, bcfg, tcfg, progress=progress, on_step=on_step)
     return trainer.train(train_set, out)
