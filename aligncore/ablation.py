@@ -21,7 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import AlignCoreError
-from .fusion import threshold_for_fpr
+from .fusion import FusionInputError, threshold_for_fpr
 from .metrics import binary_metrics
 from .registry import get_registry
 from .rundir import FolderLayout, RunDir, RunScores, publish_folder
@@ -147,7 +147,10 @@ def ablate(run_dirs: Sequence[str | Path], fusions: Sequence[str] = DEFAULT_FUSI
     for rd in run_dirs:
         rs = RunDir.open(rd).scores()
         key = rs.dataset if rs.dataset not in fitted else f"{rs.dataset}#{rs.run_id}"
-        rows, fit, split = ablate_run(rs, fusions, target_fpr, cal_fraction, seed, fusion_options)
+        try:
+            rows, fit, split = ablate_run(rs, fusions, target_fpr, cal_fraction, seed, fusion_options)
+        except FusionInputError as exc:
+            raise AlignCoreError(f"run {rd} (dataset {rs.dataset}): {exc}.") from None
         for r in rows:
             r["dataset"] = key
         all_rows += rows

@@ -125,7 +125,13 @@ class Branch(Component):
                 f"branch {cls.name!r}: the options conflict with checkpoint {data['checkpoint']}: {'; '.join(conflicts)}. "
                 "Leave them unset to use the checkpoint's values."
             )
-        return {**data, **{k: v for k, v in recorded.items() if k not in data}}
+        merged = {**data, **{k: v for k, v in recorded.items() if k not in data}}
+        try:
+            cls.validate_config(merged)
+        except ConfigError as exc:  # the caller's values passed alone: the checkpoint's are at fault
+            raise ConfigError(f"checkpoint {data['checkpoint']} records settings branch {cls.name!r} refuses: "
+                              f"{str(exc).split(': ', 1)[-1]}") from None
+        return merged
 
     # ------------------------------------------------------------------ lifecycle
     def ensure_loaded(self) -> "Branch":

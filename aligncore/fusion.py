@@ -14,6 +14,11 @@ import numpy as np
 from pydantic import Field
 
 from .component import Component, ComponentConfig
+from .errors import AlignCoreError
+
+
+class FusionInputError(AlignCoreError, ValueError):
+    """Scores a fusion cannot work with (no branch, no scored real image to calibrate on)."""
 
 
 class FusionConfig(ComponentConfig):
@@ -70,7 +75,7 @@ def stack_scores(scores: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarra
     """Branch names and an (n, k) float matrix, in a stable (sorted) branch order."""
     names = sorted(scores)
     if not names:
-        raise ValueError("fusion needs scores from at least one branch")
+        raise FusionInputError("fusion needs scores from at least one branch")
     mat = np.column_stack([np.asarray(scores[n], dtype=float) for n in names])
     return names, mat
 
@@ -88,7 +93,7 @@ def threshold_for_fpr(real_scores: np.ndarray, target_fpr: float) -> float:
     """
     r = np.sort(np.asarray(real_scores, dtype=float)[~np.isnan(np.asarray(real_scores, dtype=float))])[::-1]
     if len(r) == 0:
-        raise ValueError("threshold calibration needs scored real images in the calibration split")
+        raise FusionInputError("threshold calibration needs scored real images in the calibration split")
     allowed = int(np.floor(target_fpr * len(r) + 1e-9))
     if allowed >= len(r):
         return 0.0

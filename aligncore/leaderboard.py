@@ -64,19 +64,38 @@ def stored_rows(store: ScoreStore, suite: str | None = None) -> list[dict]:
     q, args = f"SELECT * FROM {TABLE}", ()
     if suite is not None:
         q, args = q + " WHERE suite = ?", (suite,)
-    cur = store.conn.execute(q + " ORDER BY id", args)
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, r)) for r in cur.fetchall()]
+    with store.reading("the leaderboard"):
+        cur = store.conn.execute(q + " ORDER BY id", args)
+        cols = [d[0] for d in cur.description]
+        rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+    missing = {"run_id", "dataset", "branches", "checkpoints", "fusion", "fusion_config", "perturb"} - set(cols)
+    if missing:
+        raise AlignCoreError(f"the leaderboard table of the score store {store.path} lacks the column(s) "
+                             f"{', '.join(sorted(missing))}: it was not written by aligncore.")
+    return rows
+
+
+def _json_mapping(raw) -> dict | None:
+    """A stored JSON mapping, or None when the cell holds something else (shown as it is)."""
+    try:
+        value = json.loads(raw or "{}")
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _short_checkpoints(raw: str | None) -> str:
-    ck = json.loads(raw or "{}")
+    ck = _json_mapping(raw)
+    if ck is None:
+        return str(raw)
     return ",".join(f"{b}={p}" for b, p in sorted(ck.items())) or "-"
 
 
 def _fusion_label(name: str, raw_config: str | None) -> str:
     """``max`` or, when its config differs from the defaults, ``max(threshold=0.99)``."""
-    cfg = json.loads(raw_config or "{}")
+    cfg = _json_mapping(raw_config)
+    if cfg is None:
+        return f"{name}({raw_config})"
     try:
         from .registry import create_fusion
 

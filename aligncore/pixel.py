@@ -175,9 +175,16 @@ class NeuralPixelBranch(PixelBranch):
         raise NotImplementedError
 
     def load(self) -> None:
+        from .errors import AlignCoreError
+
         self.build_model()
         if self.config.checkpoint:
-            self.load_weights(self.checkpoint_dir)
+            try:
+                self.load_weights(self.checkpoint_dir)
+            except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # tensors that do not fit the model
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise AlignCoreError(f"checkpoint {self.checkpoint_dir}: its weights do not fit branch {self.name!r} "
+                                     f"as recorded in {BRANCH_FILE} ({first}).") from None
         self.model.to(self.device).eval()
 
     def trainable_parameters(self):

@@ -347,9 +347,13 @@ class TinyAEBuilder(PixelSetBuilder):
             if self.config.preset == "tiny":
                 self._layout = m.standard_layout(self.config.latent_channels, 16, 3, True, 1)
             else:
-                self._layout = m.layout_from_state_dict(
-                    m.read_state_dict(Path(self.config.encoder_path).expanduser()), None
-                )
+                try:
+                    self._layout = m.layout_from_state_dict(
+                        m.read_state_dict(Path(self.config.encoder_path).expanduser()), None
+                    )
+                except (RuntimeError, ValueError) as exc:
+                    raise ConfigError(f"builder 'tiny-ae': {self.config.encoder_path} is not a TAESD-family encoder "
+                                      f"this module can read: {str(exc).splitlines()[0]}") from None
         return self._layout.stride
 
     def load_model(self):
