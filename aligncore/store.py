@@ -202,18 +202,19 @@ def check_store_path(path: Path) -> None:
             st = os.stat(p)
         except FileNotFoundError:
             if os.path.islink(p):
-                raise AlignCoreError(f"the score store {p} is a broken symlink. {how}") from None
+                raise AlignCoreError(f"cannot open the score store {p}: it is a broken symlink. {how}") from None
             continue
         except OSError as exc:
-            raise AlignCoreError(f"the score store {p} cannot be used: {exc.strerror or exc}. {how}") from None
+            raise AlignCoreError(f"cannot open the score store {p}: {exc.strerror or exc}. {how}") from None
         if not stat.S_ISREG(st.st_mode):
-            raise AlignCoreError(f"the score store {p} is not a regular file: it is {kind_of(st.st_mode)}. {how}")
+            raise AlignCoreError(f"cannot open the score store {p}: not a regular file, it is {kind_of(st.st_mode)}. {how}")
     if not path.exists():
         parent = path.parent
         while not parent.exists() and parent != parent.parent:  # created below, like the store's folder
             parent = parent.parent
         if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-            raise AlignCoreError(f"the score store {path} cannot be created: {parent} is not a writable folder. {how}")
+            raise AlignCoreError(f"cannot open the score store {path}: {parent} is not a writable folder to create it "
+                                 f"in. {how}")
 
 
 def _statements(script: str) -> list[str]:

@@ -187,7 +187,7 @@ def test_a_leaderboard_row_with_broken_json_names_the_store(base, tmp_path):
 @pytest.mark.parametrize("store", ["/dev/null", "/dev/full"])
 def test_device_stores_are_refused_and_leave_nothing_in_dev(base, tmp_path, store):
     before = {p.name for p in Path("/dev").iterdir()}
-    _check(alignctl("leaderboard", "--store", store), store, "not a regular file")
+    _check(alignctl("leaderboard", "--store", store), store, "not a regular file", "character device")
     _check(alignctl("run", "--branches", "fake", "--data", str(base / "ds"), "--out", str(tmp_path / "o"),
                     "--store", store, "-q"), store)
     assert {p.name for p in Path("/dev").iterdir()} == before, "journal files were created in /dev"
