@@ -64,9 +64,8 @@ def check_workers(n: int, what: str = "workers") -> int:
     """``n`` when this machine has a core for each worker process; else a ConfigError saying the most it allows."""
     cpus = usable_cpus()
     if n > cpus:
-        raise ConfigError(f"{what} = {n}: this machine gives aligncore {cpus} CPU core(s), so at most {cpus} data "
-                          f"loader worker process(es) (0 decodes in the main process). Use --workers {min(cpus, 2)} "
-                          "or fewer.")
+        raise ConfigError(f"{n} worker processes asked for, but this machine gives aligncore {cpus} CPU core(s): use "
+                          f"at most {cpus} ({what} = 0 decodes in the main process).")
     return n
 
 
