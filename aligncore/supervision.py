@@ -48,7 +48,8 @@ class WorkItem:
 
 def item_seed(seed: int, key: str) -> int:
     """A per-item seed that does not depend on processing order (so resumed runs match)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little")
+    # surrogateescape: a key made from a file name that is not UTF-8 hashes to its bytes (valid names unchanged)
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode("utf-8", "surrogateescape")).digest()[:8], "little")
 
 
 class SupervisionBuilder(Component):
@@ -112,7 +113,7 @@ class SupervisionBuilder(Component):
 
         if self._out_dir is None:
             raise AlignCoreError(f"builder {self.name!r}: write_image is only available while build() runs.")
-        path = f"{rel}.{FORMATS[self.config.format]}"
+        path = f"{safe_relpath(rel)}.{FORMATS[self.config.format]}"
         save_image(img, self._out_dir / path, self.config.format, self.config.jpeg_quality)
         return {"path": path}
 
@@ -136,7 +137,6 @@ class SupervisionBuilder(Component):
         self._check_out(out, srcs, identity, overwrite)
         try:
             out.mkdir(parents=True, exist_ok=True)
-            _write_json_atomic(out / BUILD_INFO, identity)
         except OSError as exc:
             raise AlignCoreError(f"cannot create the output folder {out}: {exc.strerror or exc}. Choose another --out.") from None
         items = self.plan(srcs)
@@ -145,6 +145,7 @@ class SupervisionBuilder(Component):
         keys = [it.key for it in items]
         if len(set(keys)) != len(keys):
             raise ValueError(f"builder {self.name!r} planned duplicate item keys")
+        _write_json_atomic(out / BUILD_INFO, identity)  # the folder holds this build from its first item on
         self._out_dir = out
         try:
             done = self._process_missing(items, out, progress)
@@ -169,7 +170,9 @@ class SupervisionBuilder(Component):
     def _check_out(self, out: Path, srcs: list[Path], identity: dict, overwrite: bool) -> None:
         from .outputs import check_not_inputs, describe_names, differences, foreign_entries
 
-        check_not_inputs(out, srcs, "--out", overwrite)
+        # a source may be written LABEL=PATH (the semantic set's real=DIR): the path is what must not overlap
+        paths = [Path(str(s).split("=", 1)[1]) if "=" in str(s) and not s.exists() else s for s in srcs]
+        check_not_inputs(out, paths, "--out", overwrite)
         if not out.is_dir() or not os.listdir(out):
             return
         old = _recorded_build(out)
@@ -306,6 +309,24 @@ def _end_torn_line(path: Path) -> None:
 CORE_COLUMNS = ["path", "label", "generator", "subset"]
 
 
+def safe_relpath(rel: str) -> str:
+    """``rel`` as a path every manifest can hold: a name part with a control character, a backslash or bytes
+    that are not UTF-8 (a source file's name carried into an output name) has them replaced by ``_`` and a
+    digest of the original appended, so distinct sources keep distinct outputs; other names are unchanged."""
+    import unicodedata
+
+    def bad(ch: str) -> bool:
+        return ch == "\\" or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp")
+
+    def part(name: str) -> str:
+        if not any(bad(ch) for ch in name):
+            return name
+        digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        return "".join("_" if bad(ch) else ch for ch in name) + f"-{digest}"
+
+    return "/".join(part(name) for name in rel.split("/"))
+
+
 def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
     """CSV with the core columns first, then every extra column in sorted order; atomic replace."""
     extra = sorted({k for r in rows for k in r} - set(CORE_COLUMNS))
@@ -325,6 +346,10 @@ def _cell(v: Any) -> Any:
         return f"{v:.6g}"
     if isinstance(v, (dict, list)):
         return json.dumps(v, sort_keys=True)
+    if isinstance(v, str):  # a source's name: bytes that are not UTF-8 and a bare CR would break the manifest
+        from .text import terminal_text
+
+        return terminal_text(v, keep_newlines=True)
     return v
 
 

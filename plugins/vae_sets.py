@@ -145,7 +145,7 @@ class PixelSetBuilder(SupervisionBuilder):
             it.meta["out_stem"] = stem if stems[stem] == 1 else flat(it.key).replace(".", "_")
         if len({it.meta["out_stem"] for it in items}) != len(items):
             for it in items:  # pathological names: make them unique with a digest of the key
-                it.meta["out_stem"] += "-" + hashlib.sha1(it.key.encode()).hexdigest()[:8]
+                it.meta["out_stem"] += "-" + hashlib.sha1(it.key.encode("utf-8", "surrogateescape")).hexdigest()[:8]
         return items
 
     # ---------------------------------------------------------------- model

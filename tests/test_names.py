@@ -189,3 +189,23 @@ def test_terminal_output_never_carries_escape_sequences(hostile, run_dir, tmp_pa
         assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", out), repr(out)
     res = alignctl("run", "--branches", "fake", "--data", str(tmp_path / "no\x1b[2Jsuch"))
     assert res.exit_code != 0 and "\x1b" not in res.output and "no\\x1b[2Jsuch" in res.output
+
+
+@pytest.mark.parametrize("builder", ["fake-pairs", "tiny-ae"])
+def test_builds_from_hostile_source_names_give_readable_sets(tmp_path, builder):
+    """Source names reach a set's output names and manifest columns: a non-UTF-8 or CR name must neither crash
+    the build nor make its manifest unreadable; distinct sources keep distinct outputs."""
+    src = tmp_path / "src"
+    for k, name in enumerate([NON_UTF8, "a\rb", "new\nline", "ok", "back\\slash", "=cmd"]):
+        _image(src / f"{name}.png", k, smooth=False)
+    opts = ["-o", "preset=tiny"] if builder == "tiny-ae" else []
+    res = alignctl("build", builder, str(src), "--out", str(tmp_path / "set"), "-q", *opts)
+    assert res.exit_code == 0, res.output
+    from aligncore.data import load_dataset
+
+    records = load_dataset(tmp_path / "set").records
+    assert len(records) == 12 and len({r.path for r in records}) == 12
+    assert all(Path(r.path).is_file() for r in records)
+    res = alignctl("run", "--branches", "fake", "--data", str(tmp_path / "set"), "--out", str(tmp_path / "r"),
+                   "--store", str(tmp_path / "s.sqlite"), "-q")
+    assert res.exit_code == 0, res.output
