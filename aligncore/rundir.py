@@ -155,7 +155,9 @@ class RunDir:
         return cls(path, info)
 
     def metrics(self) -> dict:
-        metrics = read_structured(self.path / METRICS, "run metrics", fmt="json", error=AlignCoreError)
+        # JSON has no aliases: its size is its file's; per-generator and per-subset metrics may be many
+        metrics = read_structured(self.path / METRICS, "run metrics", fmt="json", error=AlignCoreError,
+                                  max_bytes=1 << 30, max_nodes=1 << 27, max_chars=1 << 30)
         if not isinstance(metrics, dict):
             raise AlignCoreError(f"{self.path / METRICS} holds a {type(metrics).__name__}, not the metrics aligncore writes.")
         return metrics
