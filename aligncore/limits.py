@@ -60,12 +60,18 @@ def gib(n: float) -> str:
     return f"{int(n)} bytes"
 
 
+def max_workers() -> int:
+    """The most data-loader worker processes allowed: twice the usable cores (loading can wait on disk or
+    network), at least 4 (so a config written for a small machine runs anywhere). More never decodes faster."""
+    return max(4, 2 * usable_cpus())
+
+
 def check_workers(n: int, what: str = "workers") -> int:
-    """``n`` when this machine has a core for each worker process; else a ConfigError saying the most it allows."""
-    cpus = usable_cpus()
-    if n > cpus:
-        raise ConfigError(f"{n} worker processes asked for, but this machine gives aligncore {cpus} CPU core(s): use "
-                          f"at most {cpus} ({what} = 0 decodes in the main process).")
+    """``n`` when it is within :func:`max_workers`; else a ConfigError saying the most this machine allows."""
+    cap = max_workers()
+    if n > cap:
+        raise ConfigError(f"{n} worker processes asked for, but this machine gives aligncore {usable_cpus()} CPU "
+                          f"core(s): use at most {cap} ({what} = 0 decodes in the main process).")
     return n
 
 

@@ -67,7 +67,9 @@ def test_workers_and_ranks_beyond_the_machine_exit_at_once(ds, tmp_path, args, n
 
 def test_workers_in_a_config_file_are_capped_too(ds, tmp_path):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text(f"branches: [fake]\ndata: {ds}\nworkers: {usable_cpus() + 1}\n")
+    from aligncore.limits import max_workers
+
+    cfg.write_text(f"branches: [fake]\ndata: {ds}\nworkers: {max_workers() + 1}\n")
     res = alignctl("run", "--config", str(cfg), "-q")
     assert res.exit_code == 1 and "workers" in res.output and "c.yaml" in res.output, res.output
     from aligncore.train.dpo_config import DPOTrainConfig
