@@ -34,6 +34,10 @@ STATE_FORMAT = 1
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+class FusionInputError(AlignCoreError, ValueError):
+    """Scores a fusion cannot work with (no branch, no scored real image to calibrate on)."""
+
+
 class FusionConfig(ComponentConfig):
     threshold: float = Field(0.5, ge=0.0, le=ABOVE_ONE,
                              description="Fused score at or above which an image is called fake (a calibrated threshold "
@@ -112,7 +116,7 @@ def stack_scores(scores: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarra
     """Branch names and an (n, k) float matrix, in a stable (sorted) branch order."""
     names = sorted(scores)
     if not names:
-        raise ValueError("fusion needs scores from at least one branch")
+        raise FusionInputError("fusion needs scores from at least one branch")
     mat = np.column_stack([np.asarray(scores[n], dtype=float) for n in names])
     return names, mat
 
@@ -141,7 +145,7 @@ def threshold_for_fpr(real_scores: np.ndarray, target_fpr: float) -> float:
     r = np.asarray(real_scores, dtype=float)
     r = np.sort(r[~np.isnan(r)])[::-1]
     if len(r) == 0:
-        raise ValueError("threshold calibration needs scored real images in the calibration split")
+        raise FusionInputError("threshold calibration needs scored real images in the calibration split")
     allowed = int(np.floor(target_fpr * len(r) + 1e-9))
     if allowed >= len(r):
         return 0.0

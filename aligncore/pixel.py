@@ -36,12 +36,12 @@ BRANCH_FILE = "branch.json"
 
 
 class PixelBranchConfig(BranchConfig):
-    crop_size: int = Field(128, ge=8, description="Side of the square window cut at native resolution (no resizing).")
+    crop_size: int = Field(128, ge=8, le=4096, description="Side of the square window cut at native resolution (no resizing).")
     inference_crops: int = Field(
-        4, ge=1, description="Windows averaged per image when scoring: 1 = centre crop, more = an even grid over the image."
+        4, ge=1, le=1024, description="Windows averaged per image when scoring: 1 = centre crop, more = an even grid over the image."
     )
     crop_align: int = Field(
-        8, ge=1, description="Window positions are multiples of this (keeps JPEG-block and decoder-upsampling phase)."
+        8, ge=1, le=4096, description="Window positions are multiples of this (keeps JPEG-block and decoder-upsampling phase)."
     )
     pad_mode: Literal["reflect", "constant"] = Field(
         "reflect", description="How an image smaller than the window is padded (bottom/right): mirror or zeros."
@@ -79,11 +79,17 @@ class PixelBranch(Branch):
     @classmethod
     def checkpoint_record(cls, checkpoint) -> dict[str, Any]:
         """The architecture recorded in the checkpoint's branch.json (so `--checkpoint DIR` alone is enough)."""
+        from .parsing import read_structured
+
         folder = resolve_checkpoint(checkpoint)
-        info = json.loads((folder / BRANCH_FILE).read_text())
+        info = read_structured(folder / BRANCH_FILE, "checkpoint file", fmt="json", max_bytes=1 << 20)
+        arch = info.get("architecture", {}) if isinstance(info, dict) else None
+        if not isinstance(arch, dict):
+            raise ConfigError(f"checkpoint file {folder / BRANCH_FILE} is not a branch description written by "
+                              "aligncore (no 'architecture' mapping).")
         if info.get("branch") not in (None, cls.name):
             raise ConfigError(f"{folder} was written by branch {info.get('branch')!r}, not {cls.name!r}.")
-        return {k: v for k, v in info.get("architecture", {}).items() if k in cls.architecture_fields}
+        return {k: v for k, v in arch.items() if k in cls.architecture_fields}
 
     @property
     def checkpoint_dir(self) -> Path | None:
@@ -104,6 +110,11 @@ class PixelBranch(Branch):
             return ""
         folder = self.checkpoint_dir
         return digest_files(folder, [f for f in self.weight_files if (folder / f).exists()])
+
+    def input_nbytes(self) -> int:
+        """``inference_crops`` uint8 windows per image, plus the float32 copy the model normalises."""
+        c = self.config
+        return c.inference_crops * c.crop_size * c.crop_size * 3 * (1 + 4)
 
     # ------------------------------------------------------------------ preprocessing
     def crops(self, image) -> np.ndarray:
@@ -201,9 +212,16 @@ class NeuralPixelBranch(PixelBranch):
         problem = self.untrained()
         if problem:
             raise ConfigError(problem)
+        from .errors import AlignCoreError
+
         self.build_model()
         if self.config.checkpoint:
-            self.load_weights(self.checkpoint_dir)
+            try:
+                self.load_weights(self.checkpoint_dir)
+            except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # tensors that do not fit the model
+                first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+                raise AlignCoreError(f"checkpoint {self.checkpoint_dir}: its weights do not fit branch {self.name!r} "
+                                     f"as recorded in {BRANCH_FILE} ({first}).") from None
         self.model.to(self.device).eval()
 
     def trainable_parameters(self):

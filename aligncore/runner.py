@@ -102,8 +102,10 @@ class ResolvedRun:
 
     def fingerprints(self) -> dict[str, str]:
         """Store keys: each branch's fingerprint, plus the perturbation (never mixed with clean scores)."""
-        spec = self.perturb.spec if self.perturb else None
-        return {b.name: perturbed_fingerprint(b.fingerprint(), spec) for b in self.branches}
+        if getattr(self, "_fingerprints", None) is None:  # a checkpoint's digest is computed once per run
+            spec = self.perturb.spec if self.perturb else None
+            self._fingerprints = {b.name: perturbed_fingerprint(b.fingerprint(), spec) for b in self.branches}
+        return dict(self._fingerprints)
 
 
 @dataclass
@@ -135,9 +137,14 @@ def plan(config: RunConfig) -> ResolvedRun:
     out = Path(config.out or Path("runs") / make_run_id(config))
     # every rank must agree on the id, so a distributed run is named after its directory
     run_id = make_run_id(config) if (config.out and not dist.enabled) else out.name
+    rr = ResolvedRun(config, run_id, out, branches, fusion, dataset, dist, parse_perturb(config.perturb))
     if dist.is_main:
+        # never over the data, a folder of the user's or another run (unless --overwrite); then writable
+        RunDir.check_output(out, {"dataset": {"root": dataset.root}, "fingerprints": rr.fingerprints(),
+                                  "fusion": config.fusion, "fusion_options": config.fusion_options,
+                                  "fusion_state": config.fusion_state}, config.data, config.overwrite)
         RunDir.check_writable(out)
-    return ResolvedRun(config, run_id, out, branches, fusion, dataset, dist, parse_perturb(config.perturb))
+    return rr
 
 
 def check_fusion_state(config: RunConfig, fusion=None, where: str = "the fusion state") -> None:

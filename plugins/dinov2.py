@@ -26,21 +26,26 @@ from aligncore.safeio import load_state_dict, save_state_dict
 from aligncore.torchutil import seeded
 from aligncore.train.pixel_config import PixelTrainConfig
 
+#: the timm DINOv2 family (ViT-S/B/L/g with 14-pixel patches, with or without registers): a checkpoint or
+#: config cannot ask for another, larger architecture under this branch's name
+DINOV2_NAMES = r"^vit_(small|base|large|giant2)_patch14_(reg4_)?dinov2(\.[A-Za-z0-9_]+)?$"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINOv2's (timm's IMAGENET_DEFAULT_MEAN/STD)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DINOv2Config(PixelBranchConfig):
-    model: str = Field("vit_large_patch14_dinov2.lvd142m", description="timm DINOv2 model name (e.g. vit_small_patch14_dinov2.lvd142m, "
-                       "vit_base_patch14_dinov2.lvd142m, vit_large_patch14_dinov2.lvd142m).")
+    model: str = Field("vit_large_patch14_dinov2.lvd142m", pattern=DINOV2_NAMES,
+                       description="timm DINOv2 model name (vit_{small,base,large,giant2}_patch14[_reg4]_dinov2, e.g. "
+                       "vit_small_patch14_dinov2.lvd142m, vit_base_patch14_dinov2.lvd142m, vit_large_patch14_dinov2.lvd142m).")
     weights: str | None = Field(None, description="Local pretrained weights (a model.safetensors / .bin file or a folder "
                                 "holding one) for `model`; default: the Hugging Face cache.")
     allow_download: bool = Field(False, description="Download missing pretrained weights from the Hub (never by default: "
                                  "a missing model fails at once instead of hanging).")
-    crop_size: int = Field(336, ge=14, description="Window side at native resolution (a multiple of 14; no resizing).")
-    inference_crops: int = Field(1, ge=1, description="Windows averaged per image when scoring: 1 = centre crop, more = an even grid.")
-    lora_r: int = Field(8, ge=1, description="LoRA rank on the attention projections (qkv, proj).")
-    lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    crop_size: int = Field(336, ge=14, le=1022, description="Window side at native resolution (a multiple of 14, at most "
+                           "1022 = 73 patches; no resizing).")
+    inference_crops: int = Field(1, ge=1, le=1024, description="Windows averaged per image when scoring: 1 = centre crop, more = an even grid.")
+    lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank on the attention projections (qkv, proj).")
+    lora_alpha: int = Field(16, ge=1, le=65536, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input in training.")
     from_scratch: bool = Field(False, description="Random initialisation, every weight trained and saved (no pretrained weights; no LoRA).")
 

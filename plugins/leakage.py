@@ -62,7 +62,8 @@ def assign_folds(rows: list[dict], folds: int, seed: int) -> list[int]:
 
 
 def _link_folder(root: Path, items: list[tuple[str, int]]) -> Path:
-    """A 0_real/1_fake folder of links to ``items`` (so any branch's trainer reads it as a labelled set)."""
+    """A 0_real/1_fake folder of hard links to ``items`` (so any branch's trainer reads it as a labelled set;
+    symlinks would point outside that folder, which a folder scan refuses)."""
     if root.exists():
         shutil.rmtree(root)
     for k, (path, label) in enumerate(items):
@@ -70,8 +71,8 @@ def _link_folder(root: Path, items: list[tuple[str, int]]) -> Path:
         d.mkdir(parents=True, exist_ok=True)
         target = d / f"{k:05d}_{Path(path).name}"
         try:
-            os.symlink(os.path.abspath(path), target)
-        except OSError:  # file systems without symlinks
+            os.link(os.path.abspath(path), target)
+        except OSError:  # another file system, or no hard links
             shutil.copyfile(path, target)
     return root
 

@@ -20,9 +20,9 @@ from aligncore.torchutil import seeded
 
 
 class NPRConfig(PixelBranchConfig):
-    crop_size: int = Field(128, ge=8, description="Side of the square window cut at native resolution (even; no resizing).")
-    inference_crops: int = Field(16, ge=1, description="Windows averaged per image when scoring: 1 = centre crop, more = an even grid.")
-    width: int = Field(16, ge=4, description="Channels of the first stage (later stages use 2× and 4×).")
+    crop_size: int = Field(128, ge=8, le=4096, description="Side of the square window cut at native resolution (even; no resizing).")
+    inference_crops: int = Field(16, ge=1, le=1024, description="Windows averaged per image when scoring: 1 = centre crop, more = an even grid.")
+    width: int = Field(16, ge=4, le=512, description="Channels of the first stage (later stages use 2× and 4×; 512 is about 70M parameters).")
 
 
 class NPRBranch(NeuralPixelBranch):

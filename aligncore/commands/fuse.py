@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli_options import parse_kv
+from ..cli_options import echo, parse_kv
 from .run import allow_partial_option, finish_incomplete, fusion_state_option, print_metrics, read_fusion_state
 
 
@@ -28,6 +28,6 @@ def fuse_cmd(run_dir, fusion, fusion_options, fusion_state, store, allow_partial
                           read_fusion_state(fusion_state), allow_partial,
                           state_source=f"fusion state {fusion_state}" if fusion_state else None)
     print_metrics(metrics)
-    click.echo(f"fusion {fusion} written to {out}")
+    echo(f"fusion {fusion} written to {out}")
     accepted = allow_partial if allow_partial is not None else bool(RunDir.open(run_dir).config.get("allow_partial"))
     finish_incomplete(metrics, out, accepted)

@@ -98,8 +98,12 @@ def size_bucket(path: str, source: ImageSource | None = None) -> tuple[float, in
 
     from PIL import Image
 
-    try:
-        with Image.open(path if source is None else io.BytesIO(source.read_bytes())) as im:
+    from ..files import open_regular
+    from .images import MAX_FILE_BYTES
+
+    try:  # never blocks on a FIFO swapped in since hashing: only a regular file is opened
+        with (open_regular(path, MAX_FILE_BYTES) if source is None else io.BytesIO(source.read_bytes())) as f, \
+                Image.open(f) as im:
             w, h = im.size
     except Exception:  # unreadable here: the loader reports it in its turn
         return (0.0, 0)

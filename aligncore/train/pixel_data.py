@@ -51,7 +51,7 @@ def load_training_set(source, allow_outside: bool = False) -> list[TrainRecord]:
 
 
 def _group_rank(group: str, seed: int) -> str:
-    return hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()
+    return hashlib.sha256(f"{seed}:{group}".encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def split_by_group(records: list[TrainRecord], val_fraction: float, seed: int) -> tuple[list[TrainRecord], list[TrainRecord]]:
