@@ -83,6 +83,7 @@ CORE_COMMANDS: tuple[tuple[str, str], ...] = (
     ("audit", "audit_format_cmd"),
     ("demo", "demo_cmd"),
     ("configs", "configs_cmd"),
+    ("study", "study_group"),
 )
 
 
