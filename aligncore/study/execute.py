@@ -103,15 +103,20 @@ def run_study(plan: StudyPlan, out: str | Path, *, cache: str | Path | None = No
                 res.reused.append(cell)
                 log(f"[{i}/{n}] reused    {cell.label}")
                 continue
-            log(f"[{i}/{n}] computing {cell.label}  ({cell.short})")
-            t0 = time.monotonic()
-            try:
-                result = EXECUTORS[cell.kind](ctx, cell)
-            except AlignCoreError as exc:
-                raise AlignCoreError(f"cell '{cell.label}' failed: {exc} (its work folder: "
-                                     f"{ctx.cells.folder(cell)}; the cells finished so far are kept, so running the "
-                                     "study again resumes here)") from None
-            ctx.cells.publish(cell, result, time.monotonic() - t0)
+            with _cell_lock(ctx.cells, cell, log):  # another study sharing the cache may be computing it
+                if ctx.cells.published(cell) is not None:
+                    res.reused.append(cell)
+                    log(f"[{i}/{n}] reused    {cell.label} (computed meanwhile by another study)")
+                    continue
+                log(f"[{i}/{n}] computing {cell.label}  ({cell.short})")
+                t0 = time.monotonic()
+                try:
+                    result = EXECUTORS[cell.kind](ctx, cell)
+                except AlignCoreError as exc:
+                    raise AlignCoreError(f"cell '{cell.label}' failed: {exc} (its work folder: "
+                                         f"{ctx.cells.folder(cell)}; the cells finished so far are kept, so running "
+                                         "the study again resumes here)") from None
+                ctx.cells.publish(cell, result, time.monotonic() - t0)
             res.computed.append(cell)
             log(f"[{i}/{n}] done      {cell.label} in {time.monotonic() - t0:.1f}s")
         res.elapsed_s = time.monotonic() - t_start
@@ -171,6 +176,22 @@ def _lock(out: Path) -> Iterator[None]:
         yield
     finally:
         f.close()
+
+
+@contextlib.contextmanager
+def _cell_lock(cells: CellStore, cell: Cell, log: Callable[[str], None]) -> Iterator[None]:
+    """An exclusive lock on one cell (``CACHE/.locks/KEY``), waited for: studies may share one cache."""
+    import fcntl
+
+    d = cells.root / ".locks"
+    d.mkdir(parents=True, exist_ok=True)
+    with open(d / cell.key, "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            log(f"waiting for another study that is computing {cell.label} ({cell.short})")
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        yield
 
 
 def _fresh(folder: Path) -> Path:

@@ -18,7 +18,7 @@ from ..component import close_matches
 from ..errors import AlignCoreError, ConfigError
 from .cells import Cell, without_execution_only
 from .data import OFFLINE_SPLITS, find_part, listing_digest, offline_photos_spec, TINY_PER_GROUP
-from .spec import (AUDIT_FIELDS, DATA_VAR, FIELDS, FUSION_METRICS, SCORE_METRICS, Study, StudyError, StudyFile,
+from .spec import (DATA_VAR, FIELDS, FUSION_METRICS, SCORE_METRICS, Study, StudyError, StudyFile,
                    StudyIssue, Path_, substitute)
 
 SCALES = ("full", "tiny")
@@ -299,9 +299,10 @@ class _Planner:
         elif m.zero_shot:
             info["train_set"] = "zero-shot"
         else:
-            if m.train_on not in self.study.sets:
+            known_set = m.train_on in self.study.sets
+            if not known_set:
                 self.issue(path + ("train_on",), f"unknown set {m.train_on!r}{_hint(m.train_on, self.study.sets)}")
-                return None
+                ok = False
             if cls.trainer_class is None or cls.train_config_class is None:
                 able = [n for n in self.reg.names("branch") if self.reg.get("branch", n).cls.trainer_class is not None]
                 self.issue(path + ("branch",), f"branch {m.branch!r} cannot be trained (trainable: {', '.join(able)}); "
@@ -316,7 +317,7 @@ class _Planner:
             info["train"] = topts
             info["train_set"] = m.train_on
             ok = self._check_train(cls, topts, path, m.tiny.train) and ok
-            info["set_ref"] = self.set_ref(m.train_on, path + ("train_on",))
+            info["set_ref"] = self.set_ref(m.train_on, path + ("train_on",)) if known_set else None
             if info["set_ref"] is None:
                 return None
         return info if ok else None
@@ -509,8 +510,6 @@ class _Planner:
                 if allowed is not None and m not in allowed:
                     self.issue(path + ("metric" if t.metric else "metrics",),
                                f"unknown metric {m!r}{_hint(m, allowed)} (known: {', '.join(allowed)})")
-            if t.source == "audits" and (t.rows in AUDIT_FIELDS) is False and t.rows not in tags["audits"]:
-                pass
 
     # ------------------------------------------------------------------ helpers
     def _registered(self, kind: str, name: str | None, path: Path_):
@@ -546,8 +545,8 @@ class _Planner:
                 loc = tuple(e["loc"])
                 base = tiny_path if loc and loc[0] in tiny else path
                 if e["type"] == "extra_forbidden" and loc:
-                    self.issue(base + loc, f"unknown option{_hint(str(loc[-1]), model.model_fields)} "
-                               f"(options of {getattr(model, '__name__', 'it')}: {', '.join(model.model_fields)})")
+                    hint = _hint(str(loc[-1]), model.model_fields)
+                    self.issue(base + loc, "unknown option" + (hint or f" (known: {', '.join(model.model_fields)})"))
                 else:
                     self.issue(base + loc, e["msg"].removeprefix("Value error, "))
             return False

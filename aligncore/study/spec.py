@@ -16,9 +16,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..component import close_matches
 from ..errors import ConfigError
@@ -109,19 +109,22 @@ def _perturbation(v: Any) -> str | None:
         raise ValueError(str(exc)) from None
 
 
+#: one perturbation of a list (none/clean/null for the images as they are), normalised, its error at its index
+Perturbation = Annotated[str | None, BeforeValidator(_perturbation)]
+
+
 class EvaluateSpec(StudyModel):
     datasets: list[str] = Field(..., min_length=1, description="Sets every model is scored on.")
-    perturbations: list[str | None] = Field([None], min_length=1, description="Perturbations applied at scoring "
-                                            "(none, jpeg:75, blur:1.0, ... chained with '+').")
+    perturbations: list[Perturbation] = Field([None], min_length=1, description="Perturbations applied at scoring "
+                                              "(none, jpeg:75, blur:1.0, ... chained with '+').")
     models: list[str] | None = Field(None, description="Models to score (default: every model).")
 
     @field_validator("perturbations")
     @classmethod
     def _perturbations(cls, v):
-        out = [_perturbation(p) for p in v]
-        if len(set(out)) != len(out):
+        if len(set(v)) != len(v):
             raise ValueError("a perturbation is listed twice")
-        return out
+        return v
 
 
 class FusionSpec(StudyModel):
@@ -133,13 +136,8 @@ class FusionSpec(StudyModel):
                                      "reals to this false-positive rate (None: configured thresholds).")
     cal_fraction: float = Field(0.3, gt=0.0, lt=1.0, description="Share of images (by content hash) used to fit and calibrate.")
     datasets: list[str] | None = Field(None, description="Datasets (default: evaluate.datasets).")
-    perturbations: list[str | None] | None = Field(None, description="Perturbations (default: evaluate.perturbations).")
+    perturbations: list[Perturbation] | None = Field(None, description="Perturbations (default: evaluate.perturbations).")
     tags: dict[str, str] = Field(default_factory=dict, description="Labels for the report's tables.")
-
-    @field_validator("perturbations")
-    @classmethod
-    def _perturbations(cls, v):
-        return None if v is None else [_perturbation(p) for p in v]
 
 
 class AuditSpec(StudyModel):
@@ -255,11 +253,17 @@ class StudyError(ConfigError):
     """A study file that cannot run; lists every problem with its file, line and field."""
 
     def __init__(self, file: StudyFile, issues: list[StudyIssue]):
+        issues = sorted(issues, key=lambda i: _line_number(file, i.path))
         self.file, self.issues = file, issues
         lines = [f"{file.display}, {file.where(i.path)}: {dotted(i.path)}: {i.message}" for i in issues]
         head = f"the study file {file.display} is invalid ({len(issues)} problem{'s' if len(issues) > 1 else ''}); "
         head += "nothing was run:" if len(issues) > 1 else "nothing was run."
         super().__init__(head + ("\n  " + "\n  ".join(lines) if len(issues) > 1 else "\n  " + lines[0]))
+
+
+def _line_number(file: StudyFile, path: Path_) -> int:
+    where = file.where(path)
+    return int(where.split()[1]) if where.startswith("line ") else 0
 
 
 def yaml_lines(text: str, display: str) -> dict[Path_, int]:
