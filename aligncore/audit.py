@@ -51,6 +51,10 @@ class Audit(Component):
     def kind_name(cls) -> str:
         return "audit"
 
+    def check(self) -> None:
+        """Checks that need no data (e.g. that the components it names exist and accept its options), so a
+        study can refuse a bad audit before any work; raise :class:`aligncore.errors.AlignCoreError`."""
+
     def run(self, target: str | Path, out_dir: str | Path, log: Callable[[str], None] | None = None) -> AuditOutcome:
         """Audit the set ``target`` (a folder or manifest), writing work files under ``out_dir``."""
         raise NotImplementedError

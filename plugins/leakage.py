@@ -203,6 +203,14 @@ class LeakageAudit(Audit):
     config_class = LeakageAuditConfig
     config: LeakageAuditConfig
 
+    def check(self) -> None:
+        """The pixel branch is trainable and accepts the branch and training options."""
+        from aligncore.train import train_config_for, trainable_branch
+
+        cls = trainable_branch(self.config.pixel_branch)
+        cls.make_config(self.config.branch_options)
+        train_config_for(cls, self.config.train_options)
+
     def run(self, target, out_dir, log=None) -> AuditOutcome:
         c = self.config
         res = leakage_audit(target, c.pixel_branch, out_dir, c.branch_options, c.train_options, c.folds, c.seed,

@@ -62,8 +62,10 @@ def show_cmd(recipe: str) -> None:
 @click.option("--store", type=click.Path(dir_okay=False), help="Score store (default OUT/store.sqlite).")
 @click.option("--cache", type=click.Path(file_okay=False), help="Cell folder, e.g. one shared by several studies "
               "(default OUT/cells).")
+@click.option("--threads", type=click.IntRange(1, 256), help="torch CPU threads (default: 1 at --scale tiny, where "
+              "tiny models run fastest on one thread and more only contend for shared cores; torch's own otherwise).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress lines or bars.")
-def run_cmd(study, out, scale, data_root, dry_run, overrides, variables, device, store, cache, quiet) -> None:
+def run_cmd(study, out, scale, data_root, dry_run, overrides, variables, device, store, cache, threads, quiet) -> None:
     """Run STUDY (a study file, or a recipe name from `alignctl study list`).
 
     Every cell (data, set, train, score, fuse, audit) is keyed by its inputs and its own options: a
@@ -89,6 +91,10 @@ def run_cmd(study, out, scale, data_root, dry_run, overrides, variables, device,
         for c in plan.cells:
             click.echo(f"  {'cached ' if status[c.key] else 'compute'}  {c.kind:<{width}}  {c.short}  {c.label}")
         return
+    if threads or scale == "tiny":
+        import torch
+
+        torch.set_num_threads(threads or 1)
     t0 = time.monotonic()
     res = run_study(plan, folder, cache=cache, store=store, progress=not quiet, log=None if quiet else echo_err,
                     overrides=overrides, variables=var_values)

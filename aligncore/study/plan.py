@@ -374,7 +374,9 @@ class _Planner:
             if info is None:
                 continue
             for d in own:
-                ref = datasets.get(d) if d in datasets else self._dataset(d, ("models", name, "evaluate_on"))
+                if d not in self.study.sets:
+                    continue  # reported above
+                ref = datasets[d] if d in datasets else self.set_ref(d, ("sets", d))
                 if ref is None:
                     continue
                 for perturb in ev.perturbations:
@@ -561,7 +563,10 @@ class _Planner:
         if issubclass(cls, Branch):  # building a branch may read a checkpoint's record: its config check is enough
             return True
         try:
-            cls(options)
+            component = cls(options)
+            check = getattr(component, "check", None)  # audits: the components they name, their options
+            if callable(check):
+                check()
             return True
         except AlignCoreError as exc:
             self.issue(path, str(exc).rstrip("."))

@@ -238,7 +238,8 @@ class StudyFile:
             if path[:n] in self.overridden:
                 return f"--set {self.overridden[path[:n]]}"
             if path[:n] in self.lines:
-                return f"line {self.lines[path[:n]]}"
+                below = [v for k, v in self.overridden.items() if k[:len(path)] == tuple(path)]
+                return f"line {self.lines[path[:n]]}" + "".join(f" (with --set {v})" for v in below)
         return "line 1"
 
 
@@ -263,7 +264,7 @@ class StudyError(ConfigError):
 
 def _line_number(file: StudyFile, path: Path_) -> int:
     where = file.where(path)
-    return int(where.split()[1]) if where.startswith("line ") else 0
+    return int(where.split()[1].rstrip(",")) if where.startswith("line ") else 0
 
 
 def yaml_lines(text: str, display: str) -> dict[Path_, int]:
