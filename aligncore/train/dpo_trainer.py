@@ -157,10 +157,6 @@ class DPOTrainer(Trainer):
                           target_modules=branch.lora_targets(cfg.lora_target_modules), task_type="CAUSAL_LM")
         trainer = TRLDPOTrainer(model=model, args=args, train_dataset=train_rows, processing_class=processor,
                                 peft_config=lora, callbacks=self._callbacks())
-        if not self.progress:  # without a progress bar transformers prints every log dict on stdout instead
-            from transformers.trainer_callback import PrinterCallback
-
-            trainer.remove_callback(PrinterCallback)
         last = get_last_checkpoint(args.output_dir) if cfg.resume and Path(args.output_dir).is_dir() else None
         result = trainer.train(resume_from_checkpoint=last)
         self.model = trainer.model
