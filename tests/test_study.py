@@ -188,6 +188,16 @@ def test_a_required_variable_and_the_data_root_are_asked_for_by_name(tmp_path):
         plan_study(*load_study("decomposition"), "full", tmp_path / "d" / "train")
 
 
+def test_an_override_that_tiny_scale_would_shadow_is_refused():
+    r = _invoke(["study", "run", "alignment-matrix", "--scale", "tiny", "--dry-run",
+                 "--set", "models.npr-pixel.train.lr=0.003"])
+    assert r.exit_code == 1 and "--set models.npr-pixel.train.lr=0.003: models.npr-pixel.train.lr: has no effect at " \
+        "--scale tiny, where models.npr-pixel.tiny.train.lr = 0.002 wins" in r.output, r.output
+    ok = _invoke(["study", "run", "alignment-matrix", "--scale", "tiny", "--dry-run",
+                  "--set", "models.npr-pixel.tiny.train.lr=0.003"])
+    assert ok.exit_code == 0 and "29 cells" in ok.output
+
+
 # ---------------------------------------------------------------------- the mini study: kill, resume, recompute
 
 

@@ -114,6 +114,7 @@ class _Planner:
         self._fusions(models, seeds)
         self._audits()
         self._check_tables()
+        self._check_shadowed_overrides()
         if self.issues:
             raise StudyError(self.sf, self.issues)
         order = {k: i for i, k in enumerate(("data", "set", "train", "score", "fuse", "audit"))}
@@ -480,6 +481,28 @@ class _Planner:
             cell = self.add(Cell("audit", f"audit {name} ({a.audit} on {a.set})", spec, {"set": ref.cell}))
             attrs = {"audit": name, "set": a.set, **self.study.sets[a.set].tags, **a.tags}
             self.results.append(ResultRef("audits", cell, attrs))
+
+    def _check_shadowed_overrides(self) -> None:
+        """At --scale tiny an entry's ``tiny:`` values win: a --set of the same option would be silently lost."""
+        if not self.tiny:
+            return
+        st = self.study
+        for path, arg in self.sf.overridden.items():
+            if len(path) != 4:
+                continue
+            section, name, part, key = path
+            entry = {"models": st.models, "sets": st.sets, "audits": st.audits}.get(section, {}).get(name)
+            if entry is None:
+                continue
+            if section == "models" and part in ("train", "options"):
+                tiny, where = getattr(entry.tiny, part), (section, name, "tiny", part, key)
+            elif section in ("sets", "audits") and part == "options":
+                tiny, where = entry.tiny, (section, name, "tiny", key)
+            else:
+                continue
+            if key in tiny:
+                self.issue(path, f"has no effect at --scale tiny, where {'.'.join(map(str, where))} = {tiny[key]!r} "
+                           f"wins; set that instead (--set {'.'.join(map(str, where))}=...)")
 
     # ------------------------------------------------------------------ report tables
     def _tag_names(self) -> dict[str, set[str]]:

@@ -94,7 +94,7 @@ def result_rows(sd: StudyDir) -> dict[str, list[dict[str, Any]]]:
 
 
 @dataclass
-class Cell:
+class TableCell:
     values: list[Any] = field(default_factory=list)  # one per distinct result
     missing: int = 0
 
@@ -127,7 +127,7 @@ class TableView:
     split: dict[str, Any]
     rows: list[str]
     cols: list[str]
-    cells: dict[tuple[str, str], Cell]
+    cells: dict[tuple[str, str], TableCell]
 
     @property
     def heading(self) -> str:
@@ -189,11 +189,11 @@ def build_table(spec: TableSpec, rows: list[dict]) -> list[TableView]:
             v["hits"].setdefault((row, col), []).append((r, col if metric_cols else spec.metric))
     out = []
     for split, v in views.items():
-        cells: dict[tuple[str, str], Cell] = {}
+        cells: dict[tuple[str, str], TableCell] = {}
         for (row, col), hits in v["hits"].items():
             by_seed: dict[Any, set] = {}
             seen: dict[str, Any] = {}
-            cell = Cell()
+            cell = TableCell()
             for r, metric in hits:
                 by_seed.setdefault(r.get("seed"), set()).add(r["_id"])
                 if r["_id"] in seen:
@@ -279,7 +279,23 @@ def to_markdown(rep: StudyReport) -> str:
 
 
 def _md(text: str) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    return _printable(text).replace("|", "\\|")
+
+
+def _printable(text: Any) -> str:
+    """Names come from study files and data folders: no control characters reach a terminal or a table."""
+    return "".join(ch if ch.isprintable() else "?" for ch in str(text))
+
+
+def _csv_text(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula gets a leading apostrophe; numbers pass as they are."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        try:
+            float(value)
+            return value
+        except ValueError:
+            return "'" + value
+    return value
 
 
 def to_text(rep: StudyReport) -> str:
@@ -290,9 +306,10 @@ def to_text(rep: StudyReport) -> str:
         out.append(TINY_NOTE)
     for v in rep.views:
         head = _header(v)
-        body = [[r, *[_cell_text(v, r, c) for c in v.cols]] for r in v.rows]
+        head = [_printable(h) for h in head]
+        body = [[_printable(r), *[_printable(_cell_text(v, r, c)) for c in v.cols]] for r in v.rows]
         widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
-        out += ["", f"{v.heading}  ({_what(v)}{v.spec.source})",
+        out += ["", _printable(f"{v.heading}  ({_what(v)}{v.spec.source})"),
                 "  ".join(str(h).ljust(w) for h, w in zip(head, widths)), "  ".join("-" * w for w in widths)]
         out += ["  ".join(str(x).ljust(w) for x, w in zip(row, widths)) for row in body]
     if rep.missing:
@@ -324,8 +341,9 @@ def to_csv(rep: StudyReport) -> str:
             for c in v.cols:
                 s = v.cells[(r, c)].summary() if (r, c) in v.cells else {"n": 0, "values": []}
                 metric = c if v.spec.cols == "metric" else v.spec.metric
-                w.writerow([v.spec.title, split, r, c, metric, _num(s.get("mean")), _num(s.get("std")), s["n"],
-                            s.get("value", ""), json.dumps(s["values"])])
+                w.writerow([_csv_text(x) for x in (v.spec.title, split, r, c, metric)]
+                           + [_num(s.get("mean")), _num(s.get("std")), s["n"], _csv_text(s.get("value", "")),
+                              json.dumps(s["values"])])
     return buf.getvalue()
 
 
