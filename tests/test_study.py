@@ -349,6 +349,31 @@ def test_a_data_root_is_sampled_at_tiny_scale_and_read_in_place_at_full_scale(tm
     assert plan_study(sf, st, "full", root).cells[0].key != full.cells[0].key
 
 
+def test_a_training_split_does_not_depend_on_where_the_set_lies(tmp_path):
+    """Cells are content-addressed: the same set at another path must train the same model (same validation split)."""
+    import shutil
+
+    from aligncore.testing import make_image_folder
+    from aligncore.train.pixel_data import load_training_set, split_by_group
+
+    a = make_image_folder(tmp_path / "one" / "set", 10, 10, layout="real/fake")
+    b = tmp_path / "elsewhere" / "deeper" / "set"
+    shutil.copytree(a, b)
+
+    def val(root):
+        _, v = split_by_group(load_training_set(root), 0.3, 0)
+        return sorted(Path(r.path).relative_to(root).as_posix() for r in v)
+
+    assert val(a) == val(b) and val(a)
+    # a semantic set's rows name their source photo by absolute path and by digest: the digest groups them
+    for root, photos in ((a, "/data/photos"), (b, "/mnt/other/photos")):
+        rows = ["path,label,source,source_sha256"]
+        for i, r in enumerate(sorted(load_training_set(root), key=lambda r: r.path)):
+            rows.append(f"{Path(r.path).relative_to(root).as_posix()},{r.label},{photos}/p{i % 7}.png,digest{i % 7}")
+        (root / "manifest.csv").write_text("\n".join(rows) + "\n")
+    assert val(a) == val(b)
+
+
 # ---------------------------------------------------------------------- every recipe at tiny scale
 
 
