@@ -171,6 +171,17 @@ def test_every_recipe_plans_at_full_scale_on_a_data_root(tmp_path, recipe):
     assert len(plan.seeds) == 3
 
 
+def test_the_readme_example_study_is_valid(tmp_path):
+    from aligncore.study import load_study, plan_study
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    example = readme.split("## Studies", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    study = tmp_path / "my-study.yaml"
+    study.write_text(example)
+    plan = plan_study(*load_study(study), "tiny")
+    assert plan.counts() == {"data": 1, "set": 2, "train": 6, "score": 12, "fuse": 6, "audit": 1}
+
+
 def test_a_required_variable_and_the_data_root_are_asked_for_by_name(tmp_path):
     from aligncore.study import load_study, plan_study
     from aligncore.study.spec import StudyError
