@@ -283,7 +283,8 @@ def _run_train(ctx: _Context, cell: Cell) -> dict[str, Any]:
     out = ctx.cells.folder(cell) / "checkpoint"
     data = ctx.location(cell.inputs["set"], spec["set_rel"])
     res = train_branch(spec["branch"], str(data), out, branch_options=cell.run["branch_options"],
-                       train_options=spec["train_options"], progress=ctx.progress)  # resumes after a kill
+                       train_options=spec["train_options"], progress=ctx.progress,
+                       log=ctx.log if ctx.progress else None)  # resumes after a kill
     return {"checkpoint": _rel(res.checkpoint, ctx.cells.folder(cell)), "summary": res.summary}
 
 

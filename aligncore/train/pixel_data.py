@@ -18,6 +18,7 @@ from typing import Iterable
 import numpy as np
 
 from ..data import load_dataset
+from ..data.datasets import require_files
 from ..errors import DataError
 
 
@@ -35,6 +36,7 @@ def load_training_set(source) -> list[TrainRecord]:
     if isinstance(source, (list, tuple)):
         return list(source)
     ds = load_dataset(source)  # a builder's output folder is read through its manifest
+    require_files(ds.records, "training")
     out = []
     root = Path(ds.root) if Path(ds.root).is_dir() else Path(ds.root).parent
     for r in ds.records:
