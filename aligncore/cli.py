@@ -108,6 +108,7 @@ CORE_COMMANDS: tuple[tuple[str, str], ...] = (
     ("demo", "demo_cmd"),
     ("configs", "configs_cmd"),
     ("push", "push_cmd"),
+    ("study", "study_group"),
 )
 
 
