@@ -96,8 +96,10 @@ def _print_result(result) -> None:
 @fusion_state_option
 @click.option("--num-processes", type=int, default=1, show_default=True,
               help="Shard scoring across N processes (GPUs, or CPU ranks) with accelerate launch.")
+@click.option("--profile", is_flag=True, help="Measure each stage (wall and CPU time, loader workers included) and count "
+              "files read, images decoded, windows, forward batches and store writes: printed and written to RUN/profile.json.")
 def run_cmd(scoring: Scoring, data, config_file, workers, out, explain, allow_outside_paths, suite, perturb,
-            fusion_state, num_processes) -> None:
+            fusion_state, num_processes, profile) -> None:
     """Score a dataset with one or more branches, fuse, and write predictions and metrics."""
     from ..config import make_run_config
     from ..runner import run
@@ -109,7 +111,13 @@ def run_cmd(scoring: Scoring, data, config_file, workers, out, explain, allow_ou
         config_file, **scoring.run_options(), data=data, workers=workers, out=out, explain=explain,
         allow_outside_paths=allow_outside_paths, suite=suite, perturb=perturb,
         fusion_state=read_fusion_state(fusion_state))
-    result = run(cfg, progress=scoring.progress, log=None if scoring.quiet else echo_err)
+    result = run(cfg, progress=scoring.progress, log=None if scoring.quiet else echo_err, profile=profile)
     if not result.is_main:  # a non-zero rank of a distributed run: rank 0 reports
         return
     _print_result(result)
+    if result.profile is not None:
+        from ..profiling import format_report
+        from ..rundir import PROFILE
+
+        click.echo(format_report(result.profile))
+        click.echo(f"profile written to {result.out_dir / PROFILE}")
