@@ -54,8 +54,8 @@ class PixelBranchConfig(BranchConfig):
     activation_mb: float | None = Field(
         None, gt=0, description="Neural pixel branches: the largest activation tensor one forward pass may make when "
         f"scoring, in MB; a batch's windows go through the model in chunks that stay under it (one window at least). "
-        f"Default: {CPU_ACTIVATION_MB:g} on CPU (measured: CPU time per image is lowest there, and the same at every "
-        f"batch size), {CUDA_ACTIVATION_MB:g} on CUDA. Scores do not depend on it."
+        f"Default: the branch's own, measured where CPU time per image is lowest ({CPU_ACTIVATION_MB:g} on CPU unless "
+        f"the branch says otherwise), {CUDA_ACTIVATION_MB:g} on CUDA. Scores do not depend on it."
     )
 
 
@@ -119,7 +119,7 @@ class PixelBranch(Branch):
 
     def crops(self, image, channels_first: bool = False) -> np.ndarray:
         """PIL RGB (or uint8 H×W×3 array) → uint8 array (K, S, S, 3), or (K, 3, S, S) with ``channels_first``:
-        ``inference_crops`` windows at native resolution, each window's pixels copied once."""
+        ``inference_crops`` windows at native resolution, without copying the whole image (:func:`cut_windows`)."""
         w, h = (image.shape[1], image.shape[0]) if isinstance(image, np.ndarray) else image.size
         return cut_windows(image, self.window_positions(h, w), self.config.crop_size, self.config.pad_mode, channels_first)
 
@@ -138,6 +138,8 @@ class NeuralPixelBranch(PixelBranch):
 
     weight_files = (BRANCH_FILE, "model.safetensors", "head.safetensors", "adapter_model.safetensors", "adapter_config.json")
     model: Any = None
+    #: default activation budget (MB) on CPU, measured per model family (``activation_mb`` overrides it)
+    cpu_activation_mb: ClassVar[float] = CPU_ACTIVATION_MB
     #: scoring work since the branch was built (``alignctl run --profile`` reports them)
     windows_scored: int = 0
     forward_passes: int = 0
@@ -175,7 +177,7 @@ class NeuralPixelBranch(PixelBranch):
 
     def activation_budget_mb(self) -> float:
         c = self.config.activation_mb
-        return c if c is not None else CUDA_ACTIVATION_MB if str(self.device).startswith("cuda") else CPU_ACTIVATION_MB
+        return c if c is not None else CUDA_ACTIVATION_MB if str(self.device).startswith("cuda") else self.cpu_activation_mb
 
     def window_activation_bytes(self) -> int:
         """Bytes of the largest tensor one window makes in a scoring forward pass (measured once, on one
@@ -223,6 +225,8 @@ class NeuralPixelBranch(PixelBranch):
                 out.append(self.logits(x).float())
         self.forward_passes += len(out)
         self.windows_scored += len(windows)
+        if not out:
+            return torch.empty(0, device=dev)
         return torch.cat(out) if len(out) > 1 else out[0]
 
     def score_counts(self) -> dict[str, int]:

@@ -66,6 +66,14 @@ class Profile:
         s["cpu_s"] += cpu
         s["calls"] += calls
 
+    @staticmethod
+    def now() -> tuple[float, float]:
+        return time.perf_counter(), time.process_time()
+
+    def add_since(self, name: str, since: tuple[float, float]) -> None:
+        """A stage from ``since`` (:meth:`now`) to now, around other stages (not counted twice in "other")."""
+        self.add(name, time.perf_counter() - since[0], time.process_time() - since[1])
+
     def count(self, name: str, n: int = 1, per: str | None = None) -> None:
         if per is None:
             self.counts[name] = self.counts.get(name, 0) + n

@@ -173,6 +173,7 @@ def score(job: ScoringJob, rr: ResolvedRun, target: ScoreStore,
     bar = _bar(len(job.todo), "score " + ",".join(names[bi] for bi in busy)) if progress else None
     preprocess = [b.preprocess for b in rr.branches]
     batches = load_images(job.todo, preprocess, chunk, rr.config.workers, rr.perturb, profile=prof is not None)
+    started = prof.now() if prof is not None else None
     for loaded in batches if prof is None else _waited(batches, prof, names):
         for key, inputs, errs in loaded:
             for bi, why in errs.items():
@@ -186,6 +187,7 @@ def score(job: ScoringJob, rr: ResolvedRun, target: ScoreStore,
     if bar is not None:
         bar.close()
     if prof is not None:
+        prof.add_since("scoring loop (the stages from loader wait to here)", started)
         for bi in busy:
             now = rr.branches[bi].score_counts()
             for k, v in now.items():

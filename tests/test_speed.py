@@ -88,6 +88,7 @@ def test_default_budget_depends_on_the_device():
     br = create_branch("npr", preset="tiny", device="cpu")
     assert br.activation_budget_mb() == CPU_ACTIVATION_MB
     assert create_branch("npr", preset="tiny", device="cpu", activation_mb=3).activation_budget_mb() == 3
+    assert create_branch("dinov2", preset="tiny", device="cpu").activation_budget_mb() == 16  # a ViT's own default
     with pytest.raises(Exception, match="activation_mb"):
         create_branch("npr", preset="tiny", activation_mb=0)
 
@@ -233,3 +234,27 @@ def test_pixel_batches_are_page_locked_on_cuda():
     br = create_branch("npr", preset="tiny", device="cuda")
     img = load_image(Image.new("RGB", (64, 64), (1, 2, 3)))
     assert br.collate([br.preprocess(img), br.preprocess(img)]).is_pinned()
+
+
+@pytest.mark.slow
+def test_gpu_check_smoke_runs_anywhere(tmp_path):
+    """`gpu_check.sh --smoke`: the GPU check's steps (JPEGs, decode rate, bare model, `alignctl run` end to end
+    with its profile, the model checks) on tiny sizes, on the CPU, writing both results files."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("bash") is None:
+        pytest.skip("needs bash")
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "GPU_CHECK_OUT": str(tmp_path), "SECONDS_PER_CONFIG": "0.05", "OMP_NUM_THREADS": "1",
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = subprocess.run(["bash", str(repo / "benchmarks/perf/gpu_check.sh"), "--smoke"], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    pipeline = (tmp_path / "gpu_pipeline-smoke.md").read_text()
+    for line in ("decode per CPU core:", "bare model (dinov2 tiny", "alignctl run, 1 loader workers:"):
+        assert line in pipeline, pipeline
+    assert "| dinov2 vit_small_patch14_dinov2@98 | 2 |" in (tmp_path / "gpu_check-smoke.md").read_text()
+    assert not (repo / "aligncore_plugins").exists()  # an installed checkout is not touched
