@@ -187,7 +187,7 @@ def score(job: ScoringJob, rr: ResolvedRun, target: ScoreStore,
     if bar is not None:
         bar.close()
     if prof is not None:
-        prof.add_since("scoring loop (the stages from loader wait to here)", started)
+        prof.add_since("scoring loop (loader wait through store write)", started)
         for bi in busy:
             now = rr.branches[bi].score_counts()
             for k, v in now.items():
