@@ -37,13 +37,46 @@ class Detector:
 
     def __init__(self, branches: Sequence[str] | str = ("fake",), fusion: str = "or", preset: str | None = None,
                  device: str = "auto", branch_options: dict[str, dict[str, Any]] | None = None,
-                 fusion_options: dict[str, Any] | None = None):
+                 fusion_options: dict[str, Any] | None = None, fusion_state: dict[str, Any] | None = None):
         from .scoring import create_branches
 
         if isinstance(branches, str):
             branches = [b.strip() for b in branches.split(",") if b.strip()]
         self.branches = create_branches(branches, device, preset, options=branch_options)
         self.fusion = get_registry().create("fusion", fusion, fusion_options or {})
+        if fusion_state:
+            self.fusion.load_state_dict(fusion_state)
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, revision: str | None = None, allow_download: bool = False,
+                        device: str = "auto", **branch_overrides: Any) -> "Detector":
+        """A detector saved with :meth:`save_pretrained` or pushed with ``alignctl push``.
+
+        ``source`` is a local folder, ``OWNER/NAME`` or ``hf:OWNER/NAME[@REV]``: a Hub repository is
+        read from the Hugging Face cache (``HF_HOME``/``HF_HUB_CACHE``; ``HF_HUB_OFFLINE`` honoured) and
+        downloaded only with ``allow_download=True``; its commit enters each branch's fingerprint.
+        A bare checkpoint folder of one branch (a trainer's ``--out``) works too. ``branch_overrides``
+        set options of every branch (e.g. ``batch_size=8``). Weights load through the safe loaders only.
+        """
+        from .pretrained import detector_spec, fetch
+
+        folder = fetch(source, revision=revision, allow_download=allow_download)
+        spec = detector_spec(folder)
+        options = {b: {**o, **branch_overrides} for b, o in spec["branches"].items()}
+        fusion = spec["fusion"]
+        return cls(list(options), fusion=fusion.get("name") or "or", device=device, branch_options=options,
+                   fusion_options=fusion.get("options") or {}, fusion_state=fusion.get("state") or None)
+
+    def save_pretrained(self, out: str | Path, *, repo_id: str | None = None, license: str | None = None,
+                        eval_run: str | Path | None = None) -> Path:
+        """Write this detector as a pretrained folder (weights, ``aligncore.json``, model card) at ``out``.
+
+        The folder is what ``alignctl push`` uploads and what :meth:`from_pretrained` and
+        ``--checkpoint DIR`` read; ``eval_run`` (a run folder) adds that run's metrics to the card.
+        """
+        from .pretrained import write_pretrained
+
+        return write_pretrained(out, self.branches, self.fusion, repo_id=repo_id, license=license, eval_run=eval_run)
 
     def predict(self, images: Sequence[str | Path | Any] | str | Path | Any) -> list[Prediction]:
         from .scoring import score_images

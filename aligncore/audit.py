@@ -9,11 +9,12 @@ accuracy falls a lot under identical re-encoding was leaning on the format.
 
 from __future__ import annotations
 
+import io
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .data import load_dataset
+from .data import load_dataset, record_bytes
 
 AUDIT_METRICS = ("accuracy", "real_accuracy", "fake_accuracy", "auc")
 
@@ -27,7 +28,7 @@ def format_census(data: str, allow_outside: bool = False) -> dict[str, dict[str,
         if r.label is None:
             continue
         try:
-            with Image.open(r.path) as im:
+            with Image.open(r.path if r.is_file else io.BytesIO(record_bytes(r))) as im:
                 fmt = im.format or "unknown"
         except Exception:
             fmt = "unreadable"

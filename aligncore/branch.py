@@ -22,9 +22,12 @@ class BranchConfig(ComponentConfig):
         "with random weights (tests, demos); None loads the configured pretrained model."
     )
     checkpoint: str | None = Field(
-        None, description="Directory with trained weights written by this branch's trainer; unset fields take "
-        "the values the checkpoint was trained with."
+        None, description="Trained weights: a folder written by this branch's trainer or by save_pretrained, or a Hub "
+        "repository hf:OWNER/NAME[@REV] (read from the Hugging Face cache); unset fields take the values the "
+        "checkpoint was trained with."
     )
+    allow_download: bool = Field(False, description="Download weights missing from the Hugging Face cache (an hf: "
+                                 "checkpoint, pretrained base weights); never by default, and never with HF_HUB_OFFLINE.")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
     batch_size: int = Field(16, ge=1, description="Images per forward pass when scoring.")
 
@@ -52,7 +55,7 @@ class Branch(Component):
     #: bump when a change to the code changes scores, so stored scores are not reused
     version: ClassVar[str] = "1"
     #: config fields that never change a score (left out of the fingerprint)
-    nonscoring_fields: ClassVar[frozenset[str]] = frozenset({"device", "batch_size"})
+    nonscoring_fields: ClassVar[frozenset[str]] = frozenset({"device", "batch_size", "allow_download"})
     #: whether :meth:`explain_batch` produces text rationales
     supports_explain: ClassVar[bool] = False
     #: inputs whose size follows the image (a VLM's visual tokens): the runner batches like-sized images together
@@ -76,9 +79,22 @@ class Branch(Component):
     # ------------------------------------------------------------------ configuration
     @classmethod
     def make_config(cls, config: BranchConfig | dict | None = None, **overrides: Any):
-        """Set values, then (with ``checkpoint``) the checkpoint's recorded values, then the preset's, then defaults."""
+        """Set values, then (with ``checkpoint``) the checkpoint's recorded values, then the preset's, then defaults.
+
+        A checkpoint ``hf:OWNER/NAME[@REV]`` is fetched through the Hugging Face cache (downloaded only
+        with ``allow_download``); a pretrained folder (``save_pretrained``, ``alignctl push``) gives this
+        branch's folder, and the options saved with it fill the fields the caller left unset.
+        """
         data = explicit_values(config, overrides)
-        if data.get("checkpoint"):
+        if isinstance(data.get("checkpoint"), str) and data["checkpoint"]:
+            from .pretrained import locate_checkpoint
+
+            folder, saved = locate_checkpoint(data["checkpoint"], cls.name, bool(data.get("allow_download")))
+            data["checkpoint"] = folder
+            data = cls._adopt_checkpoint(data)
+            fields = cls.config_class.model_fields
+            data = {**{k: v for k, v in saved.items() if k in fields}, **data}
+        elif data.get("checkpoint"):
             data = cls._adopt_checkpoint(data)
         return cls.validate_config(data)
 
@@ -164,8 +180,17 @@ class Branch(Component):
 
     # ------------------------------------------------------------------ identity
     def weights_digest(self) -> str:
-        """Digest of the weights that decide scores. Default: the checkpoint directory's content."""
-        return hash_directory(self.config.checkpoint) if self.config.checkpoint else ""
+        """Digest of the weights that decide scores. Default: the checkpoint directory's content
+        (its records, such as a model card, left out)."""
+        if not self.config.checkpoint:
+            return ""
+        from .pretrained import RECORD_FILES
+
+        return hash_directory(self.config.checkpoint, exclude_top=RECORD_FILES)
+
+    def checkpoint_folder(self) -> Path | None:
+        """The folder that holds the checkpoint's weights (what ``save_pretrained`` copies); None without one."""
+        return Path(self.config.checkpoint).expanduser() if self.config.checkpoint else None
 
     def scoring_identity(self) -> dict:
         """Resolved settings that change scores but are not config values (e.g. the precision 'auto' picks)."""
@@ -203,6 +228,12 @@ class Branch(Component):
         extra = self.scoring_identity()
         if extra:
             payload["resolved"] = extra
+        if self.config.checkpoint:
+            from .hub import snapshot_origin
+
+            origin = snapshot_origin(self.config.checkpoint)
+            if origin is not None:  # weights from the Hub: the repository's commit is part of the identity
+                payload["hub"] = {"repo": origin[0], "revision": origin[1]}
         blob = json.dumps(payload, sort_keys=True, default=str).encode()
         return f"{self.name}-{hashlib.sha256(blob).hexdigest()[:16]}"
 

@@ -47,11 +47,27 @@ def _debug(ctx: click.Context) -> bool:
     return bool((ctx.obj or {}).get("debug")) or os.environ.get(DEBUG_ENV) == "1"
 
 
+def _load_modules(ctx: click.Context, param: click.Parameter, modules: tuple[str, ...]) -> None:
+    """``-p MODULE``: load plugin modules from the import path before the command is looked up."""
+    if not modules or ctx.resilient_parsing:
+        return
+    from .plugins import load_plugin_modules
+
+    failed = load_plugin_modules(list(modules))
+    if failed:
+        raise click.BadParameter("; ".join(failed.values()), param_hint="-p")
+    _add_plugin_commands()
+
+
 @click.group(cls=AlignGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="alignctl")
-@click.option("--debug", is_flag=True, help="Show full tracebacks on errors.")
+@click.option("--debug", is_flag=True, help="Show full tracebacks on errors (and third-party warnings).")
+@click.option("-v", "--verbose", is_flag=True, help="Show third-party libraries' warnings and log messages.")
+@click.option("-p", "--plugin", "plugin_modules", multiple=True, metavar="MODULE", is_eager=True, expose_value=False,
+              callback=_load_modules, help="Load a plugin module from the import path without installing it "
+              "(repeatable; like ALIGNCORE_PLUGINS=mod1,mod2).")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool) -> None:
+def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
     """aligncore: detect AI-generated images with semantic and pixel experts, fused.
 
     \b
@@ -60,6 +76,10 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
+    if not (debug or verbose or os.environ.get(DEBUG_ENV) == "1"):
+        from .quiet import quiet_third_party
+
+        quiet_third_party()
 
 
 # ------------------------------------------------------------------------- the core's commands
@@ -83,6 +103,7 @@ CORE_COMMANDS: tuple[tuple[str, str], ...] = (
     ("audit", "audit_format_cmd"),
     ("demo", "demo_cmd"),
     ("configs", "configs_cmd"),
+    ("push", "push_cmd"),
 )
 
 
@@ -98,32 +119,61 @@ for _module, _attr in CORE_COMMANDS:
 
 
 _commands_added = False
+_CORE = dict(cli.commands)
+
+
+def _add_plugin_commands() -> None:
+    """Let every plugin add its commands (again after ``-p`` loads more). Core commands stay the core's."""
+    from .registry import get_registry
+
+    try:
+        reg = get_registry()
+    except Exception as exc:  # never let plugin loading take the CLI down
+        echo_err(f"warning: plugins could not be loaded: {type(exc).__name__}: {exc}")
+    else:
+        reg.add_commands(cli, on_error=lambda m: echo_err(f"warning: {m}"))
+    for name, command in _CORE.items():
+        if cli.commands.get(name) is not command:
+            echo_err(f"warning: a plugin replaced the core command {name!r}; the core's is kept")
+            cli.add_command(command)
 
 
 def build_cli() -> click.Group:
-    """The group with every plugin's commands added (once). Core commands stay the core's."""
+    """The group with every plugin's commands added (once)."""
     global _commands_added
     if not _commands_added:
         _commands_added = True
-        from .registry import get_registry
-
-        core = dict(cli.commands)
-        try:
-            reg = get_registry()
-        except Exception as exc:  # never let plugin loading take the CLI down
-            echo_err(f"warning: plugins could not be loaded: {type(exc).__name__}: {exc}")
-        else:
-            reg.add_commands(cli, on_error=lambda m: echo_err(f"warning: {m}"))
-        for name, command in core.items():
-            if cli.commands.get(name) is not command:
-                echo_err(f"warning: a plugin replaced the core command {name!r}; the core's is kept")
-                cli.add_command(command)
+        _add_plugin_commands()
     return cli
 
 
+def _wants_noise(args: list[str]) -> bool:
+    """``--debug``, ``-v`` or ``--verbose`` among the group's options (before the command name)."""
+    if os.environ.get(DEBUG_ENV) == "1":
+        return True
+    skip = False
+    for a in args:
+        if skip:
+            skip = False
+            continue
+        if a in ("-p", "--plugin"):
+            skip = True
+            continue
+        if not a.startswith("-"):
+            return False  # the command: its own -v means something else
+        if a in ("--debug", "-v", "--verbose"):
+            return True
+    return False
+
+
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if not _wants_noise(args):  # before plugins are imported, so their imports are quiet too
+        from .quiet import quiet_third_party
+
+        quiet_third_party()
     build_cli()
-    cli.main(args=argv, prog_name="alignctl")
+    cli.main(args=args, prog_name="alignctl")
 
 
 if __name__ == "__main__":  # pragma: no cover

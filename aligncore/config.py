@@ -15,7 +15,12 @@ from .errors import ConfigError
 class RunConfig(ComponentConfig):
     branches: list[str] = Field(..., min_length=1, description="Registered branch names (alignctl branches lists them).")
     fusion: str = Field("or", description="Fusion rule applied to the branch scores.")
-    data: str = Field(..., description="A dataset folder (0_real/1_fake or real/fake) or a CSV/JSONL manifest.")
+    data: str = Field(..., description="A dataset folder (0_real/1_fake or real/fake), a CSV/JSONL manifest, a parquet "
+                      "or Arrow table, a datasets.save_to_disk folder, or a Hub dataset hf:OWNER/NAME[:SPLIT].")
+    data_options: dict[str, Any] = Field(
+        default_factory=dict, description="How to read a table dataset: image_column, label_column, generator_column, "
+        "subset_column, labels ({value: 0 or 1}), split."
+    )
     preset: str | None = Field(None, description="Preset passed to every branch (e.g. 'tiny' for offline models).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     batch_size: int | None = Field(None, ge=1, description="Override every branch's batch size.")
@@ -28,6 +33,8 @@ class RunConfig(ComponentConfig):
     fusion_options: dict[str, Any] = Field(default_factory=dict, description="Fusion config overrides.")
     explain: bool = Field(False, description="Ask branches that can explain for a short rationale per image.")
     allow_outside_paths: bool = Field(False, description="Allow manifest paths outside the manifest's folder.")
+    allow_download: bool = Field(False, description="Download an hf: dataset or hf: checkpoint missing from the "
+                                 "Hugging Face cache (never by default; HF_HUB_OFFLINE always wins).")
     suite: str | None = Field(None, description="Benchmark suite this run belongs to (for the leaderboard).")
     dataset_name: str | None = Field(None, description="Name of the dataset in the leaderboard (default: folder name).")
     perturb: str | None = Field(
@@ -95,9 +102,35 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
+#: what a run adds to its config when it writes RUN/config.yaml (``runner.resolved_config``)
+RUN_RECORD_KEYS = ("run_id", "fingerprints")
+
+
+def is_run_record(data: dict[str, Any]) -> bool:
+    """A run's own ``config.yaml`` (the config as run, with what was resolved), not a hand-written config."""
+    return all(k in data for k in RUN_RECORD_KEYS)
+
+
+def from_run_record(data: dict[str, Any]) -> dict[str, Any]:
+    """The settings of a run's ``config.yaml``: the run's fields, without what it resolved (fingerprints,
+    dataset, ...) and without its ``out`` (a repeat goes to a new folder unless ``--out`` says otherwise)."""
+    fields = set(RunConfig.model_fields) - {"out"}
+    out = {k: v for k, v in data.items() if k in fields}
+    root = (data.get("dataset") or {}).get("root") if isinstance(data.get("dataset"), dict) else None
+    if isinstance(root, str) and root and (root.startswith("hf:") or Path(root).is_absolute()):
+        out["data"] = root  # the dataset as it was resolved: the repeat does not depend on the working folder
+    return out
+
+
 def make_run_config(file: str | Path | None = None, **overrides: Any) -> RunConfig:
-    """File values first, then every override that is not None."""
+    """File values first, then every override that is not None.
+
+    ``file`` may be a run's own ``RUN/config.yaml``: it repeats that run (same branches, options,
+    checkpoints, data and fusion) into a new folder.
+    """
     data = read_config_file(file) if file else {}
+    if file and is_run_record(data):
+        data = from_run_record(data)
     for k, v in overrides.items():
         if v is None:
             continue
@@ -111,4 +144,5 @@ def make_run_config(file: str | Path | None = None, **overrides: Any) -> RunConf
     try:
         return RunConfig(**data)
     except ValidationError as err:
-        raise ConfigError(format_validation_error(f"the run (config file {file})" if file else "the run", err)) from None
+        raise ConfigError(format_validation_error(f"the run (config file {file})" if file else "the run", err,
+                                                  RunConfig.model_fields)) from None

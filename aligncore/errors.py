@@ -34,15 +34,17 @@ class ModelUnavailableError(AlignCoreError):
     ``local=True``: ``model_id`` is a path on this machine that is missing or incomplete.
     """
 
-    def __init__(self, model_id: str, how: str = "", cause: BaseException | None = None, local: bool = False):
+    def __init__(self, model_id: str, how: str = "", cause: BaseException | None = None, local: bool = False,
+                 repo_type: str = "model"):
         self.model_id = model_id
+        what, flag = ("Model", "") if repo_type == "model" else ("Dataset", f"--repo-type {repo_type} ")
         if local:
-            msg = f"Model {model_id!r} is not available: the local path cannot be used."
+            msg = f"{what} {model_id!r} is not available: the local path cannot be used."
         else:
             msg = (
-                f"Model {model_id!r} is not available locally (not a local path, not in the Hugging Face cache) "
+                f"{what} {model_id!r} is not available locally (not a local path, not in the Hugging Face cache) "
                 f"and was not downloaded. Provide it by downloading it where you have network access "
-                f"(`hf download {model_id} --local-dir DIR`) and passing the directory instead of the id, "
+                f"(`hf download {flag}{model_id} --local-dir DIR`) and passing the directory instead of the id, "
                 f"by pre-filling the Hugging Face cache (HF_HOME), or by allowing the download."
             )
         if how:

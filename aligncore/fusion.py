@@ -58,6 +58,11 @@ class Fusion(Component):
         self.config.threshold = threshold_for_fpr(fused[labels == 0], target_fpr)
         return self
 
+    def decision_threshold(self) -> float:
+        """The fused score at or above which :meth:`predict` says fake (drawn in reports). Default: the
+        config's ``threshold``; a rule that maps scores so its cut lies elsewhere overrides it."""
+        return float(self.config.threshold)
+
     def state_dict(self) -> dict[str, Any]:
         """JSON-serialisable fitted state (saved with the run)."""
         return {}

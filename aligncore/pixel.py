@@ -97,6 +97,9 @@ class PixelBranch(Branch):
     def checkpoint_dir(self) -> Path | None:
         return resolve_checkpoint(self.config.checkpoint) if self.config.checkpoint else None
 
+    def checkpoint_folder(self) -> Path | None:
+        return self.checkpoint_dir
+
     def architecture(self) -> dict:
         return {k: getattr(self.config, k) for k in self.architecture_fields}
 

@@ -3,6 +3,9 @@
 Loading is lazy (nothing happens at ``import aligncore``) and idempotent (one manager
 per process). A third-party plugin that fails to import is recorded by name and
 skipped; ``ALIGNCORE_DISABLE_PLUGINS=name1,name2`` blocks plugins by entry-point name.
+Plugin modules that are not installed load from the import path by module name:
+``ALIGNCORE_PLUGINS=mod1,mod2`` (like llm's ``LLM_LOAD_PLUGINS``) or ``alignctl -p MODULE``
+(like pytest's ``-p``), so a plugin can be used while it is being written.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from . import hookspecs
 
 ENTRY_POINT_GROUP = "aligncore"
 DISABLE_ENV = "ALIGNCORE_DISABLE_PLUGINS"
+PLUGINS_ENV = "ALIGNCORE_PLUGINS"
 
 #: built-in plugin modules, registered by their short name (``aligncore_plugins.<name>``)
 BUILTIN_PLUGINS: tuple[str, ...] = (
@@ -45,6 +49,8 @@ class PluginInfo:
     error: str | None = None  # set when the plugin could not be loaded
     blocked: bool = False
     hooks: list[str] = field(default_factory=list)
+    #: how it was found: "builtin", "entry point", "ALIGNCORE_PLUGINS" or "-p"
+    source: str = "entry point"
 
 
 @dataclass
@@ -61,8 +67,37 @@ _lock = threading.Lock()
 _state: PluginState | None = None
 
 
+#: modules named with ``alignctl -p`` (added by :func:`load_plugin_modules`)
+_cli_modules: list[str] = []
+
+
 def blocked_names() -> set[str]:
     return {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+
+
+def plugin_modules() -> list[tuple[str, str]]:
+    """(module, how it was named) for every module to load from the import path, in order, once each."""
+    out: dict[str, str] = {}
+    for n in os.environ.get(PLUGINS_ENV, "").split(","):
+        if n.strip():
+            out.setdefault(n.strip(), PLUGINS_ENV)
+    for n in _cli_modules:
+        out.setdefault(n, "-p")
+    return list(out.items())
+
+
+def load_plugin_modules(modules: list[str]) -> dict[str, str]:
+    """Load ``modules`` (``alignctl -p``) from the import path as plugins; the manager is rebuilt.
+
+    Returns {module: error} for those that could not be loaded (the caller asked for them by
+    name, so the CLI stops there).
+    """
+    new = [m for m in modules if m not in _cli_modules]
+    if new:
+        _cli_modules.extend(new)
+        reset_plugins()
+    state = get_plugin_state()
+    return {m: state.infos[m].error for m in modules if m in state.infos and state.infos[m].error}
 
 
 def get_plugin_state() -> PluginState:
@@ -97,7 +132,8 @@ def _build_state() -> PluginState:
 
     for short in BUILTIN_PLUGINS:
         modname = f"aligncore_plugins.{short}"
-        info = PluginInfo(name=short, module=modname, builtin=True, distribution="aligncore", version=__version__)
+        info = PluginInfo(name=short, module=modname, builtin=True, distribution="aligncore", version=__version__,
+                          source="builtin")
         infos[short] = info
         if short in blocked:
             info.blocked = True
@@ -137,6 +173,33 @@ def _build_state() -> PluginState:
             pm.register(plugin, name=ep.name)
         except Exception as exc:
             info.error = f"Error registering plugin {ep.name!r}: {type(exc).__name__}: {exc}"
+    for modname, how in plugin_modules():
+        info = PluginInfo(name=modname, module=modname, builtin=False, source=how)
+        if modname in infos:
+            if infos[modname].module != modname or infos[modname].error:
+                info.error = f"plugin name {modname!r} ({how}) is already taken by {infos[modname].module}"
+                infos[f"{modname} ({how})"] = info
+            continue  # the same module, installed and named again: loaded once
+        infos[modname] = info
+        if modname in blocked:
+            info.blocked = True
+            pm.set_blocked(modname)
+            continue
+        try:
+            mod = importlib.import_module(modname)
+        except Exception as exc:
+            hint = " (is its folder on PYTHONPATH? PYTHONPATH=. adds the current folder)" \
+                if isinstance(exc, ModuleNotFoundError) and exc.name == modname.split(".")[0] else ""
+            info.error = f"Error importing plugin module {modname!r} ({how}): {type(exc).__name__}: {exc}{hint}"
+            continue
+        info.version = getattr(mod, "__version__", None)
+        if pm.is_registered(mod):  # installed as well (an entry point): loaded once, under that name
+            del infos[modname]
+            continue
+        try:
+            pm.register(mod, name=modname)
+        except Exception as exc:
+            info.error = f"Error registering plugin module {modname!r} ({how}): {type(exc).__name__}: {exc}"
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:

@@ -71,6 +71,10 @@ class Registry:
             else:
                 self.errors[plugin] = f"plugin {plugin!r} raised in {hook}: {type(exc).__name__}: {exc}"
 
+    def broken(self) -> dict[str, str]:
+        """Plugin name → what went wrong, for every plugin that failed to import, register or run a hook."""
+        return {**self.state.broken, **self.errors}
+
     # ---------------------------------------------------------------- lookups
     def names(self, kind: str) -> list[str]:
         return sorted(self.components[kind])
@@ -81,7 +85,7 @@ class Registry:
         except KeyError:
             known = self.names(kind)
             err = UnknownComponentError(kind, name, known)
-            broken = {**self.state.broken, **self.errors}
+            broken = self.broken()
             if broken:
                 err.args = (err.args[0] + " Plugins that failed to load: " + "; ".join(broken.values()),)
             raise err from None

@@ -89,12 +89,14 @@ def plan(config: RunConfig, branches: list | None = None) -> ResolvedRun:
     """Resolve names, build components, read the dataset and check the run folder, before any work.
     ``branches``: already built branch objects for ``config.branches`` (same names, same order)."""
     if branches is None:
-        branches = create_branches(config.branches, config.device, config.preset, config.batch_size, config.branch_options)
+        branches = create_branches(config.branches, config.device, config.preset, config.batch_size,
+                                   config.branch_options, config.allow_download)
     elif [b.name for b in branches] != list(config.branches):
         raise AlignCoreError(f"the branches given ({', '.join(b.name for b in branches)}) are not the run's "
                              f"({', '.join(config.branches)}).")
     fusion = get_registry().create("fusion", config.fusion, config.fusion_options)
-    dataset = load_dataset(config.data, allow_outside=config.allow_outside_paths)
+    dataset = load_dataset(config.data, allow_outside=config.allow_outside_paths, options=config.data_options or None,
+                           allow_download=config.allow_download)
     dist = DistContext.from_env()
     if dist.enabled and not config.out:
         raise AlignCoreError("a distributed run needs --out (alignctl run --num-processes sets it for you).")
@@ -129,9 +131,9 @@ def plan_job(rr: ResolvedRun, store: ScoreStore, rank_store: ScoreStore | None =
     if rank_store is not None:
         done = [rank_store.known(fp, [hashes[i] for i in mine]) for fp in fps.values()]
         needs = {i: [bi for bi in needs[i] if hashes[i] not in done[bi]] for i in mine}
-    todo = [LoadItem(i, records[i].path, tuple(needs[i])) for i in mine if needs[i]]
+    todo = [LoadItem(i, records[i].path, tuple(needs[i]), records[i].source) for i in mine if needs[i]]
     if any(rr.branches[bi].bucket_by_size for it in todo for bi in it.needs):
-        todo.sort(key=lambda it: size_bucket(it.path))
+        todo.sort(key=lambda it: size_bucket(it.path, it.source))
     return ScoringJob(records, hashes, unreadable, fps, reused, todo)
 
 

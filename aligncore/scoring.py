@@ -18,8 +18,12 @@ from .errors import AlignCoreError
 
 
 def create_branches(names: Sequence[str], device: str = "auto", preset: str | None = None,
-                    batch_size: int | None = None, options: dict[str, dict[str, Any]] | None = None) -> list:
-    """The named branches with the run-level settings, every name checked before any is built."""
+                    batch_size: int | None = None, options: dict[str, dict[str, Any]] | None = None,
+                    allow_download: bool = False) -> list:
+    """The named branches with the run-level settings, every name checked before any is built.
+
+    ``allow_download`` lets every branch download weights missing from the Hugging Face cache.
+    """
     from .registry import get_registry
 
     reg = get_registry()
@@ -32,6 +36,8 @@ def create_branches(names: Sequence[str], device: str = "auto", preset: str | No
             ov["preset"] = preset
         if batch_size is not None:
             ov["batch_size"] = batch_size
+        if allow_download:
+            ov["allow_download"] = True
         ov.update((options or {}).get(name, {}))
         branches.append(reg.create("branch", name, None, **ov))
     return branches

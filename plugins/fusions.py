@@ -42,6 +42,9 @@ class OrFusion(Fusion):
         fused = np.where(all_nan, np.nan, np.nanmax(np.where(np.isnan(rescaled), -np.inf, rescaled), axis=1))
         return FusionOutput(fused, np.nan_to_num(fused, nan=0.0) >= 0.5)
 
+    def decision_threshold(self) -> float:
+        return 0.5  # each branch's own threshold is mapped to 0.5 before they are combined
+
     def calibrate(self, scores: Mapping[str, np.ndarray], labels: np.ndarray, target_fpr: float) -> "OrFusion":
         """Per-branch thresholds: each branch is cut at the same real-FPR level q, the largest q for
         which the combined rule stays within ``target_fpr`` on the calibration reals."""

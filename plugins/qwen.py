@@ -19,6 +19,7 @@ from aligncore import hookimpl
 from aligncore.branch import Branch, BranchConfig
 from aligncore.errors import AlignCoreError, ConfigError
 from aligncore.hashing import digest_files, hash_directory
+from aligncore.pretrained import RECORD_FILES
 from aligncore.train.dpo_config import DPOTrainConfig
 from aligncore.train.dpo_trainer import TRAINER_DIR, DPOTrainer
 
@@ -199,7 +200,7 @@ class QwenBranch(Branch):
 
         h = hashlib.sha256()
         if self.config.checkpoint:
-            h.update(hash_directory(self.config.checkpoint, exclude_top=(TRAINER_DIR,)).encode())
+            h.update(hash_directory(self.config.checkpoint, exclude_top=(TRAINER_DIR, *RECORD_FILES)).encode())
         h.update(f"|dtype={self.dtype}".encode())
         if self.tiny:
             h.update(f"|tiny={TINY_RECIPE_VERSION}".encode())

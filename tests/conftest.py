@@ -19,9 +19,14 @@ def shared_dir() -> Path | None:
 
 @pytest.fixture(autouse=True)
 def _isolated_store(tmp_path, monkeypatch):
+    from aligncore.quiet import QUIET_ENV
+
     monkeypatch.setenv("ALIGNCORE_STORE", str(tmp_path / "store.sqlite"))
     monkeypatch.setenv("ALIGNCORE_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("ALIGNCORE_DISABLE_PLUGINS", raising=False)
+    monkeypatch.delenv("ALIGNCORE_PLUGINS", raising=False)
+    for key in QUIET_ENV:  # an in-process `alignctl` quiets the process's environment: undo it after each test
+        monkeypatch.setenv(key, os.environ[key]) if key in os.environ else monkeypatch.delenv(key, raising=False)
     yield
 
 

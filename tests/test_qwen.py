@@ -15,7 +15,7 @@ from aligncore import create_branch, create_builder, load_dataset, load_image
 from aligncore.errors import ModelUnavailableError
 
 SHORT_PROMPT = "Is this image real or fake? Answer real or fake."
-FAST_TRAIN = {"learning_rate": 1e-2, "per_device_train_batch_size": 4, "logging_steps": 100, "lora_dropout": 0.0}
+FAST_TRAIN = {"learning_rate": 1e-2, "per_device_train_batch_size": 4, "logging_steps": 4, "lora_dropout": 0.0}
 
 
 @pytest.fixture(autouse=True)
@@ -140,12 +140,12 @@ def test_7b_config_on_meta_device_shapes_and_lora_count():
           f"(q/k/v/o only: {attn_only:,})")
 
 
-def _train(supervision, out, prompt: str | None = None, **extra):
+def _train(supervision, out, prompt: str | None = None, log=None, **extra):
     from aligncore.train import train_branch
 
     bopts = {"preset": "tiny", "device": "cpu", **({"prompt": prompt} if prompt else {})}
     return train_branch("qwen", str(supervision), out, branch_options=bopts, train_options={**FAST_TRAIN, **extra},
-                        progress=False)
+                        progress=False, log=log)
 
 
 def _score_with(branch, model, images) -> list[float]:
@@ -181,8 +181,13 @@ def test_dpo_on_synthetic_set_moves_scores_resumes_and_reloads(tmp_path):
     before = _gap(untrained, records)
 
     out = tmp_path / "ckpt"
-    first = _train(manifest, out, max_steps=8, save_steps=4)
+    lines: list[str] = []
+    first = _train(manifest, out, max_steps=8, save_steps=4, log=lines.append)
     assert first.checkpoint == out and first.summary["steps"] == 8 and first.summary["stop_reason"] == "max_steps"
+    # one readable line per logging step (FAST_TRAIN logs every 4), then the summary; no raw metric dicts
+    assert [ln.split("  ")[0] for ln in lines[:-1]] == ["step 4/8", "step 8/8"], lines
+    assert all("loss " in ln and "rewards/accuracies " in ln and "{" not in ln for ln in lines[:-1])
+    assert lines[-1].startswith("done: 8 steps in ") and "mean loss" in lines[-1]
     assert json.loads((out / "aligncore_qwen.json").read_text())["global_step"] == 8
     # same --out: resumes from step 8 (the trainer object is kept to compare its in-memory model below)
     trainer = DPOTrainer(QwenBranch, QwenBranch.make_config({"preset": "tiny", "device": "cpu"}),

@@ -70,29 +70,133 @@ def test_report_is_valid_self_contained_html_with_all_figures(tmp_path):
     text = " ".join(c.text)
     for needle in ("Fusion ablation", "fusion:learned", "branch:pix", "pixgen", "TPR@5%FPR"):
         assert needle in text
+    # the glossary explains the metrics and why accuracy at the threshold and AUC can disagree
+    for needle in ("How to read this", "AUC (ROC-AUC)", "AP (average precision)", "EER (equal error rate)",
+                   "TPR@5%FPR", "why accuracy and AUC disagree", "n = 300 images (150 real, 150 fake)"):
+        assert needle in text, needle
 
 
-@pytest.mark.skipif(shutil.which("chromium") is None and shutil.which("chromium-browser") is None,
-                    reason="headless Chromium is not installed")
+def _scores(n_real=12, n_fake=12, long_name="a-generator-with-a-very-long-name-that-used-to-be-clipped-v2.1"):
+    """A RunScores whose fused verdicts get one fake generator entirely wrong (accuracy 0)."""
+    import numpy as np
+
+    from aligncore.rundir import RunScores
+
+    n = n_real + n_fake
+    labels = np.array([0] * n_real + [1] * n_fake)
+    gens = np.array(["photos"] * n_real + ["easy"] * (n_fake // 2) + [long_name] * (n_fake - n_fake // 2), dtype=object)
+    a = np.where(labels == 0, 0.2, np.where(gens == "easy", 0.9, 0.3))
+    return RunScores(branches=["a"], paths=[f"p{i}" for i in range(n)], sha256=[f"{i:064x}" for i in range(n)],
+                     labels=labels, generators=gens, subsets=np.full(n, "", dtype=object), scores={"a": a},
+                     errors=[""] * n, fused=a, verdicts=a >= 0.5)
+
+
+def test_report_figures_are_readable():
+    import matplotlib.pyplot as plt
+    from matplotlib import colors as mcolors
+
+    from aligncore.report import figures, relative_luminance, text_color_on
+
+    rs = _scores()
+    figs = {t: (c, f) for t, c, f in figures(rs, fused_threshold=0.5)}
+    try:
+        for title, (caption, _) in figs.items():  # the sample size beside every figure
+            assert caption.startswith("n = 24 images (12 real, 12 fake)"), (title, caption)
+        # a group the verdicts get entirely wrong shows its value, not a missing bar; its full name is the label
+        ax = figs["Accuracy per generator"][1].axes[0]
+        texts = [t.get_text() for t in ax.texts]
+        assert "0.00  (n=6)" in texts and "1.00  (n=6)" in texts and "1.00  (n=12)" in texts
+        labels = [t.get_text() for t in ax.get_yticklabels()]
+        assert "a-generator-with-a-very-long-name-that-used-to-be-clipped-v2.1 (fake)" in labels
+        # a threshold line on each histogram
+        for ax in figs["Score histograms"][1].axes:
+            if ax.get_visible():
+                xs = [line.get_xdata()[0] for line in ax.lines]
+                assert 0.5 in xs, ax.get_title()
+        # confusion-matrix numbers contrast with their cells, however the counts fall
+        for cm_values in ([[10, 12], [14, 16]], [[0, 0], [0, 5]], [[50, 1], [2, 47]]):
+            cmap, norm = plt.get_cmap("Blues"), mcolors.Normalize(0, max(map(max, cm_values)))
+            for v in sum(cm_values, []):
+                bg = relative_luminance(cmap(norm(v)))
+                fg = 0.0 if text_color_on(cmap(norm(v))) == "black" else 1.0
+                ratio = (max(bg, fg) + 0.05) / (min(bg, fg) + 0.05)
+                assert ratio >= 4.5, (cm_values, v, ratio)
+        ax = figs["Confusion matrix"][1].axes[0]
+        assert sorted(int(t.get_text().split("\n")[0]) for t in ax.texts) == [0, 6, 6, 12]
+    finally:
+        plt.close("all")
+    # no threshold line is drawn where the fusion's verdicts are not a threshold on its score
+    rs.verdicts = ~rs.verdicts
+    from aligncore.report import fused_decision_threshold
+
+    assert fused_decision_threshold(rs, {"fusion": {"name": "max", "config": {}, "state": {}}}) is None
+    rs.verdicts = ~rs.verdicts
+    assert fused_decision_threshold(rs, {"fusion": {"name": "max", "config": {"threshold": 0.5}, "state": {}}}) == 0.5
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+SIZES_SCRIPT = """<script>
+window.addEventListener("load", () => {
+  const sizes = [...document.images].map(i => [i.alt, i.naturalWidth, i.naturalHeight, i.getBoundingClientRect().width]);
+  const pre = document.createElement("pre"); pre.id = "sizes"; pre.textContent = JSON.stringify(sizes);
+  document.body.appendChild(pre);
+});
+</script></body>"""
+
+
+@pytest.mark.skipif(_chromium() is None, reason="headless Chromium is not installed (Debian/Ubuntu: apt-get install -y chromium)")
 def test_report_renders_in_headless_chromium(tmp_path):
+    """The report as a browser shows it: every figure decodes and is drawn at a readable size, the classes'
+    colours are on screen, the glossary is there."""
+    import json
+
     run_dir, _ = make_scored_run(tmp_path / "run", n=200)
-    CliRunner().invoke(build_cli(), ["report", str(run_dir)])
+    assert CliRunner().invoke(build_cli(), ["report", str(run_dir)]).exit_code == 0
+    page = (run_dir / "report.html").read_text(encoding="utf-8")
+    probe = tmp_path / "probe.html"
+    probe.write_text(page.replace("</body>", SIZES_SCRIPT), encoding="utf-8")
+    exe = _chromium()
+    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1300,5000"]
+    dom = subprocess.run([*flags, "--dump-dom", probe.as_uri()], check=True, capture_output=True, text=True, timeout=120)
+    sizes = json.loads(dom.stdout.split('<pre id="sizes">', 1)[1].split("</pre>", 1)[0])
+    assert [s[0] for s in sizes] == ["ROC curves", "Accuracy per generator", "Score histograms", "Confusion matrix"]
+    for alt, w, h, shown in sizes:
+        assert w > 250 and h > 200 and shown >= min(w, 300), (alt, w, h, shown)  # decoded and drawn, not a broken icon
     shot = tmp_path / "shot.png"
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    subprocess.run([exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,3600",
-                    f"--screenshot={shot}", (run_dir / "report.html").as_uri()],
+    subprocess.run([*flags, f"--screenshot={shot}", (run_dir / "report.html").as_uri()],
                    check=True, capture_output=True, timeout=120)
-    im = Image.open(shot).convert("L")
-    # the page is not blank: the figures cover a good share of the screenshot with non-white pixels
-    hist = im.histogram()
-    non_white = 1 - sum(hist[245:]) / (im.size[0] * im.size[1])
-    assert non_white > 0.05, non_white
+    im = Image.open(shot).convert("RGB")
+    assert im.size == (1300, 5000)
+    px = im.load()
+    counts = {"real": 0, "fake": 0, "glossary": 0}
+    want = {"real": (0x4C, 0x72, 0xB0), "fake": (0xDD, 0x84, 0x52), "glossary": (0xF6, 0xF8, 0xFA)}
+    for yy in range(0, im.size[1], 3):
+        for xx in range(0, im.size[0], 3):
+            p = px[xx, yy]
+            for k, c in want.items():
+                if all(abs(p[i] - c[i]) <= 6 for i in range(3)):
+                    counts[k] += 1
+    # both classes' bars and curves are drawn, and the glossary's panel is on the page
+    assert counts["real"] > 200 and counts["fake"] > 200 and counts["glossary"] > 2000, counts
 
 
-def test_demo_runs_offline_end_to_end(tmp_path):
-    r = CliRunner().invoke(build_cli(), ["demo", "--out", str(tmp_path / "demo"), "--images", "28"])
-    assert r.exit_code == 0, r.output
-    out = r.output
+def test_demo_runs_offline_end_to_end_and_prints_only_its_own_lines(tmp_path):
+    """Run as a user runs it (a process of its own, so third-party warnings would reach its output)."""
+    import os
+    import sys
+
+    from aligncore.quiet import QUIET_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in QUIET_ENV}  # what a user's shell has: none of them
+    r = subprocess.run([sys.executable, "-m", "aligncore", "demo", "--out", str(tmp_path / "demo"), "--images", "28"],
+                       capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    out = r.stdout
+    # no FutureWarning (or any third-party warning, progress bar or raw trl metric dict): only the demo's lines
+    assert "Warning" not in r.stdout + r.stderr and "{'" not in out and r.stderr.strip() == "", r.stderr[-3000:]
     assert out.startswith("DEMONSTRATION ONLY")
     assert "[8/8] Write the HTML report" in out
     assert "fusion:or" in out and "suite: demo" in out

@@ -9,13 +9,23 @@ import click
 from ..cli_options import echo_err
 
 
+def warn_broken_plugins() -> int:
+    """One warning line (stderr) per plugin that failed to load; returns how many there are."""
+    from ..registry import get_registry
+
+    broken = get_registry().broken()
+    for name, err in broken.items():
+        echo_err(f"warning: plugin {name!r} is broken and was skipped: {err}")
+    return len(broken)
+
+
 def _component_lister(command_name: str, kind: str, title: str) -> click.Command:
     @click.command(command_name, help=f"List registered {title} (optionally matching a wildcard PATTERN).")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
     @click.option("-v", "--verbose", is_flag=True, help="Show every config option with its default and help.")
     @click.argument("pattern", default="*")
     def command(as_json: bool, verbose: bool, pattern: str) -> None:
-        from ..registry import get_registry, list_components
+        from ..registry import list_components
 
         items = list_components(kind, pattern)
         if as_json:
@@ -29,8 +39,7 @@ def _component_lister(command_name: str, kind: str, title: str) -> click.Command
             if verbose:
                 for n, d, h in r.cls.options_help():
                     click.echo(f"    {n} = {d}  {h}")
-        for err in get_registry().errors.values():
-            echo_err(f"warning: {err}")
+        warn_broken_plugins()
 
     return command
 

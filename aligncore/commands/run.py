@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from ..cli_options import Scoring, echo_err, scoring_options
+from ..cli_options import Scoring, echo_err, parse_kv, scoring_options
 
 
 def print_metrics(metrics: dict) -> None:
@@ -84,8 +84,15 @@ def _print_result(result) -> None:
 
 
 @click.command("run")
-@click.option("--data", help="Dataset folder (0_real/1_fake, real/fake) or CSV/JSONL manifest.")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML/TOML/JSON run config.")
+@click.option("--data", help="Dataset: a folder (0_real/1_fake, real/fake), a CSV/JSONL manifest, a parquet or Arrow "
+              "table, a datasets.save_to_disk folder, or hf:OWNER/NAME[:SPLIT] (from the Hugging Face cache).")
+@click.option("--data-option", "data_options", multiple=True,
+              help="How to read a table: image_column=, label_column=, generator_column=, labels={ai: 1, human: 0}, "
+                   "split=.")
+@click.option("--allow-download", is_flag=True, default=None,
+              help="Download an hf: dataset or checkpoint missing from the Hugging Face cache (never by default).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML/TOML/JSON run config (e.g. configs/run.yaml), or a run's RUN/config.yaml to repeat it.")
 @scoring_options(branches_required=False, default_fusion=None)
 @click.option("--workers", type=int, help="Data loader workers (default 0).")
 @click.option("--out", type=click.Path(file_okay=False), help="Run directory (default runs/<run id>).")
@@ -98,8 +105,8 @@ def _print_result(result) -> None:
               help="Shard scoring across N processes (GPUs, or CPU ranks) with accelerate launch.")
 @click.option("--profile", is_flag=True, help="Measure each stage (wall and CPU time, loader workers included) and count "
               "files read, images decoded, windows, forward batches and store writes: printed and written to RUN/profile.json.")
-def run_cmd(scoring: Scoring, data, config_file, workers, out, explain, allow_outside_paths, suite, perturb,
-            fusion_state, num_processes, profile) -> None:
+def run_cmd(scoring: Scoring, data, data_options, allow_download, config_file, workers, out, explain,
+            allow_outside_paths, suite, perturb, fusion_state, num_processes, profile) -> None:
     """Score a dataset with one or more branches, fuse, and write predictions and metrics."""
     from ..config import make_run_config
     from ..runner import run
@@ -110,7 +117,8 @@ def run_cmd(scoring: Scoring, data, config_file, workers, out, explain, allow_ou
     cfg = make_run_config(
         config_file, **scoring.run_options(), data=data, workers=workers, out=out, explain=explain,
         allow_outside_paths=allow_outside_paths, suite=suite, perturb=perturb,
-        fusion_state=read_fusion_state(fusion_state))
+        fusion_state=read_fusion_state(fusion_state), data_options=parse_kv(data_options, "--data-option") or None,
+        allow_download=allow_download)
     result = run(cfg, progress=scoring.progress, log=None if scoring.quiet else echo_err, profile=profile)
     if not result.is_main:  # a non-zero rank of a distributed run: rank 0 reports
         return
@@ -121,3 +129,19 @@ def run_cmd(scoring: Scoring, data, config_file, workers, out, explain, allow_ou
 
         click.echo(format_report(result.profile))
         click.echo(f"profile written to {result.out_dir / PROFILE}")
+    if config_file:
+        _compare_with_recorded(config_file, result)
+
+
+def _compare_with_recorded(config_file: str, result) -> None:
+    """Repeating a run from its RUN/config.yaml: say which branch no longer has the recorded fingerprint."""
+    from ..config import is_run_record, read_config_file
+
+    recorded = read_config_file(config_file)
+    if not is_run_record(recorded):
+        return
+    for name, st in result.branches.items():
+        before = (recorded.get("fingerprints") or {}).get(name)
+        if before and before != st.fingerprint:
+            echo_err(f"warning: branch {name}'s fingerprint {st.fingerprint} differs from the recorded run's {before}: "
+                     "the code, options or weights changed since, so its scores may differ.")

@@ -9,7 +9,21 @@ import os
 
 import click
 
-from ..cli_options import parse_kv
+from ..cli_options import echo_err, parse_kv
+
+
+def command_line() -> str:
+    """This process's command line as ``alignctl ...``, absolute paths cut to their names (no machine paths)."""
+    import shlex
+    import sys
+
+    def portable(arg: str) -> str:
+        key, eq, value = arg.partition("=")
+        if eq and os.path.isabs(value):
+            return f"{key}={os.path.basename(value.rstrip(os.sep)) or value}"
+        return os.path.basename(arg.rstrip(os.sep)) or arg if os.path.isabs(arg) else arg
+
+    return shlex.join(["alignctl", *(portable(a) for a in sys.argv[1:])])
 
 
 def _print_options(branch_class) -> None:
@@ -30,7 +44,9 @@ def _print_options(branch_class) -> None:
 @click.argument("branch")
 @click.option("--set", "train_set", help="Training set: a builder's output folder, a 0_real/1_fake folder or a manifest.")
 @click.option("--out", type=click.Path(file_okay=False), help="Checkpoint directory (the same --out resumes).")
-@click.option("--config", "config_file", type=click.Path(dir_okay=False), help="YAML/TOML/JSON file of training options.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="YAML/TOML/JSON file of training options (and a `branch:` mapping of branch options), e.g. "
+                   "configs/train-npr.yaml.")
 @click.option("--preset", help="Branch preset, e.g. tiny.")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None)
 @click.option("-o", "--option", "options", multiple=True, help="Training option KEY=VALUE (overrides --config); see --options.")
@@ -53,14 +69,18 @@ def train_cmd(branch, train_set, out, config_file, preset, device, options, bran
     if not train_set or not out:
         raise click.UsageError("--set and --out are required (or --options to list the training options).")
     topts = read_config_file(config_file) if config_file else {}
+    bopts = topts.pop("branch", None) or {}  # a config file's `branch:` mapping holds branch options
+    if not isinstance(bopts, dict):
+        raise click.BadParameter(f"{config_file}: `branch` must be a mapping of branch options", param_hint="--config")
     topts.update(parse_kv(options, "--option"))
-    bopts = parse_kv(branch_options, "--branch-option")
+    bopts = {**bopts, **parse_kv(branch_options, "--branch-option")}
     if preset is not None:
         bopts["preset"] = preset
     if device is not None:
         bopts["device"] = device
     # train_branch_class validates both option sets before it reads the set or writes anything
+    main = int(os.environ.get("RANK", "0")) == 0
     result = train_branch_class(branch_class, train_set, out, branch_options=bopts, train_options=topts,
-                                progress=not quiet)
+                                progress=not quiet, log=echo_err if main else None, command=command_line())
     if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch, rank 0 reports
         click.echo(f"checkpoint written to {result.checkpoint}")

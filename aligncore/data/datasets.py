@@ -10,6 +10,9 @@
   other column is kept in :attr:`Record.extra` (e.g. a pixel set's ``pair_id``).
 - A folder holding a ``manifest.csv`` (a supervision builder's output) is read through that
   manifest, never scanned: the manifest says which files belong to the set.
+- Tables (:mod:`aligncore.data.tables`): ``.parquet``/``.arrow`` files, ``datasets.save_to_disk``
+  folders and Hub datasets (``hf:OWNER/NAME[:SPLIT]``), one image per row; their records carry a
+  :class:`~aligncore.data.sources.TableRow` that reads the image's bytes when asked.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from ..errors import DataError
+from .sources import ImageSource
 
 IMAGE_SUFFIXES = {
     ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".jfif", ".ppm", ".pgm", ".avif", ".heic",
@@ -42,6 +46,13 @@ class Record:
     subset: str | None = None
     #: every manifest column beyond path/label/generator/subset, as text ({} for folder layouts)
     extra: dict[str, str] = field(default_factory=dict, hash=False)
+    #: where the image's bytes are when it is not the file at ``path`` (a table row); ``path`` then names it
+    source: ImageSource | None = None
+
+    @property
+    def is_file(self) -> bool:
+        """The image is the file at :attr:`path` (not a row of a table)."""
+        return self.source is None
 
 
 @dataclass
@@ -49,29 +60,44 @@ class Dataset:
     root: str
     layout: str
     records: list[Record]
+    title: str | None = None  # the dataset's name where the root does not say it (a Hub id, a split)
 
     def __len__(self) -> int:
         return len(self.records)
 
     @property
     def name(self) -> str:
+        if self.title:
+            return self.title
         p = Path(self.root)
         return p.stem if p.is_file() else p.name
 
 
 def hash_records(records: Sequence[Record]) -> tuple[list[str | None], list[tuple[str, str]]]:
-    """The sha256 of every record's file (None where it cannot be read) and (path, reason) of those."""
-    from ..hashing import sha256_file
+    """The sha256 of every record's image bytes (None where they cannot be read) and (path, reason) of those.
+
+    Table rows are hashed in record order, so a table is streamed once.
+    """
+    from .sources import record_sha256
 
     hashes: list[str | None] = []
     unreadable = []
     for r in records:
         try:
-            hashes.append(sha256_file(r.path))
+            hashes.append(record_sha256(r))
         except OSError as exc:
             hashes.append(None)
-            unreadable.append((r.path, f"cannot read file ({exc.strerror or exc})"))
+            why = exc.strerror or exc
+            unreadable.append((r.path, f"cannot read file ({why})" if r.is_file else str(why)))
     return hashes, unreadable
+
+
+def require_files(records: Sequence[Record], what: str) -> None:
+    """A clear error when ``what`` (a step that reads image files) is given table rows."""
+    rows = [r for r in records if not r.is_file]
+    if rows:
+        raise DataError(f"{what} reads image files, and {rows[0].path} is a row of a table: export the table's images "
+                        "to files (or a manifest) first.")
 
 
 def parse_label(value, where: str) -> int | None:
@@ -83,8 +109,25 @@ def parse_label(value, where: str) -> int | None:
     raise DataError(f"{where}: label {value!r} is not one of 0/1/real/fake.")
 
 
-def load_dataset(source: str | Path, allow_outside: bool = False) -> Dataset:
-    """Read a folder or manifest into records (sorted by path for a stable order)."""
+def load_dataset(source: str | Path, allow_outside: bool = False, options: dict[str, Any] | None = None,
+                 allow_download: bool = False) -> Dataset:
+    """Read a folder, manifest or table into records (folders sorted by path, manifests and tables in their order).
+
+    ``options`` (:class:`~aligncore.data.tables.TableOptions`: columns, label values, split) apply to
+    tables only; ``allow_download`` lets an ``hf:`` dataset missing from the Hugging Face cache be downloaded.
+    """
+    from . import tables
+
+    if tables.is_table_source(source):
+        topts = tables.table_options(options)
+        ts = tables.resolve_tables(source, topts, allow_download)
+        recs = tables.read_table_records(ts, topts, allow_outside)
+        if not recs:
+            raise DataError(f"{source}: the table holds no rows.")
+        return Dataset(ts.root, ts.layout, recs, ts.name)
+    if options:
+        raise DataError(f"{source}: data options ({', '.join(sorted(options))}) apply to parquet, Arrow and hf: "
+                        "datasets only.")
     src = Path(source).expanduser()
     if not src.exists():
         raise DataError(f"{src}: no such file or folder.")

@@ -18,15 +18,20 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 from .images import ImageLoadError, load_image
+from .sources import ImageSource, load_record_image
 
 
 @dataclass(frozen=True)
 class LoadItem:
-    """One image to decode: ``key`` is the caller's name for it, ``needs`` the preprocessors to run."""
+    """One image to decode: ``key`` is the caller's name for it, ``needs`` the preprocessors to run.
+
+    The image is the file at ``path``, or, with a ``source`` (a table row), that source's bytes.
+    """
 
     key: int
     path: str
     needs: tuple[int, ...]
+    source: ImageSource | None = None
 
 
 #: what the loader yields per image: (key, {preprocessor: input}, {preprocessor: error})
@@ -104,7 +109,8 @@ class DecodeOnce:
             timer.count("files_read")
             timer.start()
         try:
-            img = load_image(it.path)
+            # a file decodes straight from disk, as before; a table row through its source's bytes
+            img = load_image(it.path) if it.source is None else load_record_image(it.path, it.source)
         except ImageLoadError as exc:
             if timer is not None:
                 timer.stop("decode")
@@ -191,16 +197,18 @@ def load_images(items: Sequence[LoadItem], preprocess: Sequence[Callable], chunk
         yield _unstack(batch)
 
 
-def size_bucket(path: str) -> tuple[float, int]:
+def size_bucket(path: str, source: ImageSource | None = None) -> tuple[float, int]:
     """(aspect ratio to 0.1, pixel count) from the image header only, so a batch holds like-sized images.
 
     Branches whose inputs vary in length with the image (a VLM's visual tokens) set
     ``bucket_by_size`` and pad far less; scores do not depend on the order.
     """
+    import io
+
     from PIL import Image
 
     try:
-        with Image.open(path) as im:
+        with Image.open(path if source is None else io.BytesIO(source.read_bytes())) as im:
             w, h = im.size
     except Exception:  # unreadable here: the loader reports it in its turn
         return (0.0, 0)

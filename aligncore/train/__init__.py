@@ -9,6 +9,7 @@ protocol, e.g. qwen), ``linear`` (spectrum). Re-running with the same ``out`` re
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -46,18 +47,61 @@ def train_config_for(branch_class: type, options: dict[str, Any] | None) -> Trai
 
 def train_branch(branch: str, train_set: Any, out: str | Path, *, branch_options: dict[str, Any] | None = None,
                  train_options: dict[str, Any] | None = None, progress: bool = True,
-                 on_step: Callable[[int], None] | None = None) -> TrainResult:
+                 on_step: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None,
+                 command: str | None = None) -> TrainResult:
     """Train the registered branch ``branch`` on ``train_set`` (a builder's folder, a 0_real/1_fake folder,
-    a manifest, or records) into ``out``; both option dicts are validated before any work."""
+    a manifest, or records) into ``out``; both option dicts are validated before any work.
+
+    ``log`` receives one line per logging step (per epoch for pixel branches); ``command`` (the
+    command line that asked for the training) is kept in ``OUT/training_run.json`` for model cards.
+    """
     return train_branch_class(trainable_branch(branch), train_set, out, branch_options=branch_options,
-                              train_options=train_options, progress=progress, on_step=on_step)
+                              train_options=train_options, progress=progress, on_step=on_step, log=log, command=command)
 
 
 def train_branch_class(branch_class: type, train_set: Any, out: str | Path, *,
                        branch_options: dict[str, Any] | None = None, train_options: dict[str, Any] | None = None,
-                       progress: bool = True, on_step: Callable[[int], None] | None = None) -> TrainResult:
+                       progress: bool = True, on_step: Callable[[int], None] | None = None,
+                       log: Callable[[str], None] | None = None, command: str | None = None) -> TrainResult:
     """:func:`train_branch` for a branch class (e.g. one not registered under a name)."""
     tcfg = train_config_for(branch_class, train_options)
     bcfg = branch_class.make_config(branch_options)
-    trainer = branch_class.trainer_class(branch_class, bcfg, tcfg, progress=progress, on_step=on_step)
-    return trainer.train(train_set, out)
+    trainer = branch_class.trainer_class(branch_class, bcfg, tcfg, progress=progress, on_step=on_step, log=log)
+    result = trainer.train(train_set, out)
+    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch, rank 0 keeps the record
+        write_training_record(Path(out), branch_class, train_set, bcfg, tcfg, result, command)
+    return result
+
+
+def write_training_record(out: Path, branch_class: type, train_set: Any, branch_config: Any, train_config: Any,
+                          result: TrainResult, command: str | None) -> Path:
+    """``OUT/training_run.json``: what was trained on what, how, and what came of it (read by model cards).
+
+    Paths are kept as names only (a record travels with the weights to other machines).
+    """
+    import json
+    import time
+
+    from .. import __version__
+
+    if isinstance(train_set, (str, Path)):
+        data = Path(str(train_set)).name or str(train_set)
+    else:
+        data = f"{len(train_set)} records given through the Python API"
+    record = {
+        "branch": branch_class.name,
+        "method": getattr(branch_class.trainer_class, "__name__", None),
+        "train_set": data,
+        "command": command,
+        "branch_options": {k: v for k, v in branch_config.model_dump(mode="json", exclude_unset=True).items()
+                           if k not in ("checkpoint", "device", "batch_size")},
+        "train_options": train_config.model_dump(mode="json", exclude_unset=True),
+        "summary": result.summary,
+        "aligncore_version": __version__,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    path = out / "training_run.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return path

@@ -70,16 +70,17 @@ class Trainer:
 
     ``on_step(global_step)`` (where the method has steps of its own) is called after every
     optimizer step: progress hooks, and tests raise from it to simulate a killed run.
+    ``log(line)`` receives one readable line per logging step (or epoch); the trainer never prints.
     """
 
     config_class: ClassVar[type[TrainConfig]] = TrainConfig
 
     def __init__(self, branch_class: type, branch_config: Any, config: TrainConfig, *, progress: bool = True,
-                 on_step: Callable[[int], None] | None = None):
+                 on_step: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None):
         if not isinstance(config, self.config_class):
             raise TypeError(f"{type(self).__name__} needs a {self.config_class.__name__}, got {type(config).__name__}")
         self.branch_class, self.branch_config, self.config = branch_class, branch_config, config
-        self.progress, self.on_step = progress, on_step
+        self.progress, self.on_step, self.log = progress, on_step, log
 
     def new_branch(self, **overrides: Any):
         """A branch of the trainer's own, from the branch config plus the train config's branch fields."""

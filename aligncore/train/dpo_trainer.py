@@ -38,7 +38,10 @@ def read_rows(supervision: Any, rationale_column: str) -> list[dict[str, Any]]:
     """A labelled set (manifest, folder or records) → [{path, label, rationale}], in a stable order."""
     from ..data import Record, load_dataset
 
+    from ..data.datasets import require_files
+
     records: Sequence[Record] = supervision if isinstance(supervision, (list, tuple)) else load_dataset(supervision).records
+    require_files(records, "DPO training")
     rows = []
     for r in records:
         if r.label is None:
@@ -87,7 +90,7 @@ def build_dpo_config(cfg: DPOTrainConfig, out: Path, on_cpu: bool, progress: boo
     if bf16 and on_cpu:
         raise ConfigError("bf16=true needs a GPU; leave it unset (auto) on CPU.")
     gc = cfg.gradient_checkpointing if cfg.gradient_checkpointing is not None else not on_cpu
-    return DPOConfig(
+    return DPOConfig(**checkpointing_argument(DPOConfig, gc),
         output_dir=str(out / TRAINER_DIR),
         learning_rate=cfg.learning_rate,
         beta=cfg.beta,
@@ -100,7 +103,6 @@ def build_dpo_config(cfg: DPOTrainConfig, out: Path, on_cpu: bool, progress: boo
         max_length=cfg.max_length,
         bf16=bool(bf16),
         use_cpu=on_cpu,
-        gradient_checkpointing=gc,
         logging_steps=cfg.logging_steps,
         save_strategy="steps",
         save_steps=cfg.save_steps,
@@ -114,6 +116,32 @@ def build_dpo_config(cfg: DPOTrainConfig, out: Path, on_cpu: bool, progress: boo
     )
 
 
+def checkpointing_argument(config_class, on: bool) -> dict[str, bool]:
+    """Activation checkpointing under the name this transformers knows (``gradient_checkpointing`` is a
+    deprecated alias in transformers 5 and warns when used)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(config_class)}
+    return {"activation_checkpointing": on} if "activation_checkpointing" in names else {"gradient_checkpointing": on}
+
+
+def log_line(logs: dict[str, Any], step: int, max_steps: int) -> str:
+    """One readable line for a trainer log entry (the loss and DPO rewards first), or the end-of-training summary."""
+    logs = {k: v for k, v in logs.items() if k != "total_flos"}
+    if "train_runtime" in logs:
+        loss = logs.get("train_loss")
+        return (f"done: {step} steps in {float(logs['train_runtime']):.1f} s"
+                + (f", mean loss {float(loss):.4f}" if loss is not None else ""))
+    first = ("loss", "rewards/accuracies", "rewards/margins", "learning_rate", "grad_norm", "epoch")
+    parts = [f"step {step}/{max_steps}" if max_steps > 0 else f"step {step}"]
+    for k in [*[k for k in first if k in logs], *sorted(k for k in logs if k not in first)]:
+        v = logs[k]
+        if isinstance(v, float):
+            v = f"{v:.3g}" if k in ("learning_rate", "epoch") else f"{v:.4f}"
+        parts.append(f"{k} {v}")
+    return "  ".join(parts)
+
+
 class DPOTrainer(Trainer):
     """Train a preference-model branch class with DPO + LoRA; returns ``OUT`` as the checkpoint.
 
@@ -125,8 +153,8 @@ class DPOTrainer(Trainer):
     config: DPOTrainConfig
 
     def __init__(self, branch_class, branch_config, config: DPOTrainConfig, *, progress: bool = True,
-                 on_step: Callable[[int], None] | None = None):
-        super().__init__(branch_class, branch_config, config, progress=progress, on_step=on_step)
+                 on_step: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None):
+        super().__init__(branch_class, branch_config, config, progress=progress, on_step=on_step, log=log)
         missing = [m for m in PREFERENCE_MODEL_PROTOCOL if not hasattr(branch_class, m)]
         if missing:
             raise AlignCoreError(f"branch {branch_class.name!r} cannot use the DPO trainer: it lacks {', '.join(missing)}.")
@@ -157,6 +185,7 @@ class DPOTrainer(Trainer):
                           target_modules=branch.lora_targets(cfg.lora_target_modules), task_type="CAUSAL_LM")
         trainer = TRLDPOTrainer(model=model, args=args, train_dataset=train_rows, processing_class=processor,
                                 peft_config=lora, callbacks=self._callbacks())
+        self._quiet_logs(trainer)
         last = get_last_checkpoint(args.output_dir) if cfg.resume and Path(args.output_dir).is_dir() else None
         result = trainer.train(resume_from_checkpoint=last)
         self.model = trainer.model
@@ -179,16 +208,33 @@ class DPOTrainer(Trainer):
         return TrainResult(out, summary)
 
     def _callbacks(self) -> list | None:
-        """``on_step(global_step)`` after every optimizer step, as a transformers callback."""
-        if self.on_step is None:
-            return None
+        """``on_step(global_step)`` after every optimizer step, and ``log`` once per logging step."""
         from transformers import TrainerCallback
 
-        on_step = self.on_step
+        on_step, log = self.on_step, self.log
+        out = []
+        if on_step is not None:
+            class OnStep(TrainerCallback):
+                def on_step_end(self, args, state, control, **kwargs):
+                    on_step(int(state.global_step))
 
-        class OnStep(TrainerCallback):
-            def on_step_end(self, args, state, control, **kwargs):
-                on_step(int(state.global_step))
+            out.append(OnStep())
+        if log is not None:
+            class LogLines(TrainerCallback):
+                def on_log(self, args, state, control, logs=None, **kwargs):
+                    if logs and state.is_world_process_zero:
+                        log(log_line(logs, int(state.global_step), int(state.max_steps or 0)))
 
-        return [OnStep()]
+            out.append(LogLines())
+        return out or None
+
+    @staticmethod
+    def _quiet_logs(trainer) -> None:
+        """transformers prints every log entry as a raw dict; the ``log`` callback says it in one line instead."""
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        for cb in list(trainer.callback_handler.callbacks):
+            if isinstance(cb, ProgressCallback):
+                cb.on_log = lambda *a, **k: None  # keep its progress bar, drop its dict printing
 

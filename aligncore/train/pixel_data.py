@@ -17,6 +17,7 @@ from typing import Iterable
 import numpy as np
 
 from ..data import load_dataset
+from ..data.datasets import require_files
 from ..errors import DataError
 
 
@@ -34,6 +35,7 @@ def load_training_set(source) -> list[TrainRecord]:
     if isinstance(source, (list, tuple)):
         return list(source)
     ds = load_dataset(source)  # a builder's output folder is read through its manifest
+    require_files(ds.records, "training")
     out = []
     for r in ds.records:
         if r.label is None:

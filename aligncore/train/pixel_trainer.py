@@ -62,8 +62,8 @@ class PixelTrainer(Trainer):
     config: PixelTrainConfig
 
     def __init__(self, branch_class, branch_config, config: PixelTrainConfig, *, progress: bool = True,
-                 on_step: Callable[[int], None] | None = None):
-        super().__init__(branch_class, branch_config, config, progress=progress, on_step=on_step)
+                 on_step: Callable[[int], None] | None = None, log: Callable[[str], None] | None = None):
+        super().__init__(branch_class, branch_config, config, progress=progress, on_step=on_step, log=log)
         missing = [m for m in PIXEL_MODEL_PROTOCOL if not callable(getattr(branch_class, m, None))]
         if missing:
             raise AlignCoreError(f"branch {branch_class.name!r} cannot use the pixel trainer: it lacks {', '.join(missing)}.")
@@ -334,6 +334,8 @@ class PixelTrainer(Trainer):
         }
         if acc.is_main_process:
             append_metrics(out / METRICS_FILE, row)
+            if self.log is not None:
+                self.log(epoch_line(row, self.config.epochs))
         self.last_metrics = row
 
     def _save_state(self, state_dir: Path, raw_model, opt, state: dict) -> None:
@@ -367,6 +369,19 @@ class PixelTrainer(Trainer):
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
         return json.loads((state_dir / "trainer_state.json").read_text())
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    """One readable line per epoch: losses, validation metrics, time."""
+    parts = [f"epoch {int(row['epoch']) + 1}/{epochs}", f"step {row['step']}"]
+    for k in ("train_loss", "val_loss", "val_auc", "val_ap", "val_balanced_accuracy"):
+        v = row.get(k)
+        if v is not None and v != "":
+            parts.append(f"{k} {float(v):.4f}")
+    parts.append(f"{row.get('elapsed_s')} s")
+    if row.get("stopped"):
+        parts.append(f"stopped: {row['stopped']}")
+    return "  ".join(parts)
 
 
 def _replace_dir(target: Path, write: Callable[[Path], object]) -> None:
