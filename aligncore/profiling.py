@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextvars
 import os
-import resource
 import time
 from contextlib import contextmanager, nullcontext
 from typing import Any, Iterator
@@ -108,6 +107,10 @@ class Profile:
 
 
 def _children_cpu() -> float:
+    try:
+        import resource
+    except ImportError:  # not on POSIX: the workers' own measurements still show in their stages
+        return 0.0
     r = resource.getrusage(resource.RUSAGE_CHILDREN)
     return r.ru_utime + r.ru_stime
 
