@@ -221,6 +221,11 @@ class Branch(Component):
         returns :func:`scores_from_logits` (a :class:`Scores`), so predictions carry the logit too."""
         raise NotImplementedError
 
+    def score_counts(self) -> dict[str, int]:
+        """Counters of the scoring work done so far, beyond images and batches (a pixel branch: windows and
+        forward passes); ``alignctl run --profile`` reports them. Default: none."""
+        return {}
+
     def explain_batch(self, batch: Any) -> list[str] | None:
         """Optional short rationale per image (only when ``supports_explain``)."""
         return None

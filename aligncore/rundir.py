@@ -45,11 +45,12 @@ METRICS = "metrics.json"
 CONFIG = "config.yaml"
 RUN_INFO = "run.json"
 ARTEFACTS = (PREDICTIONS, SKIPPED, METRICS, CONFIG, RUN_INFO)
-#: computed from a run's files by later commands: replaced together with the run they describe
-DERIVED = ("ablation", "fusions", "report.html")
+PROFILE = "profile.json"  # `alignctl run --profile`: where the run spent its time (a measurement, not a result)
+#: computed from a run's files by later commands, or about the run: replaced together with the run they describe
+DERIVED = ("ablation", "fusions", "report.html", PROFILE)
 SHARDS = "shards"  # a distributed run's per-rank stores (merged into the main store, then removed)
 #: what a folder may hold for it to be swapped as a whole
-OWNED = frozenset({*ARTEFACTS, *DERIVED, SHARDS, *(f"{a}.tmp" for a in ARTEFACTS)})
+OWNED = frozenset({*ARTEFACTS, *DERIVED, SHARDS, *(f"{a}.tmp" for a in (*ARTEFACTS, PROFILE))})
 #: 2: run.json lists a digest of every file; 3: text cells escaped (:func:`aligncore.text.csv_cell`) and an exact
 #: ``path_encoded`` column. Runs written before run.json carry no "format".
 FORMAT = 3
@@ -317,6 +318,15 @@ class RunDir:
                                  "another --out; the scores are already in the store, so a re-run only rewrites the "
                                  "reports.") from None
         return cls(out, json.loads(files[RUN_INFO]))
+
+
+    @staticmethod
+    def write_profile(out: str | Path, profile: dict) -> Path:
+        """Write ``profile.json`` into a published run folder (atomically; it is not among run.json's files:
+        it measures the run, including its publication, and leaves with the run it describes)."""
+        path = Path(out) / PROFILE
+        _replace_file(path, _json_bytes(profile))
+        return path
 
 
 def run_identity(config: dict) -> dict:

@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import leaderboard
+from . import leaderboard, profiling
 from .config import RunConfig
 from .data import Dataset, Record, load_dataset
 from .data.datasets import hash_records
@@ -52,6 +52,7 @@ class RunResult:
     skipped: list[tuple[str, str]]
     table: ScoreTable | None = None
     is_main: bool = True  # False on the other ranks of a distributed run: rank 0 gathers and reports
+    profile: dict | None = None  # with run(..., profile=True): per-stage times and counts (RUN/profile.json)
 
     @property
     def coverage(self) -> dict[str, dict[str, int]]:
@@ -123,12 +124,17 @@ class ScoringJob:
 # ---------------------------------------------------------------------- plan
 
 
-def plan(config: RunConfig) -> ResolvedRun:
-    """Resolve names, build components, read the dataset and check the run folder, before any work."""
+def plan(config: RunConfig, branches: list | None = None) -> ResolvedRun:
+    """Resolve names, build components, read the dataset and check the run folder, before any work.
+    ``branches``: already built branch objects for ``config.branches`` (same names, same order)."""
     fusion = get_registry().create("fusion", config.fusion, config.fusion_options)
     check_fusion_state(config, fusion)  # a bad state fails now, not after every image is scored
-    branches = create_branches(config.branches, config.device, config.preset, config.batch_size, config.branch_options,
-                               config.allow_download)
+    if branches is None:
+        branches = create_branches(config.branches, config.device, config.preset, config.batch_size,
+                                   config.branch_options, config.allow_download)
+    elif [b.name for b in branches] != list(config.branches):
+        raise AlignCoreError(f"the branches given ({', '.join(b.name for b in branches)}) are not the run's "
+                             f"({', '.join(config.branches)}).")
     dataset = load_dataset(config.data, allow_outside=config.allow_outside_paths, options=config.data_options or None,
                            allow_download=config.allow_download)
     dist = DistContext.from_env()
@@ -160,13 +166,17 @@ def plan_job(rr: ResolvedRun, store: ScoreStore, rank_store: ScoreStore | None =
     """Which (image, branch) scores are missing from ``store``; with ranks, this rank's share of the images
     (every rank computes the same list), less what this rank's shard already holds from a killed attempt."""
     records = rr.dataset.records
-    hashes, unreadable = hash_records(records)
+    with profiling.stage("hash files"):
+        hashes, unreadable = hash_records(records)
+    profiling.count("files_hashed", len(records))
     first = {h: i for i, h in reversed(list(enumerate(hashes))) if h is not None}  # identical files: scored once
-    fps = rr.fingerprints()
+    with profiling.stage("fingerprints"):
+        fps = rr.fingerprints()
     needs: dict[int, list[int]] = {}
     reused = {}
     for bi, (name, fp) in enumerate(fps.items()):
-        have = store.known(fp, first)
+        with profiling.stage("store lookup"):
+            have = store.known(fp, first)
         reused[name] = len(have)
         for h, i in first.items():
             if h not in have:
@@ -194,7 +204,10 @@ def score(job: ScoringJob, rr: ResolvedRun, target: ScoreStore,
     busy = sorted({bi for it in job.todo for bi in it.needs})
     if not busy:
         return stats, errors
-    scorers = {bi: BranchScorer(rr.branches[bi].ensure_loaded(), rr.config.explain) for bi in busy}
+    with profiling.stage("load models"):
+        scorers = {bi: BranchScorer(rr.branches[bi].ensure_loaded(), rr.config.explain) for bi in busy}
+    prof = profiling.current()
+    counts_before = {bi: rr.branches[bi].score_counts() for bi in busy} if prof is not None else {}
 
     def commit(bi: int, results: list[Scored]) -> None:
         name, rows = names[bi], []
@@ -207,13 +220,17 @@ def score(job: ScoringJob, rr: ResolvedRun, target: ScoreStore,
         stats[name].scored += len(rows)
         stats[name].failed += len(results) - len(rows)
         if rows:
-            target.put_scores(job.fingerprints[name], name, rows)
+            with profiling.stage("store write"):
+                target.put_scores(job.fingerprints[name], name, rows)
+            profiling.count("store_writes")
+            profiling.count("scores_stored", len(rows))
 
-    pin = any(str(rr.branches[bi].device).startswith("cuda") for bi in busy)
     chunk = min(s.batch_size for s in scorers.values())
     bar = _bar(len(job.todo), "score " + ",".join(names[bi] for bi in busy)) if progress else None
     preprocess = [b.preprocess for b in rr.branches]
-    for loaded in load_images(job.todo, preprocess, chunk, rr.config.workers, pin, rr.perturb):
+    batches = load_images(job.todo, preprocess, chunk, rr.config.workers, rr.perturb, profile=prof is not None)
+    started = prof.now() if prof is not None else None
+    for loaded in batches if prof is None else _waited(batches, prof, names):
         for key, inputs, errs in loaded:
             for bi, why in errs.items():
                 who = FILE_ERROR if bi == UNREADABLE else names[bi]
@@ -226,7 +243,26 @@ def score(job: ScoringJob, rr: ResolvedRun, target: ScoreStore,
         commit(bi, scorer.flush())
     if bar is not None:
         bar.close()
+    if prof is not None:
+        prof.add_since("scoring loop (loader wait through store write)", started)
+        for bi in busy:
+            now = rr.branches[bi].score_counts()
+            for k, v in now.items():
+                prof.count(k, v - counts_before[bi].get(k, 0), per=names[bi])
     return stats, errors
+
+
+def _waited(batches, prof: "profiling.Profile", names: list[str]):
+    """``batches`` with the time spent waiting for each (``loader wait``) and the loader's own timings profiled."""
+    it = iter(batches)
+    while True:
+        with prof.stage("loader wait"):
+            loaded = next(it, None)
+        if loaded is None:
+            return
+        if loaded.timings is not None:
+            prof.add_loader(loaded.timings, names)
+        yield loaded
 
 
 def _bar(total: int, desc: str):
@@ -324,10 +360,13 @@ def write_run(out: Path, run_id: str, kind: str, table: ScoreTable, fusion, reso
               store: ScoreStore | None, summary: dict | None = None) -> dict:
     """Fuse, publish the run folder, and record the run (and, unless a branch failed on some image and the
     run does not allow that, its leaderboard row) in ``store``."""
-    fused, metrics = fuse(table, fusion, resolved.get("fusion_state"))
+    with profiling.stage("fuse + metrics"):
+        fused, metrics = fuse(table, fusion, resolved.get("fusion_state"))
     fusion_cfg = metrics["fusion"]
     partial = bool(coverage_summary(metrics["coverage"]))
-    RunDir.write(out, run_id=run_id, kind=kind, table=table, fused=fused, metrics=metrics, config=resolved, summary=summary)
+    with profiling.stage("write run folder"):
+        RunDir.write(out, run_id=run_id, kind=kind, table=table, fused=fused, metrics=metrics, config=resolved,
+                     summary=summary)
     if store is not None:
         store.add_run(run_id, kind, str(out), resolved, summary)
         if not partial or resolved.get("allow_partial"):
@@ -357,9 +396,25 @@ def resolved_config(rr: ResolvedRun, store: ScoreStore, fingerprints: dict[str, 
 # ---------------------------------------------------------------------- entry points
 
 
-def run(config: RunConfig, progress: bool = True, log: Callable[[str], None] | None = None) -> RunResult:
-    """Score ``config.data`` with every branch, fuse, and write the run directory."""
-    rr = plan(config)
+def run(config: RunConfig, progress: bool = True, log: Callable[[str], None] | None = None,
+        profile: bool = False, branches: list | None = None) -> RunResult:
+    """Score ``config.data`` with every branch, fuse, and write the run directory.
+
+    ``profile``: measure every stage (wall and CPU time, counts; the loader's workers included) into
+    ``RunResult.profile`` and ``RUN/profile.json``. ``branches``: branch objects to score with instead
+    of building ``config.branches`` (the same names, in the same order), e.g. models already loaded.
+    """
+    with profiling.profiling(profile) as prof:
+        result = _run(config, progress, log, branches)
+        if prof is not None and result.is_main:
+            result.profile = prof.report()
+            RunDir.write_profile(result.out_dir, result.profile)
+    return result
+
+
+def _run(config: RunConfig, progress: bool, log: Callable[[str], None] | None, branches: list | None) -> RunResult:
+    with profiling.stage("plan"):
+        rr = plan(config, branches)
     store = ScoreStore(config.store)
     try:
         rank_store = open_shard(rr.out / SHARDS, rr.dist, store) if rr.dist.enabled else None
@@ -374,7 +429,8 @@ def run(config: RunConfig, progress: bool = True, log: Callable[[str], None] | N
             if gathered is None:
                 return RunResult(rr.run_id, rr.out, {}, stats, [], is_main=False)
             stats, errors = gathered
-        table = gather(job, store, errors)
+        with profiling.stage("gather scores"):
+            table = gather(job, store, errors)
         summary = {"branches": {k: vars(v) for k, v in stats.items()}}
         metrics = write_run(rr.out, rr.run_id, "run", table, rr.fusion, resolved_config(rr, store, job.fingerprints),
                             store, summary)

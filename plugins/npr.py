@@ -32,8 +32,9 @@ class NPRBranch(NeuralPixelBranch):
     help = "Pixel expert: compact CNN on the neighbouring-pixel residual (NPR, CVPR 2024); CPU-trainable."
     config_class = NPRConfig
     architecture_fields = ("crop_size", "crop_align", "width")
-    #: a small model for tests and demos (the sizes apply only where the user set none)
-    presets = {"tiny": {"width": 8, "crop_size": 32, "weights": "random"}}
+    #: a small model for tests and demos (the sizes apply only where the user set none); random: the default
+    #: architecture with random weights, for speed checks (its scores mean nothing)
+    presets = {"tiny": {"width": 8, "crop_size": 32, "weights": "random"}, "random": {"weights": "random"}}
     config: NPRConfig
     #: ``alignctl demo``: the pixel expert, tiny, trained for seconds on the demo's pixel set
     demo_options = {"role": "pixel", "options": {"preset": "tiny"},

@@ -4,7 +4,6 @@ what the machine has, before any work, with a message naming the setting."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time

@@ -5,7 +5,6 @@ lands; and the processes of a distributed run die with the command that started 
 from __future__ import annotations
 
 import csv
-import json
 import os
 import random
 import signal

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -158,8 +157,10 @@ def _print_result(result) -> None:
               help="Shard scoring across N processes (GPUs, or CPU ranks; at most one per GPU or core) with accelerate launch.")
 @click.option("--overwrite", is_flag=True, default=None,
               help="Write into an --out folder that holds other files, the data, or a run of another configuration.")
+@click.option("--profile", is_flag=True, help="Measure each stage (wall and CPU time, loader workers included) and count "
+              "files read, images decoded, windows, forward batches and store writes: printed and written to RUN/profile.json.")
 def run_cmd(scoring: Scoring, data, data_options, allow_download, config_file, workers, out, explain,
-            allow_outside_paths, suite, perturb, fusion_state, allow_partial, num_processes, overwrite) -> None:
+            allow_outside_paths, suite, perturb, fusion_state, allow_partial, num_processes, overwrite, profile) -> None:
     """Score a dataset with one or more branches, fuse, and write predictions and metrics.
 
     Exit status 3 when a branch failed on some image (every output is still written; the metrics
@@ -182,10 +183,16 @@ def run_cmd(scoring: Scoring, data, data_options, allow_download, config_file, w
         check_ranks(num_processes, cfg.device)
         _relaunch(num_processes, scoring, cfg)
         return
-    result = run(cfg, progress=scoring.progress, log=None if scoring.quiet else echo_err)
+    result = run(cfg, progress=scoring.progress, log=None if scoring.quiet else echo_err, profile=profile)
     if not result.is_main:  # a non-zero rank of a distributed run: rank 0 reports
         return
     _print_result(result)
+    if result.profile is not None:
+        from ..profiling import format_report
+        from ..rundir import PROFILE
+
+        echo(format_report(result.profile))
+        echo(f"profile written to {result.out_dir / PROFILE}")
     if config_file:
         _compare_with_recorded(config_file, result)
     finish_incomplete(result.metrics, result.out_dir, cfg.allow_partial)

@@ -18,7 +18,6 @@ the table is never held in memory.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any

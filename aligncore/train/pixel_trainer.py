@@ -266,7 +266,6 @@ class PixelTrainer(Trainer):
         return x, y
 
     def _step(self, model, opt, loss_fn, slots, cache, epoch: int, step: int) -> float:
-        import torch
 
         acc, cfg = self.acc, self.config
         x, y = self.make_batch(slots, cache, epoch, step)
