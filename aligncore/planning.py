@@ -17,7 +17,7 @@ from .data.datasets import hash_records
 from .data.loader import LoadItem, size_bucket
 from .distributed import DistContext
 from .errors import AlignCoreError
-from .fusion import apply_state, parse_state
+from .fusion import load_state
 from .perturb import PerturbChain, parse_perturb, perturbed_fingerprint
 from .registry import get_registry
 from .rundir import RunDir, make_run_id
@@ -90,10 +90,9 @@ def plan(config: RunConfig, branches: list | None = None) -> ResolvedRun:
 def check_fusion_state(config: RunConfig, fusion=None, where: str = "the fusion state") -> None:
     """Validate ``config.fusion_state`` against the fusion and the run's branches (types, finite numbers,
     shapes, branch names), raising a ConfigError that names ``where``."""
-    if not config.fusion_state:
-        return
-    fusion = fusion or get_registry().create("fusion", config.fusion, config.fusion_options)
-    apply_state(fusion, parse_state(config.fusion_state, where), config.branches, where)
+    if config.fusion_state:
+        load_state(fusion or get_registry().create("fusion", config.fusion, config.fusion_options),
+                   config.fusion_state, config.branches, where)
 
 
 def plan_job(rr: ResolvedRun, store: ScoreStore, rank_store: ScoreStore | None = None) -> ScoringJob:

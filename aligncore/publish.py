@@ -10,13 +10,13 @@ every metric.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from . import leaderboard, profiling
 from .errors import AlignCoreError
-from .fusion import FittedState, FusionOutput, apply_state, parse_state
+from .fusion import FusionOutput, load_state
 from .metrics import compute_metrics
 from .registry import get_registry
 from .rundir import RunDir, ScoreTable
@@ -39,6 +39,11 @@ def coverage_summary(coverage: dict[str, dict[str, int]], fused_over: dict | Non
     return "; ".join(failed) + tail
 
 
+def scored_any(coverage: dict[str, dict[str, int]]) -> bool:
+    """At least one image was scored by at least one branch (a partial run can still be accepted)."""
+    return any(c["scored"] > 0 for c in coverage.values())
+
+
 
 def fuse(table: ScoreTable, fusion, state: dict | None = None) -> tuple[FusionOutput, dict]:
     """The fused output over ``table`` and the metrics of the fused verdicts and of each branch alone.
@@ -47,7 +52,7 @@ def fuse(table: ScoreTable, fusion, state: dict | None = None) -> tuple[FusionOu
     over those images, each branch's over the images it scored (``coverage`` says how many). With a
     ``state`` (a fitted fusion), the images it was fitted on are left out of every metric.
     """
-    fitted = _load_state(fusion, state, table.branches)
+    fitted = load_state(fusion, state, table.branches)
     if fusion.needs_fit and fitted is None:
         raise AlignCoreError(
             f"fusion {fusion.name!r} must be fitted on labelled scores first; "
@@ -80,14 +85,6 @@ def fuse(table: ScoreTable, fusion, state: dict | None = None) -> tuple[FusionOu
     metrics["skipped"] = len(table.skipped)
     metrics["per_branch"] = {b: compute_metrics(view.labels, s, s >= 0.5)["overall"] for b, s in view.scores.items()}
     return fused, metrics
-
-
-def _load_state(fusion, state: dict | None, branches: list[str]) -> tuple[Any, FittedState] | None:
-    """(the fusion with the state applied, the parsed state), or None without a state."""
-    if not state:
-        return None
-    fitted = parse_state(state)
-    return apply_state(fusion, fitted, branches), fitted
 
 
 def write_run(out: Path, run_id: str, kind: str, table: ScoreTable, fusion, resolved: dict,
@@ -134,10 +131,9 @@ def refuse(run_dir: str | Path, fusion_name: str, fusion_options: dict | None = 
     """Re-fuse a finished run from its recorded scores (no model is loaded); writes RUN/fusions/<name>/."""
     rd = RunDir.open(run_dir)
     fusion = get_registry().create("fusion", fusion_name, fusion_options or {})
-    if fusion_state:  # named after its file in every error
-        apply_state(fusion, parse_state(fusion_state, state_source or "the fusion state"),
-                    list(rd.config.get("fingerprints") or rd.config.get("branches") or []),
-                    state_source or "the fusion state")
+    # checked now, named after its file in every error (write_run applies it again to the fusion it fuses with)
+    load_state(fusion, fusion_state, list(rd.config.get("fingerprints") or rd.config.get("branches") or []),
+               state_source or "the fusion state")
     resolved = dict(rd.config)
     resolved.update(fusion=fusion_name, fusion_options=fusion_options or {}, fusion_state=fusion_state)
     if allow_partial is not None:

@@ -21,7 +21,7 @@ from .config import RunConfig
 from .data.loader import UNREADABLE, load_images
 from .distributed import gather_reports, merge_shards, open_shard, sum_reports
 from .planning import ResolvedRun, ScoringJob, check_fusion_state, plan, plan_job
-from .publish import coverage_summary, fuse, refuse, resolved_config, write_run
+from .publish import coverage_summary, fuse, refuse, resolved_config, scored_any, write_run
 from .rundir import SHARDS, ScoreTable, make_run_id
 from .scoring import BranchScorer, Scored
 from .store import ScoreStore
@@ -69,7 +69,7 @@ class RunResult:
     @property
     def scored_any(self) -> bool:
         """At least one image was scored by at least one branch."""
-        return any(c["scored"] > 0 for c in self.coverage.values())
+        return scored_any(self.coverage)
 
     def incomplete_summary(self) -> str:
         """One line naming every branch that failed and its counts ("" for a complete run)."""
