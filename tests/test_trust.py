@@ -243,6 +243,33 @@ def test_editing_a_plugin_branch_source_rescores_every_image(ds, tmp_path):
     assert (edited.reused, edited.scored) == (0, 12) and edited.fingerprint != first.fingerprint
 
 
+def test_fingerprint_follows_a_plugin_packages_imports_transitively(tmp_path, monkeypatch):
+    """The scoring code of a plugin often sits two imports away from its branch class
+    (branch.py -> model.py -> layers.py); editing it must rescore too."""
+    from aligncore.identity import component_modules, source_digest
+
+    pkg = tmp_path / "trust_deep_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "branch.py").write_text(
+        "from aligncore.testing import FakeBranch\nfrom .model import predict\n\n\n"
+        "class DeepBranch(FakeBranch):\n    name = 'deep'\n    help = 'test'\n")
+    (pkg / "model.py").write_text("from trust_deep_pkg.layers import squash\n\n\ndef predict(v):\n    return squash(v)\n")
+    layers = pkg / "layers.py"
+    layers.write_text("def squash(v):\n    return v\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        from trust_deep_pkg.branch import DeepBranch
+
+        assert "trust_deep_pkg.layers" in component_modules(DeepBranch)
+        before = source_digest(DeepBranch)
+        layers.write_text("def squash(v):\n    return min(1.0, 2 * v)\n")
+        assert source_digest(DeepBranch) != before
+    finally:
+        for name in [m for m in sys.modules if m.startswith("trust_deep_pkg")]:
+            del sys.modules[name]
+
+
 def test_fingerprint_covers_library_versions_and_base_weights(tmp_path, monkeypatch):
     import aligncore.identity as identity
 
