@@ -345,6 +345,40 @@ def test_calibration_never_exceeds_the_target_even_with_saturated_ties(tmp_path)
     assert "calib FPR" in md and "eval FPR" in md and "unreachable" in md
 
 
+def test_a_fusion_whose_own_calibration_overshoots_says_so(tmp_path):
+    """A third-party fusion's calibrate() is not trusted: a row above the target carries a note."""
+    from aligncore import Fusion
+    from aligncore.fusion import FusionOutput, calibration_note
+
+    assert calibration_note(1, 20, 0.05) == "" and "unreachable" in calibration_note(0, 20, 0.05)
+    assert "target missed" in calibration_note(3, 20, 0.05)
+
+    class Sloppy(Fusion):
+        name = "sloppy"
+        help = "test: calibrates to a threshold that calls every image fake"
+
+        def predict(self, scores):
+            s = np.mean([np.asarray(v, dtype=float) for v in scores.values()], axis=0)
+            return FusionOutput(score=s, verdict=s >= self.config.threshold)
+
+        def calibrate(self, scores, labels, target_fpr):
+            self.config.threshold = 0.0
+            return self
+
+    class SloppyPlugin:
+        @hookimpl
+        def register_fusions(self, register):
+            register(Sloppy)
+
+    run_dir = _saturated_run(tmp_path / "run", n=60)
+    with registered_plugin(SloppyPlugin(), "trust-sloppy"):
+        res = alignctl("ablate", run_dir, "--fusions", "sloppy,or", "--target-fpr", "0.05")
+    assert res.exit_code == 0, res.output
+    rows = [r for r in csv.DictReader(open(run_dir / "ablation" / "ablation.csv")) if r["method"] == "fusion:sloppy"]
+    assert rows and all(float(r["calib_fpr"]) == 1.0 and "target missed" in r["note"] for r in rows)
+    assert "target missed" in (run_dir / "ablation" / "ablation.md").read_text()
+
+
 def test_or_thresholds_are_exact_at_the_edges():
     from aligncore.fusion import ABOVE_ONE, rescale_at_threshold
 
@@ -422,6 +456,7 @@ def test_a_degenerate_learned_fit_is_reported_not_shown(tmp_path):
     assert res.exit_code == 0, res.output
     rows = [r for r in csv.DictReader(open(run_dir / "ablation" / "ablation.csv")) if r["method"] == "fusion:learned"]
     assert rows and all("degenerate fit" in r["note"] and r["auc"] == "" and r["accuracy"] == "" for r in rows)
+    assert all(r["calib_fpr"] == "" and r["eval_fpr"] == "" for r in rows)  # no figure from the constant either
     assert not (run_dir / "ablation" / "learned-flat.state.json").exists() and (run_dir / "ablation" / "or-flat.state.json").exists()
     assert "degenerate fit" in res.output
 
