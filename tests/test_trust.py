@@ -538,6 +538,8 @@ def test_semantic_set_limit_keeps_both_classes():
         [WorkItem(f"real/real/r{i}", Path(f"r{i}")) for i in range(10)]
     kept = b.limited(sorted(items, key=lambda it: it.key), 6)
     assert sum(it.key.startswith("real/") for it in kept) == 3 == sum(it.key.startswith("fake/") for it in kept)
+    help_text = type(b.config).model_fields["limit"].description
+    assert "both classes" in help_text and "sorted order" not in help_text  # `builders -v` says what limit does
 
 
 def test_readme_states_what_the_dpo_figure_was_measured_on():
