@@ -123,7 +123,7 @@ def ablate_run(rs: RunScores, fusions: Sequence[str] = DEFAULT_FUSIONS, target_f
                        else "")
         fitted[f"fusion:{name}"] = {
             "name": name, "config": fusion.config.model_dump(mode="json"), "state": fusion.state_dict(),
-            "calib_fpr": _fpr(cal_v, c.labels), "note": note, "degenerate": bool(bad),
+            "calib_fpr": None if bad else _fpr(cal_v, c.labels), "note": note, "degenerate": bool(bad),
             "fitted": bool(fusion.needs_fit or target_fpr is not None), "fusion": fusion,
         }
         methods.append((f"fusion:{name}", None if bad else (lambda part, f=fusion: _fused(f, part))))
