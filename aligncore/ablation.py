@@ -25,7 +25,7 @@ from .fusion import FusionInputError, calibration_note, state_entry, threshold_f
 from .metrics import binary_metrics, generator_groups
 from .registry import get_registry
 from .rundir import FolderLayout, RunDir, RunScores, publish_folder
-from .text import csv_cell, md_cell, terminal_text
+from .text import csv_cell, md_cell, read_csv_cell, terminal_text
 
 DEFAULT_FUSIONS = ("or", "and", "max", "weighted", "learned")
 TABLE_METRICS = ("accuracy", "real_accuracy", "fake_accuracy", "balanced_accuracy", "ap", "auc", "eer", "tpr_at_5fpr")
@@ -123,7 +123,7 @@ def ablate_run(rs: RunScores, fusions: Sequence[str] = DEFAULT_FUSIONS, target_f
                        else "")
         fitted[f"fusion:{name}"] = {
             "name": name, "config": fusion.config.model_dump(mode="json"), "state": fusion.state_dict(),
-            "calib_fpr": _fpr(cal_v, c.labels), "note": note, "degenerate": bool(bad),
+            "calib_fpr": None if bad else _fpr(cal_v, c.labels), "note": note, "degenerate": bool(bad),
             "fitted": bool(fusion.needs_fit or target_fpr is not None), "fusion": fusion,
         }
         methods.append((f"fusion:{name}", None if bad else (lambda part, f=fusion: _fused(f, part))))
@@ -209,7 +209,7 @@ def ablate(run_dirs: Sequence[str | Path], fusions: Sequence[str] = DEFAULT_FUSI
     }
     for ds, entries in states.items():  # one file per fitted fusion, ready for --fusion-state
         for name, entry in entries.items():
-            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ds)
+            safe = state_file_part(ds)
             texts[f"state:{ds}:{name}"] = (f"{name}-{safe}.state.json", json.dumps(entry, indent=2, sort_keys=True) + "\n")
     # one step: a kill leaves the previous ablation or this one, never a mix of both; states an earlier
     # ablation left here go with it (they would not match this table)
@@ -222,6 +222,16 @@ def ablate(run_dirs: Sequence[str | Path], fusions: Sequence[str] = DEFAULT_FUSI
 
 
 SETTINGS = "split.json"
+
+
+def state_file_part(dataset: str) -> str:
+    """The dataset's part of a state file's name: its letters, digits and ``-_.`` (others become ``_``), at most
+    64 characters; a name that had to change gets a digest of the original, so two datasets never share a file."""
+    safe = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "-_." else "_" for ch in dataset)
+    if safe == dataset and len(safe) <= 64:
+        return safe
+    digest = hashlib.sha256(dataset.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{safe[:64]}-{digest}"
 
 
 def read_ablation(folder: str | Path) -> tuple[list[dict], dict]:
@@ -237,6 +247,9 @@ def read_ablation(folder: str | Path) -> tuple[list[dict], dict]:
             row[k] = int(r[k]) if r.get(k) not in (None, "") else None
         for k in (*TABLE_METRICS, "calib_fpr", "eval_fpr"):
             row[k] = float(r[k]) if r.get(k) not in (None, "") else None
+        for k in TEXT_COLUMNS:  # written through csv_cell: the exact names back, not their spreadsheet spelling
+            if r.get(k):
+                row[k] = read_csv_cell(r[k])
         rows.append(row)
     try:
         settings = json.loads((folder / SETTINGS).read_text(encoding="utf-8"))
@@ -261,7 +274,7 @@ def _fmt(v) -> str:
 
 
 #: text columns of ablation.csv: written through :func:`aligncore.text.csv_cell` (escaped, never a formula)
-TEXT_COLUMNS = ("dataset", "scope", "group", "method", "run_id")
+TEXT_COLUMNS = ("dataset", "scope", "group", "method", "note", "run_id")
 
 
 def to_csv(rows: list[dict]) -> str:
@@ -283,14 +296,20 @@ def describe(target_fpr: float | None, cal_fraction: float) -> str:
             "reals called fake on the calibration split / on the evaluated images.")
 
 
-def notes(rows: list[dict]) -> list[str]:
-    """``method: note`` once per method that has one (a degenerate fit, an unreachable calibration target)."""
-    seen: dict[str, str] = {}
+def note_rows(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """``(dataset, method, note)`` once per dataset and method that has one (a degenerate fit, an unreachable
+    calibration target). The dataset is a folder's name: each output escapes it in its own way."""
+    seen: dict[tuple[str, str], str] = {}
     for r in rows:
-        key = f"{r['dataset']} {r['method']}"
+        key = (str(r["dataset"]), str(r["method"]))
         if r.get("note") and key not in seen:
-            seen[key] = r["note"]
-    return [f"{k}: {v}" for k, v in seen.items()]
+            seen[key] = str(r["note"])
+    return [(d, m, n) for (d, m), n in seen.items()]
+
+
+def notes(rows: list[dict], escape=terminal_text) -> list[str]:
+    """``dataset method: note`` lines, each part through ``escape`` (default: safe for a terminal)."""
+    return [f"{escape(d)} {escape(m)}: {escape(n)}" for d, m, n in note_rows(rows)]
 
 
 def to_markdown(rows: list[dict], target_fpr: float | None = None, cal_fraction: float | None = None) -> str:
@@ -304,10 +323,10 @@ def to_markdown(rows: list[dict], target_fpr: float | None = None, cal_fraction:
         vals = [md_cell(r["dataset"]), md_cell(r["group"]), md_cell(r["method"]),
                 f"{r['n']} ({r['n_real']}/{r['n_fake']})", *[_fmt(r.get(k)) for k in (*TABLE_METRICS, *FPR_COLUMNS)]]
         lines.append("| " + " | ".join(vals) + " |")
-    extra = notes(rows)
-    if extra:
+    extra = note_rows(rows)
+    if extra:  # the method (a registered name) starts the item: a dataset name cannot open a heading or a list
         lines.append("")
-        lines += [f"- {n}" for n in extra]
+        lines += [f"- {md_cell(m)} on {md_cell(d)}: {md_cell(n)}" for d, m, n in extra]
     return "\n".join(lines) + "\n"
 
 

@@ -41,7 +41,8 @@ def format_validation_error(owner: str, err: ValidationError, fields: Iterable[s
         hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
         msg = str(e["msg"]).removeprefix("Value error, ")  # a validator's own sentence reads better without it
         parts.append(f"{loc}: {msg}{hint}")
-    return f"Invalid configuration for {owner}: " + "; ".join(parts) + "."
+    text = "; ".join(parts)
+    return f"Invalid configuration for {owner}: " + text + ("" if text.endswith((".", "?")) else ".")  # no "x.."
 
 
 def explicit_values(config: ComponentConfig | dict | None, overrides: dict[str, Any]) -> dict[str, Any]:

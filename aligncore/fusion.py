@@ -153,11 +153,15 @@ def threshold_for_fpr(real_scores: np.ndarray, target_fpr: float) -> float:
 
 
 def calibration_note(reals_called_fake: int, n_real: int, target_fpr: float) -> str:
-    """"" when the calibration reached the largest real count the target allows, else why not."""
+    """"" when the calibration reached the largest real count the target allows, else why not (ties made
+    the target unreachable, or a fusion's own ``calibrate`` overshot it)."""
     allowed = int(np.floor(target_fpr * n_real + 1e-9))
-    if reals_called_fake >= allowed:
-        return ""
     got = reals_called_fake / n_real if n_real else 0.0
+    if reals_called_fake > allowed:  # a third-party calibrate() is not trusted to be exact
+        return (f"target missed: the fusion's calibration calls {got:.2%} ({reals_called_fake}/{n_real}) of the "
+                f"calibration reals fake, above the {target_fpr:.2%} target")
+    if reals_called_fake == allowed:
+        return ""
     return (f"target unreachable: ties among the calibration reals' scores (or the rule's steps) leave {got:.2%} "
             f"({reals_called_fake}/{n_real}) as the closest FPR not above {target_fpr:.2%}")
 

@@ -293,9 +293,9 @@ def ablation_section(run_dir: Path, fusions: tuple[str, ...] | None, target_fpr:
             for r in rows]
     table = _table(["group", "method", "n (real/fake)", *[METRIC_TITLES[k] for k in cols]], body)
     note = (describe(target, cal_fraction) if cal_fraction is not None else "") + f" ({origin})"
-    extra = notes(rows)
+    extra = notes(rows, escape=html_text)
     if extra:
-        table += "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in extra) + "</ul>"
+        table += "<ul>" + "".join(f"<li>{n}</li>" for n in extra) + "</ul>"
     return table, note.strip()
 
 

@@ -23,6 +23,7 @@ from pydantic import Field
 
 from aligncore import hookimpl
 from aligncore.audit import Audit, AuditConfig, AuditOutcome
+from aligncore.text import csv_cell
 
 VARIANTS = (("control", "clean_path", "unprocessed (aligned) copies"), ("processed", "path", "post-processed images"))
 
@@ -165,7 +166,8 @@ def leakage_audit(set_path: str | Path, pixel_branch: str, out_dir: str | Path, 
             w = csv.writer(f, lineterminator="\n")
             w.writerow(["path", "label", "fold", "score"])
             for i in range(len(rows)):
-                w.writerow([rows[i][column], labels[i], fold_of[i], f"{scores[i]:.6f}"])
+                # a manifest's path is anyone's name: escaped, never a spreadsheet formula (read_csv_cell reverses it)
+                w.writerow([csv_cell(rows[i][column]), labels[i], fold_of[i], f"{scores[i]:.6f}"])
     status, note = verdict(result["control"]["auc"], result["processed"]["auc"], min_control_auc, chance_margin)
     result["verdict"], result["note"] = status, note
     (out / "leakage.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")

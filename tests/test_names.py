@@ -125,6 +125,10 @@ def test_fuse_ablate_and_report_read_the_names_back(run_dir, tmp_path):
     _assert_markdown_inert(md)
     groups = {read_csv_cell(r[2]) for r in _cells(run / "ablation" / "ablation.csv")[1:]}
     assert set(HOSTILE + [NON_UTF8]) <= groups, "ablation.csv gives every generator name back exactly"
+    from aligncore.ablation import read_ablation
+
+    rows, _ = read_ablation(run / "ablation")  # what report shows: the names, not their spreadsheet spelling
+    assert {r["group"] for r in rows} == groups and {r["dataset"] for r in rows} == {"ds"}
 
 
 def _assert_markdown_inert(md: str) -> None:
@@ -209,3 +213,105 @@ def test_builds_from_hostile_source_names_give_readable_sets(tmp_path, builder):
     res = alignctl("run", "--branches", "fake", "--data", str(tmp_path / "set"), "--out", str(tmp_path / "r"),
                    "--store", str(tmp_path / "s.sqlite"), "-q")
     assert res.exit_code == 0, res.output
+
+
+# ---------------------------------------------------------------------- outputs other branches added
+
+
+def _numeric_or_safe(path: Path, numeric: tuple[str, ...]) -> list[dict]:
+    """Cells of columns starting with one of ``numeric`` are numbers (a negative one starts with '-', and is a
+    number to a spreadsheet too); every other cell is never read as a formula."""
+    rows = _cells(path)
+    head = rows[0]
+    for row in rows[1:]:
+        assert len(row) == len(head), f"{path}: a row with {len(row)} cells, not {len(head)}"
+        for col, cell in zip(head, row):
+            if col.startswith(numeric):
+                assert cell == "" or float(cell) == float(cell), (col, cell)
+            else:
+                assert not cell.startswith(("=", "+", "-", "@", "\t", "\r")), f"{path}: formula cell {col}={cell!r}"
+    return [dict(zip(head, r)) for r in rows[1:]]
+
+
+def test_logit_columns_sit_beside_escaped_names(hostile, tmp_path):
+    """trust's logit_<branch> columns are numbers (negative ones included); the names around them stay inert."""
+    from aligncore.testing import registered_plugin
+    from logit_branch import LogitPlugin
+
+    ds = tmp_path / "ds"
+    for g in (HOSTILE[0], "a|b|c", NON_UTF8):
+        shutil.copytree(hostile / g, ds / g)
+    with registered_plugin(LogitPlugin(), "names-logit-plugin"):
+        res = alignctl("run", "--branches", "logit-fake,fake", "--data", str(ds), "--out", str(tmp_path / "r"),
+                       "--store", str(tmp_path / "s.sqlite"), "-q")
+        assert res.exit_code == 0, res.output
+        rows = _numeric_or_safe(tmp_path / "r" / "predictions.csv", ("score_", "logit_", "fused_score"))
+        assert "logit_logit-fake" in rows[0] and "logit_fake" not in rows[0]
+        assert any(r["logit_logit-fake"].startswith("-") for r in rows), "the check above met a negative logit"
+        assert sorted(decode_path(r["path_encoded"]) for r in rows) == sorted(str(p) for p in ds.rglob("*.png"))
+        res = alignctl("fuse", str(tmp_path / "r"), "--fusion", "max")
+        assert res.exit_code == 0, res.output
+        _numeric_or_safe(tmp_path / "r" / "fusions" / "max" / "predictions.csv", ("score_", "logit_", "fused_score"))
+
+
+def _note_rows(name: str) -> list[dict]:
+    return [{"dataset": name, "scope": "dataset", "group": name, "method": "fusion:or", "n": 4, "n_real": 2,
+             "n_fake": 2, "auc": 0.5, "note": "target unreachable: ties"}]
+
+
+@pytest.mark.parametrize("name", ["<script>alert(1)</script>", "a|b|c", "\x1b[2J=cmd", "# heading", NON_UTF8])
+def test_ablation_notes_keep_a_dataset_name_inert(name):
+    """A note (a degenerate fit, an unreachable FPR target) names its dataset: a folder name of anyone's."""
+    from aligncore.ablation import notes, to_markdown, to_text
+    from aligncore.text import html_text
+
+    md = to_markdown(_note_rows(name), 0.05, 0.3)
+    _assert_markdown_inert(md)
+    assert "<script" not in md and "\x1b" not in md
+    (item,) = [line for line in md.splitlines() if line.startswith("- ")]
+    assert item.startswith("- fusion:or on "), item  # the dataset never starts a list item (no heading, no list)
+    text = to_text(_note_rows(name))
+    assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", text), repr(text)
+    (li,) = notes(_note_rows(name), escape=html_text)
+    assert "<" not in li and "\x1b" not in li
+
+
+def test_ablation_state_files_of_two_datasets_never_share_a_name():
+    from aligncore.ablation import state_file_part
+
+    names = ["a b", "a_b", "a/b", "a\x1bb", NON_UTF8, "x" * 300, "x" * 301, "plain-name_1.0"]
+    parts = [state_file_part(n) for n in names]
+    assert len(set(parts)) == len(parts), parts
+    assert state_file_part("plain-name_1.0") == "plain-name_1.0"  # a plain name keeps its spelling
+    assert all(re.fullmatch(r"[A-Za-z0-9._-]{1,80}", p) for p in parts), parts
+
+
+def test_study_tables_keep_names_inert():
+    """Study tables put generator and dataset names (data folders) and study-file text into tables.md/csv."""
+    from types import SimpleNamespace
+
+    from aligncore.study.report import StudyReport, build_table, to_csv, to_markdown
+    from aligncore.study.spec import TableSpec
+
+    names = HOSTILE + [NON_UTF8]
+    rows = [{"group": g, "dataset": "<b>ds</b>|x", "method": "fusion:or", "auc": 0.5 + i / 100, "_id": f"c{i}",
+             "seed": 0, "verdict": "=cmd"} for i, g in enumerate(names)]
+    views = (build_table(TableSpec(title="<script>t</script>", source="fusions", rows="group", cols="dataset",
+                                   metric="auc"), rows)
+             + build_table(TableSpec(title="words", source="fusions", rows="group", cols="metric",
+                                     metrics=["verdict"]), rows))
+    plan = {"name": "s<script>", "title": "|t|", "scale": "full", "seeds": [0], "cells": [],
+            "description": "<img src=x onerror=alert(1)>", "report": {"note": "[x](javascript:alert(1))"}}
+    rep = StudyReport(SimpleNamespace(plan=plan), views, [])
+    md = to_markdown(rep)
+    assert "<" not in md and "\x1b" not in md and "](" not in md.replace("\\](", "")
+    for table in md.split("\n## ")[1:]:
+        widths = {len(re.split(r"(?<!\\)\|", line)) for line in table.splitlines() if line.startswith("|")}
+        assert len(widths) == 1, f"a name shifted the table's columns: {sorted(widths)}"
+    text = to_csv(rep)
+    assert "\r" not in text
+    cells = list(csv.reader(io.StringIO(text, newline=""), strict=True))
+    for row in cells[1:]:
+        for cell in row[:5] + row[8:9]:  # table, split, row, col, metric, value: text
+            assert not cell.startswith(("=", "+", "-", "@", "\t")), cell
+    assert {read_csv_cell(r[2]) for r in cells[1:]} == set(names)  # lossless

@@ -21,6 +21,7 @@ from aligncore.cli import build_cli
 from aligncore.errors import AlignCoreError
 from aligncore.rundir import RunDir
 from aligncore.testing import make_image_folder
+from logit_branch import LogitPlugin
 
 ALIGNCTL = [sys.executable, "-m", "aligncore"]
 
@@ -128,13 +129,30 @@ def test_train_report_and_leaderboard_never_write_over_their_inputs(ds, tmp_path
 # ---------------------------------------------------------------------- SIGKILL at any moment
 
 
+@pytest.fixture
+def branch(request):
+    """The writer's branch: ``fake``, or ``logit-fake`` (a branch with logits; registered here and in the writer)."""
+    from aligncore.testing import registered_plugin
+
+    if request.param == "fake":
+        yield "fake"
+        return
+    with registered_plugin(LogitPlugin(), "outputs-logit-plugin"):
+        yield "logit-fake"
+
+
 WRITER = """
 import sys, time
 from pathlib import Path
 import aligncore.rundir as rundir
 from aligncore.config import make_run_config
 from aligncore.runner import run
-out, data, store, ready = sys.argv[1:5]
+from aligncore.testing import registered_plugin
+out, data, store, ready, branch, tests = sys.argv[1:7]
+sys.path.insert(0, tests)
+from logit_branch import LogitPlugin
+held = registered_plugin(LogitPlugin(), "outputs-logit-plugin")  # kept: collected, it would unregister
+held.__enter__()  # registered until the kill
 # a slow disk: each step of a publish takes a while, so a random kill often lands inside one
 for name in ("_replace_file", "_exchange", "_carry_over", "_new_stage"):
     def slow(*a, _f=getattr(rundir, name)):
@@ -146,28 +164,28 @@ for name in ("_replace_file", "_exchange", "_carry_over", "_new_stage"):
 k = 0
 while True:
     stat = ("smoothness", "brightness")[k % 2]
-    run(make_run_config(branches=["fake"], data=data, out=out, store=store, overwrite=True,
-                        branch_options={"fake": {"statistic": stat}}), progress=False)
+    run(make_run_config(branches=[branch], data=data, out=out, store=store, overwrite=True,
+                        branch_options={branch: {"statistic": stat}}), progress=False)
     Path(ready).touch()
     k += 1
 """
 
 
-def _reference(ds: Path, tmp: Path) -> dict[str, tuple[bytes, dict]]:
+def _reference(ds: Path, tmp: Path, branch: str = "fake") -> dict[str, tuple[bytes, dict]]:
     """{fingerprint: (predictions.csv, overall metrics)} of each configuration the writer alternates."""
     from aligncore.config import make_run_config
     from aligncore.runner import run
 
     refs = {}
     for stat in ("smoothness", "brightness"):
-        res = run(make_run_config(branches=["fake"], data=str(ds), out=str(tmp / stat), store=str(tmp / "ref.sqlite"),
-                                  branch_options={"fake": {"statistic": stat}}), progress=False)
-        fp = res.branches["fake"].fingerprint
+        res = run(make_run_config(branches=[branch], data=str(ds), out=str(tmp / stat), store=str(tmp / "ref.sqlite"),
+                                  branch_options={branch: {"statistic": stat}}), progress=False)
+        fp = res.branches[branch].fingerprint
         refs[fp] = ((tmp / stat / "predictions.csv").read_bytes(), res.metrics["overall"])
     return refs
 
 
-def _check_readers(out: Path, refs: dict) -> str:
+def _check_readers(out: Path, refs: dict, branch: str = "fake") -> str:
     """Every reader refuses the folder, or all of them see one and the same complete run. Returns what was seen."""
     try:
         rd = RunDir.open(out)
@@ -176,17 +194,20 @@ def _check_readers(out: Path, refs: dict) -> str:
             res = alignctl(*args)
             assert res.exit_code == 1 and "Traceback" not in res.output, res.output
         return "refused"
-    fp = rd.config["fingerprints"]["fake"]
+    fp = rd.config["fingerprints"][branch]
     predictions, overall = refs[fp]  # the run's own description names one of the two configurations...
     assert (out / "predictions.csv").read_bytes() == predictions  # ...and every file is that configuration's
     assert rd.metrics()["overall"] == overall
     import yaml
 
-    assert yaml.safe_load((out / "config.yaml").read_text())["fingerprints"]["fake"] == fp
+    assert yaml.safe_load((out / "config.yaml").read_text())["fingerprints"][branch] == fp
     res = alignctl("fuse", str(out), "--fusion", "max")
     assert res.exit_code == 0, res.output
     fused = RunDir.open(out / "fusions" / "max")
-    assert fused.config["fingerprints"]["fake"] == fp and np.array_equal(fused.scores().scores["fake"], rd.scores().scores["fake"])
+    assert fused.config["fingerprints"][branch] == fp
+    assert np.array_equal(fused.scores().scores[branch], rd.scores().scores[branch])
+    if branch != "fake":  # trust's logit column is part of the one run as well
+        assert np.array_equal(fused.scores().logits[branch], rd.scores().logits[branch])
     res = alignctl("ablate", str(out), "--fusions", "or,max")
     assert res.exit_code == 0, res.output
     with open(out / "ablation" / "ablation.csv", newline="") as f:
@@ -197,13 +218,17 @@ def _check_readers(out: Path, refs: dict) -> str:
     return fp
 
 
-@pytest.mark.parametrize("in_place", [False, True], ids=["swapped", "in-place"])
-def test_sigkill_at_random_moments_never_leaves_a_folder_mixing_two_runs(tmp_path, in_place):
+@pytest.mark.parametrize("in_place, branch", [(False, "fake"), (True, "fake"), (False, "logits")],
+                         ids=["swapped", "in-place", "swapped-logits"], indirect=["branch"])
+def test_sigkill_at_random_moments_never_leaves_a_folder_mixing_two_runs(tmp_path, in_place, branch):
     """A writer alternating two configurations into one folder is SIGKILLed at random moments; after each kill
     run, fuse, ablate and report either refuse the folder or all see one consistent run. ``in-place``: the
-    folder also holds a file of the user, so it is never swapped and its files are replaced one by one."""
+    folder also holds a file of the user, so it is never swapped and its files are replaced one by one;
+    ``logits``: a branch that gives logits, so predictions.csv also has trust's ``logit_*`` column."""
     ds = make_image_folder(tmp_path / "ds", n_real=10, n_fake=10, generators=("g1", "g2"))
-    refs = _reference(ds, tmp_path / "ref")
+    refs = _reference(ds, tmp_path / "ref", branch)
+    if branch != "fake":
+        assert all(f"logit_{branch}".encode() in preds.split(b"\n")[0] for preds, _ in refs.values())
     out, ready = tmp_path / "out", tmp_path / "ready"
     out.mkdir()
     if in_place:
@@ -212,7 +237,8 @@ def test_sigkill_at_random_moments_never_leaves_a_folder_mixing_two_runs(tmp_pat
     seen = []
     for _ in range(3):
         ready.unlink(missing_ok=True)
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(out), str(ds), str(tmp_path / "s.sqlite"), str(ready)],
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(out), str(ds), str(tmp_path / "s.sqlite"), str(ready),
+                                 branch, str(Path(__file__).parent)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 120
         while not ready.exists() and proc.poll() is None and time.time() < deadline:
@@ -221,7 +247,7 @@ def test_sigkill_at_random_moments_never_leaves_a_folder_mixing_two_runs(tmp_pat
         time.sleep(rng.random() * 0.6)  # somewhere inside one of the next publishes
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait()
-        seen.append(_check_readers(out, refs))
+        seen.append(_check_readers(out, refs, branch))
         assert not in_place or (out / "notes.txt").read_text() == "mine"
     assert len(set(seen) - {"refused"}) >= 1, f"no kill left a complete run: {seen}"
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import AlignCoreError
+from ..text import csv_cell, md_cell
 from .cells import CellStore
 from .execute import PLAN_FILE, PLAN_FORMAT
 from .spec import FUSION_METRICS, SCORE_METRICS, TableSpec
@@ -257,29 +258,37 @@ def _what(view: TableView) -> str:
 
 def to_markdown(rep: StudyReport) -> str:
     p = rep.study.plan
-    lines = [f"# Study {p['name']}" + (f": {p['title']}" if p.get("title") else ""), ""]
+    # names and prose come from study files and data folders (anyone's): written as text, never as markup
+    lines = [f"# Study {_md(p['name'])}" + (f": {_md(p['title'])}" if p.get("title") else ""), ""]
     if p["scale"] == "tiny":
         lines += [f"**{TINY_NOTE}**", ""]
     if p.get("description"):
-        lines += [p["description"], ""]
+        lines += [_md_prose(p["description"]), ""]
     note = (p.get("report") or {}).get("note")
     if note:
-        lines += [note.strip(), ""]
+        lines += [_md_prose(note), ""]
     lines.append(f"Seeds {p['seeds']}; a cell shows the mean ± sample standard deviation over seeds when there are "
                  f"several results ({MISSING}: not computed yet, {UNDEFINED}: undefined for the data).")
     if rep.missing:
         lines.append(f"\n{len(rep.missing)} of {len(p['cells'])} cells are not finished: run `alignctl study run` again.")
     for v in rep.views:
         head = _header(v)
-        lines += ["", f"## {v.heading}", "", f"({_what(v)}{v.spec.source})", "",
+        lines += ["", f"## {_md(v.heading)}", "", f"({_md(_what(v) + v.spec.source)})", "",
                   "| " + " | ".join(_md(h) for h in head) + " |", "|" + "---|" * len(head)]
         for r in v.rows:
             lines.append("| " + " | ".join(_md(x) for x in [r, *[_cell_text(v, r, c) for c in v.cols]]) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _md(text: str) -> str:
-    return _printable(text).replace("|", "\\|")
+def _md(text: Any) -> str:
+    """Literal text in Markdown (a table cell, a heading): HTML special characters as entities, inline markup
+    and ``|`` backslash-escaped, control characters (a newline too) as escapes (:func:`aligncore.text.md_cell`)."""
+    return md_cell(text)
+
+
+def _md_prose(text: Any) -> str:
+    """A paragraph of a study file (description, note) as literal text: :func:`_md` line by line."""
+    return "\n".join(md_cell(line) for line in str(text).strip().split("\n"))
 
 
 def _printable(text: Any) -> str:
@@ -288,14 +297,15 @@ def _printable(text: Any) -> str:
 
 
 def _csv_text(value: Any) -> Any:
-    """A text cell a spreadsheet would run as a formula gets a leading apostrophe; numbers pass as they are."""
-    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        try:
-            float(value)
-            return value
-        except ValueError:
-            return "'" + value
-    return value
+    """Text through :func:`aligncore.text.csv_cell` (escaped, never a formula; ``read_csv_cell`` reverses it);
+    numbers, and text that is a number, pass as they are."""
+    if not isinstance(value, str):
+        return value
+    try:
+        float(value)
+        return value
+    except ValueError:
+        return csv_cell(value)
 
 
 def to_text(rep: StudyReport) -> str:
