@@ -229,3 +229,13 @@ def apply_state(fusion: Fusion, fitted: FittedState, branches: Sequence[str], wh
         raise ConfigError(f"{where}: {exc}") from None
     fusion.check_branches(list(branches))
     return fusion
+
+
+def load_state(fusion: Fusion, state: Any, branches: Sequence[str],
+               where: str = "the fusion state") -> tuple[Fusion, FittedState] | None:
+    """(``fusion`` with a state file's content applied and checked against ``branches``, the parsed state),
+    or None without a state; every error names ``where``."""
+    if not state:
+        return None
+    fitted = parse_state(state, where)
+    return apply_state(fusion, fitted, branches, where), fitted

@@ -11,7 +11,7 @@ from .run import EXIT_INCOMPLETE, allow_partial_option
 
 
 def _print_outcome(o) -> None:
-    from ..runner import coverage_summary
+    from ..publish import coverage_summary
 
     if o.status == "skipped":
         echo(f"skip {o.name}: {o.detail}")
@@ -36,7 +36,7 @@ def bench_cmd(suite, root, perturb, metric, allow_partial, scoring: Scoring) -> 
 
     Exit status 3 when a branch failed on some image of some dataset (that dataset gets no leaderboard
     row), unless --allow-partial."""
-    from ..runner import coverage_summary
+    from ..publish import coverage_summary
     from ..leaderboard import leaderboard, render
     from ..store import ScoreStore
     from ..suites import load_suite, resolve_root, run_suite

@@ -22,7 +22,7 @@ def fuse_cmd(run_dir, fusion, fusion_options, fusion_state, store, allow_partial
     Exit status 3 as for `alignctl run` when a branch had failed on some image (unless the run, or this
     command, was given --allow-partial)."""
     from ..rundir import RunDir
-    from ..runner import refuse
+    from ..publish import refuse
 
     out, metrics = refuse(run_dir, fusion, parse_kv(fusion_options, "--fusion-option"), store,
                           read_fusion_state(fusion_state), allow_partial,

@@ -48,16 +48,16 @@ def print_metrics(metrics: dict) -> None:
 def finish_incomplete(metrics: dict, out_dir, allow_partial: bool) -> None:
     """Exit 3 with one line naming each failed branch and its counts when a branch failed on some image
     (exit 0 with --allow-partial, as long as something was scored); nothing when every branch scored every image."""
-    from ..runner import coverage_summary
+    from ..publish import coverage_summary, scored_any
 
     summary = coverage_summary(metrics.get("coverage", {}), metrics.get("fused_over"))
     if not summary:
         return
-    scored_any = any(c["scored"] for c in metrics.get("coverage", {}).values())
-    if allow_partial and scored_any:
+    any_scored = scored_any(metrics.get("coverage", {}))
+    if allow_partial and any_scored:
         echo_err(f"partial run accepted (--allow-partial): {summary}")
         return
-    hint = "; --allow-partial accepts it" if scored_any else ""
+    hint = "; --allow-partial accepts it" if any_scored else ""
     echo_err(f"incomplete run: {summary} (outputs written to {out_dir}{hint})")
     sys.exit(EXIT_INCOMPLETE)
 
@@ -176,7 +176,7 @@ def run_cmd(scoring: Scoring, data, data_options, allow_download, config_file, w
         fusion_state=read_fusion_state(fusion_state), data_options=parse_kv(data_options, "--data-option") or None,
         allow_download=allow_download, allow_partial=allow_partial, overwrite=overwrite)
     if fusion_state:
-        from ..runner import check_fusion_state
+        from ..planning import check_fusion_state
 
         check_fusion_state(cfg, where=f"fusion state {fusion_state}")
     if num_processes != 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
