@@ -21,16 +21,28 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import AlignCoreError
-from .fusion import calibration_note, state_entry, threshold_for_fpr
+from .fusion import FusionInputError, calibration_note, state_entry, threshold_for_fpr
 from .metrics import binary_metrics, generator_groups
 from .registry import get_registry
-from .rundir import RunDir, RunScores
+from .rundir import FolderLayout, RunDir, RunScores, publish_folder
+from .text import csv_cell, md_cell, read_csv_cell, terminal_text
 
 DEFAULT_FUSIONS = ("or", "and", "max", "weighted", "learned")
 TABLE_METRICS = ("accuracy", "real_accuracy", "fake_accuracy", "balanced_accuracy", "ap", "auc", "eer", "tpr_at_5fpr")
 METRIC_TITLES = {"accuracy": "acc", "real_accuracy": "real acc", "fake_accuracy": "fake acc",
                  "balanced_accuracy": "bal acc", "ap": "AP", "auc": "AUC", "eer": "EER", "tpr_at_5fpr": "TPR@5%FPR",
                  "calib_fpr": "calib FPR", "eval_fpr": "eval FPR"}
+
+
+ABLATION_FILES = frozenset({"ablation.csv", "ablation.md", "fusions.json", "split.json"})
+
+
+def _ablation_file(name: str) -> bool:
+    return name in ABLATION_FILES or name.endswith((".state.json", ".tmp"))
+
+
+#: an ablation folder holds only these files; a new ablation replaces the previous one as a whole
+ABLATION_LAYOUT = FolderLayout(owned=_ablation_file, replaced=_ablation_file)
 
 
 def calibration_mask(sha256: Sequence[str], fraction: float, seed: int = 0) -> np.ndarray:
@@ -111,7 +123,7 @@ def ablate_run(rs: RunScores, fusions: Sequence[str] = DEFAULT_FUSIONS, target_f
                        else "")
         fitted[f"fusion:{name}"] = {
             "name": name, "config": fusion.config.model_dump(mode="json"), "state": fusion.state_dict(),
-            "calib_fpr": _fpr(cal_v, c.labels), "note": note, "degenerate": bool(bad),
+            "calib_fpr": None if bad else _fpr(cal_v, c.labels), "note": note, "degenerate": bool(bad),
             "fitted": bool(fusion.needs_fit or target_fpr is not None), "fusion": fusion,
         }
         methods.append((f"fusion:{name}", None if bad else (lambda part, f=fusion: _fused(f, part))))
@@ -170,7 +182,10 @@ def ablate(run_dirs: Sequence[str | Path], fusions: Sequence[str] = DEFAULT_FUSI
     for rd in run_dirs:
         rs = RunDir.open(rd).scores()
         key = rs.dataset if rs.dataset not in fitted else f"{rs.dataset}#{rs.run_id}"
-        rows, fit, split = ablate_run(rs, fusions, target_fpr, cal_fraction, seed, fusion_options)
+        try:
+            rows, fit, split = ablate_run(rs, fusions, target_fpr, cal_fraction, seed, fusion_options)
+        except FusionInputError as exc:
+            raise AlignCoreError(f"run {rd} (dataset {rs.dataset}): {exc}.") from None
         for r in rows:
             r["dataset"] = key
         all_rows += rows
@@ -184,29 +199,39 @@ def ablate(run_dirs: Sequence[str | Path], fusions: Sequence[str] = DEFAULT_FUSI
         splits[key] = split
     result = AblationResult(all_rows, fitted, splits, target_fpr, cal_fraction, states=states, seed=seed)
     out = Path(out_dir) if out_dir else Path(run_dirs[0]) / "ablation"
-    out.mkdir(parents=True, exist_ok=True)
-    result.files = {
-        "csv": _write(out / "ablation.csv", to_csv(all_rows)),
-        "md": _write(out / "ablation.md", to_markdown(all_rows, target_fpr, cal_fraction)),
-        "fusions": _write(out / "fusions.json", json.dumps(fitted, indent=2, sort_keys=True) + "\n"),
-        "split": _write(out / SETTINGS, json.dumps(
+    texts = {
+        "csv": ("ablation.csv", to_csv(all_rows)),
+        "md": ("ablation.md", to_markdown(all_rows, target_fpr, cal_fraction)),
+        "fusions": ("fusions.json", json.dumps(fitted, indent=2, sort_keys=True) + "\n"),
+        "split": (SETTINGS, json.dumps(
             {"cal_fraction": cal_fraction, "seed": seed, "target_fpr": target_fpr, "fusions": list(fusions),
              "splits": splits}, indent=1, sort_keys=True) + "\n"),
     }
-    written = set()
     for ds, entries in states.items():  # one file per fitted fusion, ready for --fusion-state
         for name, entry in entries.items():
-            safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in ds)
-            path = out / f"{name}-{safe}.state.json"
-            result.files[f"state:{ds}:{name}"] = _write(path, json.dumps(entry, indent=2, sort_keys=True) + "\n")
-            written.add(path.name)
-    for old in out.glob("*.state.json"):  # a state left by an earlier ablation here would not match this table
-        if old.name not in written:
-            old.unlink()
+            safe = state_file_part(ds)
+            texts[f"state:{ds}:{name}"] = (f"{name}-{safe}.state.json", json.dumps(entry, indent=2, sort_keys=True) + "\n")
+    # one step: a kill leaves the previous ablation or this one, never a mix of both; states an earlier
+    # ablation left here go with it (they would not match this table)
+    try:
+        publish_folder(out, {name: text.encode("utf-8") for name, text in texts.values()}, ABLATION_LAYOUT)
+    except OSError as exc:
+        raise AlignCoreError(f"cannot write the ablation to {out}: {exc.strerror or exc}. Choose another --out.") from None
+    result.files = {key: out / name for key, (name, _) in texts.items()}
     return result
 
 
 SETTINGS = "split.json"
+
+
+def state_file_part(dataset: str) -> str:
+    """The dataset's part of a state file's name: its letters, digits and ``-_.`` (others become ``_``), at most
+    64 characters; a name that had to change gets a digest of the original, so two datasets never share a file."""
+    safe = "".join(ch if (ch.isascii() and ch.isalnum()) or ch in "-_." else "_" for ch in dataset)
+    if safe == dataset and len(safe) <= 64:
+        return safe
+    digest = hashlib.sha256(dataset.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+    return f"{safe[:64]}-{digest}"
 
 
 def read_ablation(folder: str | Path) -> tuple[list[dict], dict]:
@@ -222,6 +247,9 @@ def read_ablation(folder: str | Path) -> tuple[list[dict], dict]:
             row[k] = int(r[k]) if r.get(k) not in (None, "") else None
         for k in (*TABLE_METRICS, "calib_fpr", "eval_fpr"):
             row[k] = float(r[k]) if r.get(k) not in (None, "") else None
+        for k in TEXT_COLUMNS:  # written through csv_cell: the exact names back, not their spreadsheet spelling
+            if r.get(k):
+                row[k] = read_csv_cell(r[k])
         rows.append(row)
     try:
         settings = json.loads((folder / SETTINGS).read_text(encoding="utf-8"))
@@ -245,12 +273,17 @@ def _fmt(v) -> str:
     return str(v)
 
 
+#: text columns of ablation.csv: written through :func:`aligncore.text.csv_cell` (escaped, never a formula)
+TEXT_COLUMNS = ("dataset", "scope", "group", "method", "note", "run_id")
+
+
 def to_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=[*COLUMNS, "run_id"], lineterminator="\n", extrasaction="ignore")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in [*COLUMNS, "run_id"]})
+        w.writerow({k: ("" if r.get(k) is None else csv_cell(r[k]) if k in TEXT_COLUMNS else r.get(k))
+                    for k in [*COLUMNS, "run_id"]})
     return buf.getvalue()
 
 
@@ -263,14 +296,20 @@ def describe(target_fpr: float | None, cal_fraction: float) -> str:
             "reals called fake on the calibration split / on the evaluated images.")
 
 
-def notes(rows: list[dict]) -> list[str]:
-    """``method: note`` once per method that has one (a degenerate fit, an unreachable calibration target)."""
-    seen: dict[str, str] = {}
+def note_rows(rows: list[dict]) -> list[tuple[str, str, str]]:
+    """``(dataset, method, note)`` once per dataset and method that has one (a degenerate fit, an unreachable
+    calibration target). The dataset is a folder's name: each output escapes it in its own way."""
+    seen: dict[tuple[str, str], str] = {}
     for r in rows:
-        key = f"{r['dataset']} {r['method']}"
+        key = (str(r["dataset"]), str(r["method"]))
         if r.get("note") and key not in seen:
-            seen[key] = r["note"]
-    return [f"{k}: {v}" for k, v in seen.items()]
+            seen[key] = str(r["note"])
+    return [(d, m, n) for (d, m), n in seen.items()]
+
+
+def notes(rows: list[dict], escape=terminal_text) -> list[str]:
+    """``dataset method: note`` lines, each part through ``escape`` (default: safe for a terminal)."""
+    return [f"{escape(d)} {escape(m)}: {escape(n)}" for d, m, n in note_rows(rows)]
 
 
 def to_markdown(rows: list[dict], target_fpr: float | None = None, cal_fraction: float | None = None) -> str:
@@ -281,20 +320,21 @@ def to_markdown(rows: list[dict], target_fpr: float | None = None, cal_fraction:
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "---|" * len(head))
     for r in rows:
-        vals = [r["dataset"], r["group"], r["method"], f"{r['n']} ({r['n_real']}/{r['n_fake']})",
-                *[_fmt(r.get(k)) for k in (*TABLE_METRICS, *FPR_COLUMNS)]]
+        vals = [md_cell(r["dataset"]), md_cell(r["group"]), md_cell(r["method"]),
+                f"{r['n']} ({r['n_real']}/{r['n_fake']})", *[_fmt(r.get(k)) for k in (*TABLE_METRICS, *FPR_COLUMNS)]]
         lines.append("| " + " | ".join(vals) + " |")
-    extra = notes(rows)
-    if extra:
+    extra = note_rows(rows)
+    if extra:  # the method (a registered name) starts the item: a dataset name cannot open a heading or a list
         lines.append("")
-        lines += [f"- {n}" for n in extra]
+        lines += [f"- {md_cell(m)} on {md_cell(d)}: {md_cell(n)}" for d, m, n in extra]
     return "\n".join(lines) + "\n"
 
 
 def to_text(rows: list[dict]) -> str:
     cols = (*TABLE_METRICS, *FPR_COLUMNS)
     head = ["dataset", "group", "method", "n", *[METRIC_TITLES[k] for k in cols]]
-    body = [[r["dataset"], r["group"], r["method"], str(r["n"]), *[_fmt(r.get(k)) for k in cols]] for r in rows]
+    body = [[terminal_text(r["dataset"]), terminal_text(r["group"]), terminal_text(r["method"]), str(r["n"]),
+             *[_fmt(r.get(k)) for k in cols]] for r in rows]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     out = ["  ".join(h.ljust(w) for h, w in zip(head, widths))]
     out.append("  ".join("-" * w for w in widths))
@@ -309,7 +349,3 @@ def to_text(rows: list[dict]) -> str:
         out += ["", "notes:", *[f"  {n}" for n in extra]]
     return "\n".join(out)
 
-
-def _write(path: Path, text: str) -> Path:
-    path.write_text(text, encoding="utf-8")
-    return path

@@ -1,4 +1,9 @@
-"""Format-bias audit: does a detector tell real from fake, or JPEG from PNG?
+"""Audits: the ``Audit`` base that plugins register, and the core's format-bias audit.
+
+An :class:`Audit` checks a labelled set (a plugin registers it with ``register_audits``,
+e.g. the pixel-leakage audit of a semantic set); studies run audits by registered name.
+
+Format-bias audit: does a detector tell real from fake, or JPEG from PNG?
 
 Public real/fake collections often differ in file format between the classes (camera JPEGs
 against generator PNGs or WebPs). A detector can score well there by reading compression
@@ -11,13 +16,52 @@ from __future__ import annotations
 
 import io
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
+from .component import Component, ComponentConfig
 from .data import load_dataset, record_bytes
 
 AUDIT_METRICS = ("accuracy", "real_accuracy", "fake_accuracy", "auc")
+
+
+# ---------------------------------------------------------------------- audits registered by plugins
+
+
+class AuditConfig(ComponentConfig):
+    """Base of every audit's options (unknown fields are errors)."""
+
+
+@dataclass
+class AuditOutcome:
+    """What an audit found: flat ``metrics`` for tables (numbers, or short words such as a verdict) and the
+    full ``details`` (JSON-serialisable)."""
+
+    metrics: dict[str, float | int | str | None]
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Audit(Component):
+    """A check of a labelled set. Subclasses set ``config_class`` and implement :meth:`run`."""
+
+    config_class: ClassVar[type[AuditConfig]] = AuditConfig
+    config: AuditConfig
+
+    @classmethod
+    def kind_name(cls) -> str:
+        return "audit"
+
+    def check(self) -> None:
+        """Checks that need no data (e.g. that the components it names exist and accept its options), so a
+        study can refuse a bad audit before any work; raise :class:`aligncore.errors.AlignCoreError`."""
+
+    def run(self, target: str | Path, out_dir: str | Path, log: Callable[[str], None] | None = None) -> AuditOutcome:
+        """Audit the set ``target`` (a folder or manifest), writing work files under ``out_dir``."""
+        raise NotImplementedError
+
+
+# ---------------------------------------------------------------------- format-bias audit
 
 
 def format_census(data: str, allow_outside: bool = False) -> dict[str, dict[str, int]]:

@@ -50,7 +50,7 @@ class BranchConfig(ComponentConfig):
     allow_download: bool = Field(False, description="Download weights missing from the Hugging Face cache (an hf: "
                                  "checkpoint, pretrained base weights); never by default, and never with HF_HUB_OFFLINE.")
     device: str = Field("auto", description="'auto' (CUDA when available), 'cpu', 'cuda' or 'cuda:N'.")
-    batch_size: int = Field(16, ge=1, description="Images per forward pass when scoring.")
+    batch_size: int = Field(16, ge=1, le=65536, description="Images per forward pass when scoring.")
 
 
 class Branch(Component):
@@ -101,6 +101,29 @@ class Branch(Component):
     def __init__(self, config: BranchConfig | dict | None = None, **overrides: Any):
         super().__init__(config, **overrides)
         self._loaded = False
+        self.check_resources()
+
+    # ------------------------------------------------------------------ resources
+    def input_nbytes(self) -> int:
+        """Bytes one preprocessed image takes while its batch is scored (0: small or unknown). Branches whose
+        inputs grow with their settings (crops, windows, pixels) override it, so a batch that cannot fit in
+        memory is refused when the branch is built, not after the machine starts swapping."""
+        return 0
+
+    def work_nbytes(self) -> int:
+        """Bytes preprocessing one image takes on top of its result (0: small or unknown)."""
+        return 0
+
+    def check_resources(self) -> None:
+        """Refuse settings whose batch of inputs exceeds the machine's memory budget (see :mod:`aligncore.limits`)."""
+        per, work = self.input_nbytes(), self.work_nbytes()
+        if per or work:
+            from .limits import check_memory, gib
+
+            bs = int(self.config.batch_size)
+            extra = f", plus {gib(work)} to preprocess one" if work else ""
+            check_memory(per * bs + work, f"branch {self.name!r}: a batch of {bs} image(s) ({gib(per)} each{extra}, "
+                         "with these settings)", "Lower batch_size (or the crops, windows or pixels per image).")
 
     @classmethod
     def kind_name(cls) -> str:
@@ -151,7 +174,13 @@ class Branch(Component):
                 f"branch {cls.name!r}: the options conflict with checkpoint {data['checkpoint']}: {'; '.join(conflicts)}. "
                 "Leave them unset to use the checkpoint's values."
             )
-        return {**data, **{k: v for k, v in recorded.items() if k not in data}}
+        merged = {**data, **{k: v for k, v in recorded.items() if k not in data}}
+        try:
+            cls.validate_config(merged)
+        except ConfigError as exc:  # the caller's values passed alone: the checkpoint's are at fault
+            raise ConfigError(f"checkpoint {data['checkpoint']} records settings branch {cls.name!r} refuses: "
+                              f"{str(exc).split(': ', 1)[-1]}") from None
+        return merged
 
     # ------------------------------------------------------------------ lifecycle
     def ensure_loaded(self) -> "Branch":
@@ -197,6 +226,11 @@ class Branch(Component):
         """Batch → P(fake) in [0, 1] per image. Called without gradients. A branch that computes a logit
         returns :func:`scores_from_logits` (a :class:`Scores`), so predictions carry the logit too."""
         raise NotImplementedError
+
+    def score_counts(self) -> dict[str, int]:
+        """Counters of the scoring work done so far, beyond images and batches (a pixel branch: windows and
+        forward passes); ``alignctl run --profile`` reports them. Default: none."""
+        return {}
 
     def explain_batch(self, batch: Any) -> list[str] | None:
         """Optional short rationale per image (only when ``supports_explain``)."""

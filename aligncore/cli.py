@@ -19,6 +19,7 @@ import click
 from . import __version__
 from .cli_options import echo_err
 from .errors import AlignCoreError
+from .text import terminal_text
 
 DEBUG_ENV = "ALIGNCORE_DEBUG"
 
@@ -29,17 +30,20 @@ class AlignGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except (click.exceptions.Exit, click.ClickException, click.Abort, KeyboardInterrupt):
+        except (click.exceptions.Exit, click.Abort, KeyboardInterrupt):
+            raise
+        except click.ClickException as exc:  # its message may quote a name from the data: never raw on the terminal
+            exc.message = terminal_text(exc.message, keep_newlines=True)
             raise
         except AlignCoreError as exc:
             if _debug(ctx):
                 traceback.print_exc()
-            raise click.ClickException(str(exc)) from None
+            raise click.ClickException(terminal_text(str(exc), keep_newlines=True)) from None
         except Exception as exc:  # an unexpected failure: name it, keep the traceback behind --debug
             if _debug(ctx):
                 raise
-            raise click.ClickException(
-                f"{type(exc).__name__}: {exc}\n(run again with --debug for the full traceback)"
+            raise click.ClickException(terminal_text(
+                f"{type(exc).__name__}: {exc}\n(run again with --debug for the full traceback)", keep_newlines=True)
             ) from None
 
 
@@ -104,6 +108,7 @@ CORE_COMMANDS: tuple[tuple[str, str], ...] = (
     ("demo", "demo_cmd"),
     ("configs", "configs_cmd"),
     ("push", "push_cmd"),
+    ("study", "study_group"),
     ("detect", "detect_cmd"),
 )
 
@@ -168,6 +173,9 @@ def _wants_noise(args: list[str]) -> bool:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .process import rank_guard
+
+    rank_guard()  # a rank started by `run --num-processes` dies with its launcher
     args = sys.argv[1:] if argv is None else argv
     if not _wants_noise(args):  # before plugins are imported, so their imports are quiet too
         from .quiet import quiet_third_party

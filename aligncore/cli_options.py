@@ -28,8 +28,18 @@ DEVICE = click.Choice(["auto", "cpu", "cuda"])
 
 
 def echo_err(msg: str) -> None:
-    """Print a progress or warning line on stderr (stdout stays for results)."""
-    click.echo(msg, err=True)
+    """Print a progress or warning line on stderr (stdout stays for results); names in it are data, so
+    control characters (terminal escape sequences) are shown escaped, never sent raw."""
+    from .text import terminal_text
+
+    click.echo(terminal_text(msg, keep_newlines=True), err=True)
+
+
+def echo(msg: str = "") -> None:
+    """Print a result line on stdout with control characters (terminal escape sequences) escaped."""
+    from .text import terminal_text
+
+    click.echo(terminal_text(msg, keep_newlines=True))
 
 
 def csv_list(value: str | None) -> list[str] | None:
@@ -45,15 +55,24 @@ def parse_kv(pairs: tuple[str, ...] | list[str], what: str) -> dict[str, Any]:
     """
     import yaml
 
+    from .errors import ConfigError
+    from .parsing import check_size
+
     out: dict[str, Any] = {}
     for p in pairs:
         if "=" not in p:
             raise click.BadParameter(f"{p!r} is not KEY=VALUE", param_hint=what)
         k, v = p.split("=", 1)
         try:
-            out[k.strip()] = yaml.safe_load(v) if v.strip() != "" else ""
+            value = yaml.safe_load(v) if v.strip() != "" else ""
         except yaml.YAMLError:
-            out[k.strip()] = v
+            value = v
+        except RecursionError:
+            raise click.BadParameter(f"the value of {k.strip()!r} is nested too deeply", param_hint=what) from None
+        try:  # YAML aliases in a value expand like in a config file
+            out[k.strip()] = check_size(value, f"the value of {k.strip()!r}")
+        except ConfigError as exc:
+            raise click.BadParameter(str(exc), param_hint=what) from None
     return out
 
 

@@ -39,8 +39,10 @@ def format_validation_error(owner: str, err: ValidationError, fields: Iterable[s
         loc = ".".join(str(p) for p in e["loc"]) or "(config)"
         close = close_matches(str(e["loc"][-1]), known) if e["type"] == "extra_forbidden" and e["loc"] else []
         hint = f" (did you mean {', '.join(repr(c) for c in close)}?)" if close else ""
-        parts.append(f"{loc}: {e['msg']}{hint}")
-    return f"Invalid configuration for {owner}: " + "; ".join(parts) + "."
+        msg = str(e["msg"]).removeprefix("Value error, ")  # a validator's own sentence reads better without it
+        parts.append(f"{loc}: {msg}{hint}")
+    text = "; ".join(parts)
+    return f"Invalid configuration for {owner}: " + text + ("" if text.endswith((".", "?")) else ".")  # no "x.."
 
 
 def explicit_values(config: ComponentConfig | dict | None, overrides: dict[str, Any]) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +23,8 @@ class RunConfig(ComponentConfig):
     preset: str | None = Field(None, description="Preset passed to every branch (e.g. 'tiny' for offline models).")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     batch_size: int | None = Field(None, ge=1, description="Override every branch's batch size.")
-    workers: int = Field(0, ge=0, description="Data loader worker processes (0 decodes in the main process).")
+    workers: int = Field(0, ge=0, description="Data loader worker processes (0 decodes in the main process; at most "
+                         "one per CPU core this process may use).")
     out: str | None = Field(None, description="Run directory (default: runs/<run id>).")
     store: str | None = Field(None, description="SQLite score store (default: $ALIGNCORE_STORE or ~/.aligncore/store.sqlite).")
     branch_options: dict[str, dict[str, Any]] = Field(
@@ -41,6 +41,8 @@ class RunConfig(ComponentConfig):
         None, description="Deterministic perturbation applied to every image before branch preprocessing, "
         "e.g. jpeg:75, webp:80, blur:1.0, resize:0.5, crop:0.8 (chain with '+')."
     )
+    overwrite: bool = Field(False, description="Write into an `out` folder that holds other files, the data (or lies "
+                            "inside it, or holds it), or a run of another configuration.")
     fusion_state: dict[str, Any] | None = Field(
         None, description="A fitted or calibrated fusion's state file (as written by alignctl ablate): its config, "
         "fitted state and the images it was fitted on (left out of the run's metrics)."
@@ -60,6 +62,16 @@ class RunConfig(ComponentConfig):
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
 
+    @field_validator("workers")
+    @classmethod
+    def _workers(cls, v):
+        from .limits import check_workers
+
+        try:
+            return check_workers(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc).rstrip(".")) from None
+
     @field_validator("branches", mode="before")
     @classmethod
     def _split(cls, v):
@@ -76,30 +88,15 @@ class RunConfig(ComponentConfig):
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
-    """YAML, TOML or JSON → dict, with a clear error naming the file."""
+    """YAML, TOML or JSON → dict, with a clear error naming the file. The file must be a regular file of at
+    most 16 MiB whose parsed value stays small (YAML alias bombs and deep nesting are refused, see
+    :mod:`aligncore.parsing`)."""
+    from .parsing import read_structured
+
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"config file {p} does not exist.")
-    text = p.read_text(encoding="utf-8")
-    try:
-        if p.suffix.lower() == ".toml":
-            import tomllib
-
-            data = tomllib.loads(text)
-        elif p.suffix.lower() == ".json":
-            data = json.loads(text)
-        else:
-            import yaml
-
-            data = yaml.safe_load(text)
-    except Exception as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        if hasattr(exc, "lineno"):  # json / tomllib
-            where = f" at line {exc.lineno}, column {getattr(exc, 'colno', '?')}"
-        what = getattr(exc, "problem", None) or getattr(exc, "msg", None) or str(exc)
-        what = " ".join(str(what).split())  # one paragraph: YAML's messages span several lines
-        raise ConfigError(f"config file {p} cannot be parsed{where}: {what}.") from None
+    data = read_structured(p, "config file")
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -364,7 +364,7 @@ def score_heldout(st: DemoState) -> None:
     st.store = st.out / "store.sqlite"
     cfg = RunConfig(branches=list(st.branches), fusion=st.plan.fusion, data=str(manifest), device=st.plan.device,
                     out=str(st.out / "run"), store=str(st.store), suite="demo", dataset_name="demo-heldout",
-                    branch_options=st.branches)
+                    branch_options=st.branches, overwrite=True)  # the demo's own folder: a re-run replaces it
     res = run(cfg, progress=False)
     st.run_dir = res.out_dir
     o = res.metrics["overall"]

@@ -1,6 +1,7 @@
 """Distributed scoring on accelerate: shard the work across ranks, merge per-rank stores.
 
-``alignctl run --num-processes N`` re-launches itself under ``accelerate launch`` (so
+``alignctl run --num-processes N`` re-launches itself under ``accelerate launch`` (the launcher
+dies with it, and every rank with the launcher: :mod:`aligncore.process`; so
 torch.distributed, NCCL/gloo and multi-node set-up are accelerate's, not ours). Inside,
 every rank computes the same list of missing (image, branch) scores from the main store,
 takes every N-th item, and writes its scores to its own shard store
@@ -133,11 +134,14 @@ def launch(argv: list[str], num_processes: int, device: str | None) -> int:
     use_gpu = device != "cpu" and torch.cuda.is_available() and torch.cuda.device_count() >= num_processes
     # accelerate's torchrun-based launcher (--multi_gpu) also serves CPU ranks: each rank then
     # builds a gloo process group (its --cpu path would need MPI for more than one process)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(num_processes),
+    from .process import LAUNCHER_BOOTSTRAP, preexec_die_with
+
+    # the launcher dies with this process, and each rank with the launcher (aligncore.process)
+    cmd = [sys.executable, "-c", LAUNCHER_BOOTSTRAP, "--multi_gpu", "--num_processes", str(num_processes),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(free_port()), "--module", "aligncore", *argv]
     env = dict(os.environ)
     if not use_gpu:
         env["ALIGNCORE_DIST_CPU"] = "1"
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // num_processes)))
-    return subprocess.call(cmd, env=env)
+    return subprocess.call(cmd, env=env, preexec_fn=preexec_die_with(os.getpid()))

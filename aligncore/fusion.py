@@ -34,6 +34,10 @@ STATE_FORMAT = 1
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
+class FusionInputError(AlignCoreError, ValueError):
+    """Scores a fusion cannot work with (no branch, no scored real image to calibrate on)."""
+
+
 class FusionConfig(ComponentConfig):
     threshold: float = Field(0.5, ge=0.0, le=ABOVE_ONE,
                              description="Fused score at or above which an image is called fake (a calibrated threshold "
@@ -112,7 +116,7 @@ def stack_scores(scores: Mapping[str, np.ndarray]) -> tuple[list[str], np.ndarra
     """Branch names and an (n, k) float matrix, in a stable (sorted) branch order."""
     names = sorted(scores)
     if not names:
-        raise ValueError("fusion needs scores from at least one branch")
+        raise FusionInputError("fusion needs scores from at least one branch")
     mat = np.column_stack([np.asarray(scores[n], dtype=float) for n in names])
     return names, mat
 
@@ -141,7 +145,7 @@ def threshold_for_fpr(real_scores: np.ndarray, target_fpr: float) -> float:
     r = np.asarray(real_scores, dtype=float)
     r = np.sort(r[~np.isnan(r)])[::-1]
     if len(r) == 0:
-        raise ValueError("threshold calibration needs scored real images in the calibration split")
+        raise FusionInputError("threshold calibration needs scored real images in the calibration split")
     allowed = int(np.floor(target_fpr * len(r) + 1e-9))
     if allowed >= len(r):
         return 0.0
@@ -149,11 +153,15 @@ def threshold_for_fpr(real_scores: np.ndarray, target_fpr: float) -> float:
 
 
 def calibration_note(reals_called_fake: int, n_real: int, target_fpr: float) -> str:
-    """"" when the calibration reached the largest real count the target allows, else why not."""
+    """"" when the calibration reached the largest real count the target allows, else why not (ties made
+    the target unreachable, or a fusion's own ``calibrate`` overshot it)."""
     allowed = int(np.floor(target_fpr * n_real + 1e-9))
-    if reals_called_fake >= allowed:
-        return ""
     got = reals_called_fake / n_real if n_real else 0.0
+    if reals_called_fake > allowed:  # a third-party calibrate() is not trusted to be exact
+        return (f"target missed: the fusion's calibration calls {got:.2%} ({reals_called_fake}/{n_real}) of the "
+                f"calibration reals fake, above the {target_fpr:.2%} target")
+    if reals_called_fake == allowed:
+        return ""
     return (f"target unreachable: ties among the calibration reals' scores (or the rule's steps) leave {got:.2%} "
             f"({reals_called_fake}/{n_real}) as the closest FPR not above {target_fpr:.2%}")
 
@@ -221,3 +229,13 @@ def apply_state(fusion: Fusion, fitted: FittedState, branches: Sequence[str], wh
         raise ConfigError(f"{where}: {exc}") from None
     fusion.check_branches(list(branches))
     return fusion
+
+
+def load_state(fusion: Fusion, state: Any, branches: Sequence[str],
+               where: str = "the fusion state") -> tuple[Fusion, FittedState] | None:
+    """(``fusion`` with a state file's content applied and checked against ``branches``, the parsed state),
+    or None without a state; every error names ``where``."""
+    if not state:
+        return None
+    fitted = parse_state(state, where)
+    return apply_state(fusion, fitted, branches, where), fitted

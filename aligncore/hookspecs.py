@@ -46,6 +46,15 @@ def register_fusions(register):
     """
 
 
+@hookspec
+def register_audits(register):
+    """Register audits: checks of a labelled set (e.g. pixel leakage in a semantic set).
+
+    ``register(cls)`` takes a subclass of :class:`aligncore.audit.Audit` with a unique
+    ``name``. Studies run audits by registered name. Returns nothing.
+    """
+
+
 # --------------------------------------------------------------------------- command line
 
 

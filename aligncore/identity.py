@@ -4,8 +4,8 @@ its scores, and digests of weight files too large to hash on every run.
 - :func:`source_digest`: a digest of the Python source of the modules that define a component
   class (every class of its MRO and of its config class's MRO), of the modules it names in
   ``source_modules``, and, for a plugin's modules (outside the core ``aligncore`` package), of
-  the modules of the plugin's own package that they import (e.g. a ``*_model.py`` beside the
-  plugin). Editing any of them changes the digest, for third-party plugins as for built-ins.
+  the modules of the plugin's own package that they import, transitively (e.g. a ``*_model.py``
+  beside the plugin and the ``layers.py`` it imports). Editing any of them changes the digest, for third-party plugins as for built-ins.
 - :func:`library_versions`: ``{"torch": "2.14", ...}``, major.minor of installed distributions.
 - :func:`cached_file_digest`: the sha256 of a (large) file, remembered per (path, size, mtime,
   inode) in ``$ALIGNCORE_HOME/digests.json`` so a 15 GB model folder is hashed once, not per run.
@@ -45,11 +45,16 @@ def component_modules(cls: type) -> list[str]:
             mods += _class_modules(klass)
     for klass in cls.__mro__:
         mods += list(vars(klass).get("source_modules", ()) or ())
-    extra: list[str] = []
-    for mod in mods:
-        if mod.split(".")[0] != CORE_PACKAGE:
-            extra += _package_imports(mod)
-    return sorted(set(mods + extra))
+    # a plugin's own modules are followed transitively: its scoring code may sit two imports away
+    # (branch.py -> model.py -> layers.py), and an edit there must change the fingerprint too
+    seen = set(mods)
+    todo = [m for m in seen if m.split(".")[0] != CORE_PACKAGE]
+    while todo:
+        for dep in _package_imports(todo.pop()):
+            if dep not in seen:
+                seen.add(dep)
+                todo.append(dep)
+    return sorted(seen)
 
 
 def _module_file(name: str) -> Path | None:

@@ -15,7 +15,6 @@ image are recorded, unless the run allowed a partial result (``--allow-partial``
 from __future__ import annotations
 
 import csv
-import html
 import io
 import json
 import time
@@ -23,6 +22,7 @@ from typing import Sequence
 
 from .errors import AlignCoreError
 from .store import ScoreStore
+from .text import csv_cell, html_text, md_cell, terminal_text
 
 FORMATS = ("table", "md", "csv", "json", "html")
 TABLE = "leaderboard"
@@ -94,19 +94,38 @@ def stored_rows(store: ScoreStore, suite: str | None = None) -> list[dict]:
     q, args = f"SELECT * FROM {TABLE}", ()
     if suite is not None:
         q, args = q + " WHERE suite = ?", (suite,)
-    cur = store.conn.execute(q + " ORDER BY id", args)
-    cols = [d[0] for d in cur.description]
-    return [dict(zip(cols, r)) for r in cur.fetchall()]
+    with store.reading("the leaderboard"):
+        cur = store.conn.execute(q + " ORDER BY id", args)
+        cols = [d[0] for d in cur.description]
+        rows = [dict(zip(cols, r)) for r in cur.fetchall()]
+    missing = {"run_id", "dataset", "branches", "checkpoints", "fusion", "fusion_config", "perturb"} - set(cols)
+    if missing:
+        raise AlignCoreError(f"the leaderboard table of the score store {store.path} lacks the column(s) "
+                             f"{', '.join(sorted(missing))}: it was not written by aligncore.")
+    return rows
+
+
+def _json_mapping(raw) -> dict | None:
+    """A stored JSON mapping, or None when the cell holds something else (shown as it is)."""
+    try:
+        value = json.loads(raw or "{}")
+    except (TypeError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _short_checkpoints(raw: str | None) -> str:
-    ck = json.loads(raw or "{}")
+    ck = _json_mapping(raw)
+    if ck is None:
+        return str(raw)
     return ",".join(f"{b}={p}" for b, p in sorted(ck.items())) or "-"
 
 
 def _fusion_label(name: str, raw_config: str | None) -> str:
     """``max`` or, when its config differs from the defaults, ``max(threshold=0.99)``."""
-    cfg = json.loads(raw_config or "{}")
+    cfg = _json_mapping(raw_config)
+    if cfg is None:
+        return f"{name}({raw_config})"
     try:
         from .registry import create_fusion
 
@@ -213,34 +232,35 @@ def render(datasets: Sequence[str], rows: list[dict], fmt: str = "table", metric
             return "-"
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    if fmt == "csv":
+    if fmt == "csv":  # names are data: escaped and never a spreadsheet formula (aligncore.text.csv_cell)
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(cols)
+        w.writerow([csv_cell(c) for c in cols])
         for r in rows:
-            w.writerow(["" if r.get(c) is None else r.get(c) for c in cols])
+            w.writerow(["" if r.get(c) is None else r[c] if isinstance(r[c], (int, float)) else csv_cell(r[c])
+                        for c in cols])
         return buf.getvalue()
-    if fmt == "md":
-        out = [f"Leaderboard ({metric}{', suite ' + suite if suite else ''})\n",
-               "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-        out += ["| " + " | ".join(cell(r.get(c)) for c in cols) + " |" for r in rows]
+    if fmt == "md":  # names are data: no HTML, links or extra columns (aligncore.text.md_cell)
+        title = md_cell(f"Leaderboard ({metric}{', suite ' + suite if suite else ''})")
+        out = [f"{title}\n", "| " + " | ".join(md_cell(c) for c in cols) + " |", "|" + "---|" * len(cols)]
+        out += ["| " + " | ".join(md_cell(cell(r.get(c))) for c in cols) + " |" for r in rows]
         return "\n".join(out) + "\n"
     if fmt == "html":
-        head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-        body = "".join("<tr>" + "".join(f"<td>{html.escape(cell(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
-        title = html.escape(f"aligncore leaderboard: {metric}" + (f", suite {suite}" if suite else ""))
+        head = "".join(f"<th>{html_text(c)}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(f"<td>{html_text(cell(r.get(c)))}</td>" for c in cols) + "</tr>" for r in rows)
+        title = html_text(f"aligncore leaderboard: {metric}" + (f", suite {suite}" if suite else ""))
         return (f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title}</title>"
                 "<style>body{font-family:sans-serif}table{border-collapse:collapse}td,th{border:1px solid #ccc;"
                 "padding:3px 8px;font-size:13px}</style></head>"
                 f"<body><h1>{title}</h1><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></body></html>\n")
     if fmt != "table":
         raise AlignCoreError(f"--format {fmt!r} is not one of {', '.join(FORMATS)}.")
-    short = [c for c in cols if c != "run_ids"]
-    body = [[cell(r.get(c)) for c in short] for r in rows]
+    short = [terminal_text(c) for c in cols if c != "run_ids"]
+    body = [[terminal_text(cell(r.get(c))) for c in cols if c != "run_ids"] for r in rows]
     widths = [max(len(x) for x in colv) for colv in zip(short, *body)] if rows else [len(c) for c in short]
-    lines = [f"metric: {metric}" + (f"   suite: {suite}" if suite else ""),
+    lines = [terminal_text(f"metric: {metric}" + (f"   suite: {suite}" if suite else "")),
              "  ".join(c.ljust(w) for c, w in zip(short, widths)), "  ".join("-" * w for w in widths)]
     for r, vals in zip(rows, body):
         lines.append("  ".join(v.ljust(w) for v, w in zip(vals, widths)))
-        lines.append(f"    runs: {r['run_ids']}")
+        lines.append(f"    runs: {terminal_text(r['run_ids'])}")
     return "\n".join(lines) + "\n"

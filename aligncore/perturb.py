@@ -2,8 +2,11 @@
 
 A perturbation spec is ``kind:value`` (``jpeg:75``, ``jpeg:50``, ``webp:80``, ``blur:1.0``,
 ``resize:0.5``, ``crop:0.8``); several are chained with ``+`` (``resize:0.5+jpeg:75``).
-It is applied to every image of both classes after decoding and before a branch's own
-preprocessing, so every branch sees the same perturbed pixels. Nothing is random: the
+The chain is bounded as a whole, not step by step: at most :data:`MAX_STEPS` steps, and at no
+point may it scale a side by more than :data:`MAX_SCALE` (``resize:4+resize:4`` is refused); an
+image the chain would enlarge beyond the decoder's pixel limit fails alone, with that reason,
+before any pixel is allocated. It is applied to every image of both classes after decoding and
+before a branch's own preprocessing, so every branch sees the same perturbed pixels. Nothing is random: the
 same image and spec always give the same pixels, which is what lets the score store key
 perturbed scores by (original sha256, branch fingerprint + spec).
 """
@@ -17,6 +20,11 @@ from PIL import Image, ImageFilter
 
 from .data.codec import jpeg_roundtrip
 from .errors import ConfigError
+
+#: steps in one chain
+MAX_STEPS = 8
+#: how far a chain may scale a side, at any point of it (the largest single resize)
+MAX_SCALE = 4.0
 
 #: kind → (what the value means, valid range low, high)
 KINDS: dict[str, tuple[str, float, float]] = {
@@ -53,8 +61,13 @@ class Perturbation:
         if self.kind == "blur":
             return img.filter(ImageFilter.GaussianBlur(radius=float(self.value)))
         if self.kind == "resize":
+            from .data.images import MAX_PIXELS
+
             w, h = img.size
             size = (max(1, round(w * self.value)), max(1, round(h * self.value)))
+            if size[0] * size[1] > MAX_PIXELS:
+                raise ValueError(f"{self.spec} would make {w}x{h} pixels {size[0]}x{size[1]} = {size[0] * size[1]}, "
+                                 f"above the limit of {MAX_PIXELS} (ALIGNCORE_MAX_PIXELS)")
             return img.resize(size, Image.Resampling.BICUBIC)
         if self.kind == "crop":
             w, h = img.size
@@ -83,7 +96,11 @@ def parse_perturb(spec: str | None) -> PerturbChain | None:
     if spec is None or not str(spec).strip() or str(spec).strip().lower() == "none":
         return None
     steps = []
-    for part in str(spec).split("+"):
+    parts = str(spec).split("+")
+    if len(parts) > MAX_STEPS:
+        raise ConfigError(f"perturbation {spec!r}: {len(parts)} steps; a chain may have at most {MAX_STEPS}.")
+    scale = 1.0
+    for step, part in enumerate(parts, start=1):
         part = part.strip()
         kind, _, raw = part.partition(":")
         kind = kind.strip().lower()
@@ -101,6 +118,13 @@ def parse_perturb(spec: str | None) -> PerturbChain | None:
             raise ConfigError(f"perturbation {part!r}: {desc} must lie in [{lo:g}, {hi:g}]" +
                               (" and be a whole number." if kind in ("jpeg", "webp") else "."))
         steps.append(Perturbation(kind, value))
+        if kind in ("resize", "crop"):
+            scale *= value
+            if scale > MAX_SCALE + 1e-9:
+                raise ConfigError(
+                    f"perturbation {spec!r}: by step {step} ({part.strip()!r}) the chain scales each side by {scale:g}x "
+                    f"({scale * scale:g}x the pixels); a whole chain may scale a side by at most {MAX_SCALE:g}x."
+                )
     return PerturbChain(tuple(steps))
 
 

@@ -15,6 +15,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from importlib import metadata
+from typing import Any, Callable
 
 import pluggy
 
@@ -136,16 +137,10 @@ def _build_state() -> PluginState:
         info = PluginInfo(name=short, module=modname, builtin=True, distribution="aligncore", version=__version__,
                           source="builtin")
         infos[short] = info
-        if short in blocked:
-            info.blocked = True
-            pm.set_blocked(short)
-            continue
-        try:
-            mod = importlib.import_module(modname)
-        except Exception as exc:  # a broken built-in is a bug, but must not take the CLI down
-            info.error = f"Error importing plugin {short!r}: {type(exc).__name__}: {exc}"
-            continue
-        pm.register(mod, name=short)
+        # a broken built-in is a bug, but must not take the CLI down
+        mod = _load(pm, info, blocked, lambda: importlib.import_module(modname), f"plugin {short!r}")
+        if mod is not None:
+            pm.register(mod, name=short)
 
     for ep in _entry_points():
         dist = getattr(ep, "dist", None)
@@ -161,19 +156,9 @@ def _build_state() -> PluginState:
             infos[f"{ep.name} ({info.distribution})"] = info
             continue
         infos[ep.name] = info
-        if ep.name in blocked:
-            info.blocked = True
-            pm.set_blocked(ep.name)
-            continue
-        try:
-            plugin = ep.load()
-        except Exception as exc:
-            info.error = f"Error importing plugin {ep.name!r} ({ep.value}): {type(exc).__name__}: {exc}"
-            continue
-        try:
-            pm.register(plugin, name=ep.name)
-        except Exception as exc:
-            info.error = f"Error registering plugin {ep.name!r}: {type(exc).__name__}: {exc}"
+        plugin = _load(pm, info, blocked, ep.load, f"plugin {ep.name!r} ({ep.value})")
+        if plugin is not None:
+            _register(pm, info, plugin, f"plugin {ep.name!r}")
     for modname, how in plugin_modules():
         info = PluginInfo(name=modname, module=modname, builtin=False, source=how)
         if modname in infos:
@@ -182,25 +167,15 @@ def _build_state() -> PluginState:
                 infos[f"{modname} ({how})"] = info
             continue  # the same module, installed and named again: loaded once
         infos[modname] = info
-        if modname in blocked:
-            info.blocked = True
-            pm.set_blocked(modname)
-            continue
-        try:
-            mod = importlib.import_module(modname)
-        except Exception as exc:
-            hint = " (is its folder on PYTHONPATH? PYTHONPATH=. adds the current folder)" \
-                if isinstance(exc, ModuleNotFoundError) and exc.name == modname.split(".")[0] else ""
-            info.error = f"Error importing plugin module {modname!r} ({how}): {type(exc).__name__}: {exc}{hint}"
+        mod = _load(pm, info, blocked, lambda: importlib.import_module(modname), f"plugin module {modname!r} ({how})",
+                    missing_hint=" (is its folder on PYTHONPATH? PYTHONPATH=. adds the current folder)")
+        if mod is None:
             continue
         info.version = getattr(mod, "__version__", None)
         if pm.is_registered(mod):  # installed as well (an entry point): loaded once, under that name
             del infos[modname]
             continue
-        try:
-            pm.register(mod, name=modname)
-        except Exception as exc:
-            info.error = f"Error registering plugin module {modname!r} ({how}): {type(exc).__name__}: {exc}"
+        _register(pm, info, mod, f"plugin module {modname!r} ({how})")
     try:
         pm.check_pending()
     except pluggy.PluginValidationError as exc:
@@ -214,6 +189,29 @@ def _build_state() -> PluginState:
         if name in infos:
             infos[name].hooks = sorted(h.name for h in pm.get_hookcallers(plugin) or [])
     return PluginState(pm=pm, infos=infos)
+
+
+def _load(pm: pluggy.PluginManager, info: PluginInfo, blocked: set[str], load: Callable[[], Any], what: str,
+          missing_hint: str = "") -> Any:
+    """Import one plugin unless it is blocked: the loaded object, or None (blocked, or ``info.error`` says why).
+    ``missing_hint`` is added when the plugin's own top-level module is what could not be found."""
+    if info.name in blocked:
+        info.blocked = True
+        pm.set_blocked(info.name)
+        return None
+    try:
+        return load()
+    except Exception as exc:
+        hint = missing_hint if isinstance(exc, ModuleNotFoundError) and exc.name == info.module.split(".")[0] else ""
+        info.error = f"Error importing {what}: {type(exc).__name__}: {exc}{hint}"
+        return None
+
+
+def _register(pm: pluggy.PluginManager, info: PluginInfo, plugin: Any, what: str) -> None:
+    try:
+        pm.register(plugin, name=info.name)
+    except Exception as exc:
+        info.error = f"Error registering {what}: {type(exc).__name__}: {exc}"
 
 
 def _entry_points():

@@ -27,6 +27,8 @@ from typing import Any, Sequence
 
 from .errors import AlignCoreError, ConfigError
 from .hub import HUB_PREFIX, parse_hub_ref, resolve_weights
+from .parsing import read_structured
+from .text import md_cell
 
 LAYOUT_FILE = "aligncore.json"
 CARD_FILE = "README.md"
@@ -52,7 +54,7 @@ def read_layout(folder: str | Path) -> dict[str, Any] | None:
     if not f.is_file():
         return None
     try:
-        layout = json.loads(f.read_text(encoding="utf-8"))
+        layout = read_structured(f, "checkpoint layout", "json", max_bytes=1 << 20)
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ConfigError(f"{f} cannot be read ({exc}).") from None
     branches = layout.get("branches") if isinstance(layout, dict) else None
@@ -139,8 +141,8 @@ def _branch_of_checkpoint(folder: Path) -> str:
                                                                                      "preprocessor", "processor")):
                 continue
             try:
-                name = json.loads(meta.read_text(encoding="utf-8")).get("branch")
-            except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+                name = read_structured(meta, "checkpoint metadata", "json", max_bytes=1 << 20).get("branch")
+            except (OSError, UnicodeDecodeError, ValueError, AttributeError, ConfigError):
                 continue
             if isinstance(name, str) and name:
                 return name
@@ -162,9 +164,9 @@ def training_record(folder: str | Path, above: bool = True) -> dict[str, Any]:
         f = cand / TRAINING_RECORD
         if f.is_file():
             try:
-                data = json.loads(f.read_text(encoding="utf-8"))
+                data = read_structured(f, "training record", "json")
                 return data if isinstance(data, dict) else {}
-            except (OSError, UnicodeDecodeError, ValueError):
+            except (OSError, UnicodeDecodeError, ValueError, ConfigError):
                 return {}
     return {}
 
@@ -183,8 +185,8 @@ def training_data(folder: str | Path) -> dict[str, Any]:
     """The ``data`` entry of the trainer's ``training.json`` beside the weights ({} if none)."""
     f = Path(folder) / TRAINING_DATA
     try:
-        data = json.loads(f.read_text(encoding="utf-8")).get("data") if f.is_file() else None
-    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        data = read_structured(f, "training data record", "json").get("data") if f.is_file() else None
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError, ConfigError):
         data = None
     return data if isinstance(data, dict) else {}
 
@@ -336,8 +338,12 @@ def _fmt(v: Any) -> str:
 
 
 def _md(text: Any) -> str:
-    """A table cell: pipes and newlines escaped so a value cannot break the table."""
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """A value inside a code span (`...`) of a table cell: pipes escaped so it cannot break the table, control
+    characters shown as escapes, and no backtick, so it cannot close the span and be read as Markdown or HTML
+    (names come from the checkpoint's files, which may be anyone's)."""
+    from .text import terminal_text
+
+    return terminal_text(str(text)).replace("\\", "\\\\").replace("|", "\\|").replace("`", "'")
 
 
 def _branch_card(name: str, entry: dict[str, Any], folder: Path, note: str | None) -> dict[str, Any]:
@@ -359,10 +365,10 @@ def model_card(layout: dict[str, Any], branches: list[dict[str, Any]], *, repo_i
     title = repo_id or "aligncore detector"
     lic = license or "unknown"
     lines = ["---", f"license: {lic}", "library_name: aligncore", "pipeline_tag: image-classification",
-             "tags:", "- aligncore", "- ai-generated-image-detection", *[f"- {n}" for n in names], "---", "",
+             "tags:", "- aligncore", "- ai-generated-image-detection", *[f"- {_md(n)}" for n in names], "---", "",
              f"# {title}", "",
              f"An aligncore detector of AI-generated images: branch"
-             f"{'es' if len(names) > 1 else ''} {', '.join(f'`{n}`' for n in names)}"
+             f"{'es' if len(names) > 1 else ''} {', '.join(f'`{_md(n)}`' for n in names)}"
              + (f", fused with `{layout['fusion']['name']}`" if layout.get("fusion") else "")
              + ". Each branch gives P(fake) in [0, 1] per image.", "",
              "## Use", "", "```bash"]
@@ -375,8 +381,8 @@ def model_card(layout: dict[str, Any], branches: list[dict[str, Any]], *, repo_i
               "allowed (`--allow-download`, `allow_download=True`) and reads weights only as safetensors.", ""]
     for b in branches:
         e, rec = b["entry"], b["record"]
-        lines += [f"## Branch `{b['name']}`", "", "| field | value |", "|---|---|",
-                  f"| branch | `{b['name']}` |", f"| fingerprint | `{_md(e.get('fingerprint'))}` |",
+        lines += [f"## Branch `{_md(b['name'])}`", "", "| field | value |", "|---|---|",
+                  f"| branch | `{_md(b['name'])}` |", f"| fingerprint | `{_md(e.get('fingerprint'))}` |",
                   f"| weights | `{_md(e.get('weights'))}` |",
                   f"| options | `{_md(json.dumps(e.get('options') or {}, sort_keys=True))}` |", ""]
         if b["note"]:
@@ -395,10 +401,10 @@ def model_card(layout: dict[str, Any], branches: list[dict[str, Any]], *, repo_i
             lines += [f"- split: {summary.get('n_train')} training / {summary.get('n_val')} validation images"
                       if summary.get("n_train") is not None else "- split: n/a",
                       f"- command: `{_md(rec.get('command') or 'n/a (trained through the Python API)')}`",
-                      f"- method: {_md(rec.get('method') or 'n/a')}; options: "
+                      f"- method: {md_cell(rec.get('method') or 'n/a')}; options: "
                       f"`{_md(json.dumps(rec.get('train_options') or {}, sort_keys=True))}`",
-                      f"- stopped: {_md(summary.get('stop_reason') or 'n/a')} after {_md(summary.get('steps'))} steps",
-                      f"- aligncore {_md(rec.get('aligncore_version') or '?')}", ""]
+                      f"- stopped: {md_cell(summary.get('stop_reason') or 'n/a')} after {md_cell(summary.get('steps'))} steps",
+                      f"- aligncore {md_cell(rec.get('aligncore_version') or '?')}", ""]
         elif data:
             lines.append("")
         else:

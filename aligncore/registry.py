@@ -33,14 +33,16 @@ class Registry:
         "branch": "register_branches",
         "builder": "register_supervision_builders",
         "fusion": "register_fusions",
+        "audit": "register_audits",
     }
 
     def __init__(self) -> None:
+        from .audit import Audit
         from .branch import Branch
         from .fusion import Fusion
         from .supervision import SupervisionBuilder
 
-        self._bases = {"branch": Branch, "builder": SupervisionBuilder, "fusion": Fusion}
+        self._bases = {"branch": Branch, "builder": SupervisionBuilder, "fusion": Fusion, "audit": Audit}
         self.components: dict[str, dict[str, Registered]] = {k: {} for k in self.HOOKS}
         self.errors: dict[str, str] = {}  # plugin name → what went wrong in its hooks
         state = get_plugin_state()
@@ -153,6 +155,10 @@ def create_fusion(name: str, config: Any = None, **overrides: Any):
 
 def create_builder(name: str, config: Any = None, **overrides: Any):
     return get_registry().create("builder", name, config, **overrides)
+
+
+def create_audit(name: str, config: Any = None, **overrides: Any):
+    return get_registry().create("audit", name, config, **overrides)
 
 
 def list_components(kind: str, pattern: str = "*") -> list[Registered]:

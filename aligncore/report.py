@@ -11,6 +11,7 @@ import base64
 import html
 import io
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,8 @@ import numpy as np
 
 from .ablation import FPR_COLUMNS, METRIC_TITLES, TABLE_METRICS, ablate, describe, notes, read_ablation
 from .errors import AlignCoreError
-from .rundir import RunDir, RunScores
+from .rundir import ARTEFACTS, RunDir, RunScores
+from .text import html_text, plot_text
 
 
 def _png(fig) -> str:
@@ -47,11 +49,22 @@ def make_figures(rs: RunScores, fused_threshold: float | None = 0.5) -> list[tup
     import matplotlib
 
     matplotlib.use("Agg")
-    return [(title, caption, _png(fig)) for title, caption, fig in figures(rs, fused_threshold)]
+    from .text import literal_text
+
+    with literal_text():  # names are data: drawn as written, never as mathtext (a generator called $\\foo$)
+        return [(title, caption, _png(fig)) for title, caption, fig in figures(rs, fused_threshold)]
 
 
 def figures(rs: RunScores, fused_threshold: float | None = 0.5) -> list[tuple[str, str, Any]]:
-    """(title, caption, matplotlib figure) for every figure of the report (the caller closes them)."""
+    """(title, caption, matplotlib figure) for every figure of the report (the caller closes them). Names are
+    drawn literally: every label is made with mathtext off (:func:`aligncore.text.literal_text`)."""
+    from .text import literal_text
+
+    with literal_text():
+        return _figures(rs, fused_threshold)
+
+
+def _figures(rs: RunScores, fused_threshold: float | None) -> list[tuple[str, str, Any]]:
     lab = rs.labels >= 0
     judged = lab & np.isfinite(rs.fused)  # a fused verdict exists only where every branch scored the image
     figs = [_roc_figure(rs, lab)]
@@ -65,7 +78,7 @@ def figures(rs: RunScores, fused_threshold: float | None = 0.5) -> list[tuple[st
 
 
 def _series(rs: RunScores) -> dict[str, np.ndarray]:
-    return {"fused": rs.fused, **{f"branch {b}": rs.scores[b] for b in rs.branches}}
+    return {"fused": rs.fused, **{f"branch {plot_text(b)}": rs.scores[b] for b in rs.branches}}
 
 
 def _roc_figure(rs: RunScores, lab: np.ndarray) -> tuple[str, str, Any]:
@@ -104,7 +117,7 @@ def _group_accuracy_figure(rs: RunScores, lab: np.ndarray) -> tuple[str, str, An
     names, accs, colors, counts = [], [], [], []
     for cls, g in groups:
         m = lab & (y == cls) & (gens == g)
-        names.append(f"{g} ({'real' if cls == 0 else 'fake'})")
+        names.append(f"{plot_text(g)} ({'real' if cls == 0 else 'fake'})")
         accs.append(float((verdict[m] == (cls == 1)).mean()))
         colors.append(REAL_COLOR if cls == 0 else FAKE_COLOR)
         counts.append(int(m.sum()))
@@ -248,8 +261,8 @@ def glossary_html() -> str:
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> str:
-    th = "".join(f"<th>{html.escape(str(h))}</th>" for h in head)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
+    th = "".join(f"<th>{html_text(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html_text(c)}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -280,9 +293,9 @@ def ablation_section(run_dir: Path, fusions: tuple[str, ...] | None, target_fpr:
             for r in rows]
     table = _table(["group", "method", "n (real/fake)", *[METRIC_TITLES[k] for k in cols]], body)
     note = (describe(target, cal_fraction) if cal_fraction is not None else "") + f" ({origin})"
-    extra = notes(rows)
+    extra = notes(rows, escape=html_text)
     if extra:
-        table += "<ul>" + "".join(f"<li>{html.escape(n)}</li>" for n in extra) + "</ul>"
+        table += "<ul>" + "".join(f"<li>{n}</li>" for n in extra) + "</ul>"
     return table, note.strip()
 
 
@@ -294,7 +307,9 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, fusions: tu
     rs = rd.scores()
     figs = make_figures(rs, fused_decision_threshold(rs, metrics))
     ablation_html, ablation_note = ablation_section(run_dir, fusions, target_fpr)
-    o = metrics["overall"]
+    o = metrics.get("overall")
+    if not isinstance(o, dict):
+        raise AlignCoreError(f"{Path(run_dir) / 'metrics.json'} holds no overall metrics: it was not written by aligncore.")
     overall = _table(["images", "real", "fake", *[METRIC_TITLES[k] for k in TABLE_METRICS]],
                      [[o["n"], o["n_real"], o["n_fake"], *[_f(o.get(k)) for k in TABLE_METRICS]]])
     per_branch = _table(["branch", *[METRIC_TITLES[k] for k in TABLE_METRICS]],
@@ -314,7 +329,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, fusions: tu
         f'<figcaption class="n">{html.escape(c)}</figcaption></figure>' for t, c, b64 in figs)
     note_html = f'<p class="note">{html.escape(note)}</p>' if note else ""
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>aligncore report {html.escape(str(info.get('run_id')))}</title>
+<html lang="en"><head><meta charset="utf-8"><title>aligncore report {html_text(info.get('run_id'))}</title>
 <style>
 body {{ font-family: system-ui, sans-serif; margin: 24px; max-width: 1200px; color: #222 }}
 table {{ border-collapse: collapse; margin: 8px 0 20px }} td, th {{ border: 1px solid #ccc; padding: 3px 8px; font-size: 13px }}
@@ -331,10 +346,18 @@ figcaption {{ color: #333; font-size: 14px; max-width: 900px }}
 <h2>Overall (configured fusion, all images)</h2><p class="n">{html.escape(_count(o["n"], o["n_real"], o["n_fake"]))}</p>{overall}
 <h2>Each branch alone (threshold 0.5)</h2><p class="n">Each branch over the images it scored.</p>{per_branch}
 {fig_html}
-<h2>Fusion ablation</h2><p>{html.escape(ablation_note)}</p>{ablation_html}
+<h2>Fusion ablation</h2><p>{html_text(ablation_note)}</p>{ablation_html}
 </body></html>
 """
     dest = Path(out) if out else run_dir / "report.html"
+    if dest.resolve() in {(Path(run_dir) / name).resolve() for name in ARTEFACTS}:
+        raise AlignCoreError(f"--out {dest} is a file of the run {run_dir}; choose another file for the report.")
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(page, encoding="utf-8")
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")  # a kill leaves the old report or the new one
+    try:
+        tmp.write_text(page, encoding="utf-8")
+        os.replace(tmp, dest)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise AlignCoreError(f"cannot write the report {dest}: {exc.strerror or exc}.") from None
     return dest

@@ -36,6 +36,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import AlignCoreError
+from .parsing import read_structured
+from .text import csv_cell, decode_path, encode_path, read_csv_cell
 
 PREDICTIONS = "predictions.csv"
 SKIPPED = "skipped.csv"
@@ -43,12 +45,15 @@ METRICS = "metrics.json"
 CONFIG = "config.yaml"
 RUN_INFO = "run.json"
 ARTEFACTS = (PREDICTIONS, SKIPPED, METRICS, CONFIG, RUN_INFO)
-#: computed from a run's files by later commands: replaced together with the run they describe
-DERIVED = ("ablation", "fusions", "report.html")
+PROFILE = "profile.json"  # `alignctl run --profile`: where the run spent its time (a measurement, not a result)
+#: computed from a run's files by later commands, or about the run: replaced together with the run they describe
+DERIVED = ("ablation", "fusions", "report.html", PROFILE)
 SHARDS = "shards"  # a distributed run's per-rank stores (merged into the main store, then removed)
 #: what a folder may hold for it to be swapped as a whole
-OWNED = frozenset({*ARTEFACTS, *DERIVED, SHARDS, *(f"{a}.tmp" for a in ARTEFACTS)})
-FORMAT = 2  # run.json with a digest of every file; runs written before carry no "format"
+OWNED = frozenset({*ARTEFACTS, *DERIVED, SHARDS, *(f"{a}.tmp" for a in (*ARTEFACTS, PROFILE))})
+#: 2: run.json lists a digest of every file; 3: text cells escaped (:func:`aligncore.text.csv_cell`) and an exact
+#: ``path_encoded`` column. Runs written before run.json carry no "format".
+FORMAT = 3
 _STAGE = ".rundir-"
 
 
@@ -141,7 +146,10 @@ class RunDir:
 
     @property
     def config(self) -> dict:
-        return self.info.get("config", {})
+        cfg = self.info.get("config", {})
+        if not isinstance(cfg, dict):
+            raise AlignCoreError(f"{self.path / RUN_INFO}: its config is a {type(cfg).__name__}, not a mapping.")
+        return cfg
 
     # ------------------------------------------------------------------ reading
     @classmethod
@@ -154,9 +162,9 @@ class RunDir:
             raise AlignCoreError(f"{path} is not a finished run folder (no {RUN_INFO}): make one with `alignctl run`, "
                                  f"or, if a run into it was interrupted, {again}.")
         try:
-            info = json.loads(info_path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise AlignCoreError(f"{info_path} cannot be read ({exc}); {again}.") from None
+            info = read_structured(info_path, "run description", fmt="json", error=AlignCoreError)
+        except AlignCoreError as exc:
+            raise AlignCoreError(f"{exc} Re-run the same `alignctl run` to rewrite it.") from None
         files = info.get("files") if isinstance(info, dict) else None
         if not isinstance(info, dict) or (info.get("format") is not None and not isinstance(files, dict)):
             raise AlignCoreError(f"{info_path} is not a run description written by aligncore; {again}.")
@@ -170,35 +178,70 @@ class RunDir:
         return cls(path, info)
 
     def metrics(self) -> dict:
-        return json.loads((self.path / METRICS).read_text(encoding="utf-8"))
+        # JSON has no aliases: its size is its file's; per-generator and per-subset metrics may be many
+        metrics = read_structured(self.path / METRICS, "run metrics", fmt="json", error=AlignCoreError,
+                                  max_bytes=1 << 30, max_nodes=1 << 27, max_chars=1 << 30)
+        if not isinstance(metrics, dict):
+            raise AlignCoreError(f"{self.path / METRICS} holds a {type(metrics).__name__}, not the metrics aligncore writes.")
+        return metrics
+
+    @property
+    def escaped(self) -> bool:
+        """True when the CSV text cells are escaped (format 3 on): read them with :func:`read_csv_cell`."""
+        return int(self.info.get("format") or 0) >= 3
+
+    def _text(self, row: dict, column: str) -> str:
+        cell = row.get(column) or ""
+        return read_csv_cell(cell) if self.escaped else cell
+
+    def _path(self, row: dict) -> str:
+        return decode_path(row["path_encoded"]) if self.escaped and row.get("path_encoded") else self._text(row, "path")
 
     def skipped(self) -> list[tuple[str, str]]:
         if not (self.path / SKIPPED).is_file():
             return []
-        return [(r["path"], r["reason"]) for r in _read_csv(self.path / SKIPPED)]
+        return [(self._path(r), self._text(r, "reason")) for r in self._rows(SKIPPED, ("path", "reason"))]
+
+    def _rows(self, name: str, required: Sequence[str]) -> list[dict]:
+        """The rows of one of the run's CSV files, with the columns it must have checked."""
+        path = self.path / name
+        try:
+            rows, columns = _read_csv(path)
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise AlignCoreError(f"{path} cannot be read ({exc}); re-run the same `alignctl run`.") from None
+        missing = [c for c in required if c not in columns]
+        if missing:
+            raise AlignCoreError(f"{path} has no column {', '.join(repr(c) for c in missing)}: it was not written by "
+                                 "aligncore, or was edited.")
+        return rows
 
     def scores(self) -> RunScores:
         """Full-precision per-branch scores, labels, hashes and the fused output, as written."""
         cfg = self.config
         branches = list(cfg.get("fingerprints") or cfg.get("branches") or [])
-        rows = _read_csv(self.path / PREDICTIONS)
-        missing = [b for b in branches if rows and f"score_{b}" not in rows[0]]
-        if missing:
-            raise AlignCoreError(f"{self.path / PREDICTIONS} has no score column for branch(es) {missing}.")
+        if not all(isinstance(b, str) for b in branches):
+            raise AlignCoreError(f"{self.path / RUN_INFO}: the run's branches {branches!r} are not names.")
+        where = self.path / PREDICTIONS
+        rows = self._rows(PREDICTIONS, ["path", "sha256", "label", "generator", "subset",
+                                        *[f"score_{b}" for b in branches], "fused_score", "verdict"])
         dataset = cfg.get("dataset_name") or Path((cfg.get("dataset") or {}).get("root", self.path.name)).name
-        return RunScores(
-            branches=branches, paths=[r["path"] for r in rows], sha256=[r["sha256"] for r in rows],
-            labels=np.array([int(r["label"]) if r["label"] != "" else -1 for r in rows], dtype=int),
-            generators=np.array([r["generator"] for r in rows], dtype=object),
-            subsets=np.array([r["subset"] for r in rows], dtype=object),
-            scores={b: np.array([_num(r[f"score_{b}"]) for r in rows], dtype=float) for b in branches},
-            logits={b: np.array([_num(r[f"logit_{b}"]) for r in rows], dtype=float)
-                    for b in branches if rows and f"logit_{b}" in rows[0]},
-            errors=[r.get("error") or "" for r in rows], skipped=self.skipped(),
-            run_id=self.run_id, run_dir=self.path, dataset=dataset, perturb=cfg.get("perturb"),
-            fused=np.array([_num(r["fused_score"]) for r in rows], dtype=float),
-            verdicts=np.array([r["verdict"] == "fake" for r in rows], dtype=bool),
-        )
+        try:
+            return RunScores(
+                branches=branches, paths=[self._path(r) for r in rows], sha256=[r["sha256"] for r in rows],
+                labels=np.array([_label(r["label"]) for r in rows], dtype=int),
+                generators=np.array([self._text(r, "generator") for r in rows], dtype=object),
+                subsets=np.array([self._text(r, "subset") for r in rows], dtype=object),
+                scores={b: np.array([_num(r[f"score_{b}"]) for r in rows], dtype=float) for b in branches},
+                logits={b: np.array([_num(r[f"logit_{b}"]) for r in rows], dtype=float)
+                        for b in branches if rows and f"logit_{b}" in rows[0]},
+                errors=[self._text(r, "error") for r in rows], skipped=self.skipped(),
+                run_id=self.run_id, run_dir=self.path, dataset=str(dataset), perturb=cfg.get("perturb"),
+                fused=np.array([_num(r["fused_score"]) for r in rows], dtype=float),
+                verdicts=np.array([r["verdict"] == "fake" for r in rows], dtype=bool),
+            )
+        except (ValueError, TypeError) as exc:
+            raise AlignCoreError(f"{where} holds a value that is not a number or label ({exc}): it was not written "
+                                 "by aligncore, or was edited.") from None
 
     # ------------------------------------------------------------------ writing
     @staticmethod
@@ -222,13 +265,45 @@ class RunDir:
             raise AlignCoreError(f"cannot write to the run directory {out}: {exc.strerror or exc}. "
                                  "Choose another with --out.") from None
 
+    @staticmethod
+    def check_output(out: str | Path, config: dict, data: str | Path | None = None, overwrite: bool = False) -> None:
+        """Refuse to publish a run with ``config`` (its resolved config, see :func:`run_identity`) at ``out``
+        when ``out`` overlaps the ``data``, holds files that are not a run's, or holds a run of another
+        configuration, unless ``overwrite``. A run folder of the same configuration is reused."""
+        from .outputs import check_not_inputs, describe_names, differences, foreign_entries
+
+        if overwrite:
+            return
+        out = Path(out)
+        if data is not None:
+            check_not_inputs(out, [data], "--out")
+        if not out.is_dir():
+            return
+        again = "Choose another --out, or pass --overwrite to write the run there anyway"
+        foreign = foreign_entries(out, OWNED)
+        if foreign:
+            raise AlignCoreError(f"--out {out} holds files that are not a run's ({describe_names(foreign)}). {again} "
+                                 "(they are kept; the run's files are written beside them).")
+        if not (out / RUN_INFO).exists():
+            return  # nothing published yet (an interrupted run): its files are rewritten
+        try:
+            old = RunDir.open(out).config
+        except AlignCoreError:
+            raise AlignCoreError(f"--out {out} holds a run folder aligncore cannot read as one complete run. {again} "
+                                 "(it is replaced).") from None
+        diff = differences(run_identity(old), run_identity(config))
+        if diff:
+            raise AlignCoreError(f"--out {out} holds run {old.get('run_id', '?')} of another configuration (it differs "
+                                 f"in: {', '.join(diff)}). {again} (it is replaced), or re-run with the same settings "
+                                 "to reuse it.")
+
     @classmethod
     def write(cls, out: str | Path, *, run_id: str, kind: str, table: ScoreTable, fused, metrics: dict, config: dict,
               summary: dict | None = None) -> "RunDir":
         """Publish one run (``fused``: the fusion's output over ``table``) at ``out`` atomically."""
         files = {
             PREDICTIONS: _predictions_csv(table, fused),
-            SKIPPED: _csv_bytes([{"path": p, "reason": why} for p, why in table.skipped], ["path", "reason"]),
+            SKIPPED: _skipped_csv(table.skipped),
             METRICS: _json_bytes(metrics),
             CONFIG: _yaml_bytes(config),
         }
@@ -245,6 +320,24 @@ class RunDir:
         return cls(out, json.loads(files[RUN_INFO]))
 
 
+    @staticmethod
+    def write_profile(out: str | Path, profile: dict) -> Path:
+        """Write ``profile.json`` into a published run folder (atomically; it is not among run.json's files:
+        it measures the run, including its publication, and leaves with the run it describes)."""
+        path = Path(out) / PROFILE
+        _replace_file(path, _json_bytes(profile))
+        return path
+
+
+def run_identity(config: dict) -> dict:
+    """What decides a run's results, from its resolved config: the data, each branch's fingerprint (settings,
+    weights, perturbation) and the fusion. Two runs with equal identities give the same predictions."""
+    dataset = config.get("dataset") if isinstance(config.get("dataset"), dict) else {}
+    return {"data": dataset.get("root") or config.get("data"), "fingerprints": config.get("fingerprints"),
+            "fusion": config.get("fusion"), "fusion_options": config.get("fusion_options") or {},
+            "fusion_state": config.get("fusion_state")}
+
+
 def make_run_id(config) -> str:
     """A fresh run id: the time, then a digest of the config (a pydantic model) and the clock."""
     blob = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
@@ -254,8 +347,18 @@ def make_run_id(config) -> str:
 # ---------------------------------------------------------------------- file contents
 
 
-def _num(v: str) -> float:
+def _num(v: str | None) -> float:
+    if v is None:
+        raise ValueError("a cell is missing")
     return math.nan if v == "" else float(v)
+
+
+def _label(v: str | None) -> int:
+    if v is None or v == "":
+        return -1
+    if v not in ("0", "1"):
+        raise ValueError(f"label {v!r}")
+    return int(v)
 
 
 def _float_cell(v: float) -> str:
@@ -263,19 +366,27 @@ def _float_cell(v: float) -> str:
 
 
 def _predictions_csv(table: ScoreTable, fused) -> bytes:
+    """Text cells through :func:`csv_cell` (escaped, never a formula); ``path_encoded``: the path's exact bytes."""
     with_logit = [b for b in table.branches if b in table.logits]
     cols = ["path", "sha256", "label", "generator", "subset", *[f"score_{b}" for b in table.branches],
-            *[f"logit_{b}" for b in with_logit], "fused_score", "verdict", "error"]
+            *[f"logit_{b}" for b in with_logit], "fused_score", "verdict", "error", "path_encoded"]
     rows = []
     for k in range(len(table)):
-        row = {"path": table.paths[k], "sha256": table.sha256[k], "label": "" if table.labels[k] < 0 else int(table.labels[k]),
-               "generator": table.generators[k] or "", "subset": table.subsets[k] or ""}
+        row = {"path": csv_cell(table.paths[k]), "sha256": table.sha256[k],
+               "label": "" if table.labels[k] < 0 else int(table.labels[k]),
+               "generator": csv_cell(table.generators[k] or ""), "subset": csv_cell(table.subsets[k] or "")}
         row.update({f"score_{b}": _float_cell(table.scores[b][k]) for b in table.branches})
         row.update({f"logit_{b}": _float_cell(table.logits[b][k]) for b in with_logit})
         verdict = "" if math.isnan(fused.score[k]) else ("fake" if fused.verdict[k] else "real")
-        row.update(fused_score=_float_cell(fused.score[k]), verdict=verdict, error=table.errors[k] or "")
+        row.update(fused_score=_float_cell(fused.score[k]), verdict=verdict,
+                   error=csv_cell(table.errors[k] or ""), path_encoded=encode_path(table.paths[k]))
         rows.append(row)
     return _csv_bytes(rows, cols)
+
+
+def _skipped_csv(skipped: Sequence[tuple[str, str]]) -> bytes:
+    rows = [{"path": csv_cell(p), "reason": csv_cell(why), "path_encoded": encode_path(p)} for p, why in skipped]
+    return _csv_bytes(rows, ["path", "reason", "path_encoded"])
 
 
 def _csv_bytes(rows: list[dict], columns: list[str]) -> bytes:
@@ -286,9 +397,11 @@ def _csv_bytes(rows: list[dict], columns: list[str]) -> bytes:
     return buf.getvalue().encode("utf-8")
 
 
-def _read_csv(path: Path) -> list[dict]:
+def _read_csv(path: Path) -> tuple[list[dict], list[str]]:
     with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        return rows, list(reader.fieldnames or [])
 
 
 def json_default(o):
@@ -317,15 +430,39 @@ def _sha256(data: bytes) -> str:
 # ---------------------------------------------------------------------- atomic publication
 
 
-def _publish(out: Path, files: dict[str, bytes]) -> None:
+@dataclass(frozen=True)
+class FolderLayout:
+    """What a published folder may hold, for :func:`publish_folder`.
+
+    ``owned(name)``: an entry that belongs to such a folder (a folder holding anything else is never swapped);
+    ``replaced(name)``: an entry of the previous folder that leaves with it (the rest is carried over);
+    ``marker``: written last and removed first when files must be replaced in place, so readers refuse the
+    folder meanwhile; ``derived``: entries computed from the previous contents, removed in place.
+    """
+
+    owned: Any
+    replaced: Any
+    marker: str | None = None
+    derived: tuple[str, ...] = ()
+
+
+RUN_LAYOUT = FolderLayout(owned=lambda n: n in OWNED, replaced=lambda n: n in ARTEFACTS or n in DERIVED,
+                          marker=RUN_INFO, derived=DERIVED)
+
+
+def publish_folder(out: Path, files: dict[str, bytes], layout: FolderLayout = RUN_LAYOUT) -> None:
+    """Publish ``files`` as the folder ``out`` in one step: written into a hidden sibling, then swapped with
+    ``out`` (``renameat2(RENAME_EXCHANGE)``), so a SIGKILL at any moment leaves the old folder or the new one.
+    Where the swap is impossible (a folder holding other entries, no ``renameat2``, a read-only parent) the
+    files are replaced one by one, the layout's marker removed first and written last."""
     out.parent.mkdir(parents=True, exist_ok=True)
-    _sweep(out)
+    _sweep(out, layout)
     try:
         stage = _new_stage(out)
     except OSError:
         stage = None  # a read-only parent: replace the files inside ``out``
     if stage is not None:
-        for name, data in files.items():  # run.json last: a stage without it is an unfinished write
+        for name, data in files.items():  # the marker last: a stage without it is an unfinished write
             (stage / name).write_bytes(data)
         if not out.exists():
             try:
@@ -333,11 +470,15 @@ def _publish(out: Path, files: dict[str, bytes]) -> None:
                 return
             except OSError:
                 pass  # created meanwhile (another writer): swap with it instead
-        if all(e.name in OWNED for e in out.iterdir()) and _exchange(stage, out):
-            _carry_over(stage, out)
+        if all(layout.owned(e.name) for e in out.iterdir()) and _exchange(stage, out):
+            _carry_over(stage, out, layout)
             return
         shutil.rmtree(stage, ignore_errors=True)
-    _replace_in_place(out, files)
+    _replace_in_place(out, files, layout)
+
+
+def _publish(out: Path, files: dict[str, bytes]) -> None:
+    publish_folder(out, files, RUN_LAYOUT)
 
 
 def _new_stage(out: Path) -> Path:
@@ -363,11 +504,11 @@ def _exchange(a: Path, b: Path) -> bool:
     return fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
-def _carry_over(old: Path, out: Path) -> None:
-    """Move what is neither a run file nor computed from the old run (``shards/``) into ``out``; drop the rest."""
+def _carry_over(old: Path, out: Path, layout: FolderLayout = RUN_LAYOUT) -> None:
+    """Move what leaves not with the old folder (a run's ``shards/``) into ``out``; drop the rest."""
     keep = False
     for entry in sorted(old.iterdir()):
-        if entry.name in ARTEFACTS or entry.name in DERIVED:
+        if layout.replaced(entry.name):
             continue
         if os.path.lexists(out / entry.name):
             keep = True  # both hold it: never delete what cannot be put back
@@ -377,14 +518,14 @@ def _carry_over(old: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _sweep(out: Path) -> None:
+def _sweep(out: Path, layout: FolderLayout = RUN_LAYOUT) -> None:
     """Finish what a killed publish left beside ``out``: carry its entries over, then remove it."""
     for left in out.parent.glob(f".{glob.escape(out.name)}{_STAGE}*"):
         pid = left.name.rsplit(_STAGE, 1)[1].split("-", 1)[0]
         if not left.is_dir() or (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
             continue
         if out.is_dir():
-            _carry_over(left, out)
+            _carry_over(left, out, layout)
         else:
             shutil.rmtree(left, ignore_errors=True)
 
@@ -399,16 +540,18 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def _replace_in_place(out: Path, files: dict[str, bytes]) -> None:
+def _replace_in_place(out: Path, files: dict[str, bytes], layout: FolderLayout = RUN_LAYOUT) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_INFO).unlink(missing_ok=True)  # from here until the end the folder reads as incomplete
+    if layout.marker:
+        (out / layout.marker).unlink(missing_ok=True)  # from here until the end the folder reads as incomplete
     for name, data in files.items():
-        if name != RUN_INFO:
+        if name != layout.marker:
             _replace_file(out / name, data)
-    for name in DERIVED:
+    for name in layout.derived:
         p = out / name
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-    _replace_file(out / RUN_INFO, files[RUN_INFO])
+    if layout.marker:
+        _replace_file(out / layout.marker, files[layout.marker])
 
 
 def _replace_file(path: Path, data: bytes) -> None:

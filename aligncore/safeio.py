@@ -74,8 +74,9 @@ def _is_torch_safe(name: str) -> bool:
                             "builtins.slice", "builtins.complex"))
 
 
-def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
-    """``torch.load(path, weights_only=True)``, with a refusal that says what the file tried to import."""
+def safe_torch_load(path: str | Path, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """``torch.load(path, weights_only=True)``, with a refusal that says what the file tried to import.
+    ``mmap``: map the tensors instead of reading them (a zip checkpoint is then checked without reading its data)."""
     import pickle
 
     import torch
@@ -84,7 +85,10 @@ def safe_torch_load(path: str | Path, map_location: Any = "cpu") -> Any:
     if not p.is_file():
         raise AlignCoreError(f"checkpoint file {p} does not exist.")
     try:
-        return torch.load(p, map_location=map_location, weights_only=True)
+        return torch.load(p, map_location=map_location, weights_only=True, mmap=mmap)
+    except (EOFError, OSError, ValueError, KeyError, IndexError, MemoryError, zipfile.BadZipFile) as exc:
+        text = str(exc).splitlines()[0][:300] if str(exc) else "the file ends early or is not a torch file"
+        raise AlignCoreError(f"checkpoint {p} cannot be read: {type(exc).__name__}: {text}") from None
     except (pickle.UnpicklingError, RuntimeError, AttributeError, ModuleNotFoundError, TypeError) as exc:
         text = str(exc)
         if not isinstance(exc, pickle.UnpicklingError) and "Weights only load failed" not in text:
@@ -155,14 +159,70 @@ def load_numpy_arrays(path: str | Path) -> dict[str, Any]:
         raise AlignCoreError(f"checkpoint {p} is not a readable safetensors file: {exc}") from None
 
 
+def check_pickle_file(path: str | Path) -> None:
+    """Refuse (:class:`UnsafeCheckpointError`) a pickle-based file that would import anything but tensors,
+    exactly as ``torch.load(weights_only=True)`` decides; a zip checkpoint's tensor data is mapped, not read."""
+    import torch
+
+    p = Path(path)
+    with torch.serialization.safe_globals(_numpy_data_globals()):  # plain arrays, as trainers' RNG states hold
+        if zipfile.is_zipfile(p):
+            try:
+                safe_torch_load(p, "cpu", mmap=True)
+                return
+            except UnsafeCheckpointError:
+                raise
+            except AlignCoreError:
+                pass  # mmap is not possible for this file: load it normally
+        safe_torch_load(p, "cpu")
+
+
+def _numpy_data_globals() -> list:
+    """numpy's array and dtype reconstructors: data only (what transformers allows for its RNG states too)."""
+    import numpy as np
+
+    core = np._core if hasattr(np, "_core") else np.core
+    return [core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
+#: pickles a loader never unpickles (transformers writes its TrainingArguments there, for people)
+NEVER_LOADED = frozenset({"training_args.bin"})
+
+
+def check_folder(folder: str | Path, what: str = "checkpoint") -> None:
+    """Check every pickle-based file below ``folder`` (as :func:`check_pickle_file`) before a library that
+    unpickles on its own (transformers, peft, diffusers, a trainer resuming) reads the folder: a code-running
+    pickle is refused with :class:`UnsafeCheckpointError`, never with the library's own message."""
+    d = Path(folder)
+    if not d.is_dir():
+        return
+    for p in sorted(d.rglob("*")):
+        if p.suffix.lower() in PICKLE_SUFFIXES and p.name not in NEVER_LOADED and p.is_file():
+            check_pickle_file(p)
+
+
+def unsafe_from(exc: BaseException, where: str | Path) -> UnsafeCheckpointError | None:
+    """The documented refusal for a library's own weights-only error (its text suggests weights_only=False,
+    which would run the file's code); None for any other error."""
+    text = str(exc)
+    if "Weights only load failed" in text or "weights_only" in text or "Unsupported global" in text:
+        m = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+        what = m.group(1) if m else "objects other than tensors"
+        return UnsafeCheckpointError(
+            f"refused to load {where}: it holds a pickle that would import {what} while loading, which could run "
+            "code on this machine. aligncore only loads tensors (safetensors, or torch files that pass "
+            "torch.load(weights_only=True)).")
+    return None
+
+
 def check_adapter_dir(folder: str | Path) -> Path:
-    """Check a peft adapter folder before peft reads it; returns its weights file."""
+    """Check a peft adapter folder before peft reads it; returns its weights file. Every pickle in the folder
+    is checked, not only the file this function would pick (peft may pick another)."""
     d = Path(folder)
     if not (d / "adapter_config.json").is_file():
         raise AlignCoreError(f"{d} is not a peft adapter folder (no adapter_config.json).")
     weights = find_weights_file(d)
-    if weights.suffix.lower() not in SAFE_SUFFIXES:
-        safe_torch_load(weights)  # refuses code-running pickles before peft sees them
+    check_folder(d)  # refuses code-running pickles before peft sees them
     return weights
 
 
@@ -172,7 +232,13 @@ def load_peft_adapter(model: Any, folder: str | Path, **kwargs: Any) -> Any:
 
     check_adapter_dir(folder)
     kwargs.setdefault("is_trainable", False)
-    return PeftModel.from_pretrained(model, str(folder), **kwargs)
+    try:
+        return PeftModel.from_pretrained(model, str(folder), **kwargs)
+    except Exception as exc:
+        unsafe = unsafe_from(exc, folder)
+        if unsafe is not None:
+            raise unsafe from None
+        raise
 
 
 def save_state_dict(state_dict: dict[str, Any], path: str | Path, metadata: dict[str, str] | None = None) -> Path:

@@ -13,6 +13,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Hashable, Sequence
 
+from . import profiling
 from .errors import AlignCoreError
 
 
@@ -130,10 +131,19 @@ class BranchScorer:
 
         keys, xs = self._keys, self._xs
         self._keys, self._xs = [], []
+        name = self.branch.name
         with torch.inference_mode():
-            batch = self.branch.collate(xs)
-            scores, errors, logits = score_with_fallback(self.branch, xs, batch)
-            expl = self.branch.explain_batch(batch) if self.explain and any(e is None for e in errors) else None
+            with profiling.stage(f"collate {name}"):
+                batch = self.branch.collate(xs)
+            with profiling.stage(f"forward {name}"):
+                scores, errors, logits = score_with_fallback(self.branch, xs, batch)
+            profiling.count("forward_batches", 1, per=name)
+            profiling.count("images_scored", len(xs), per=name)
+            if self.explain and any(e is None for e in errors):
+                with profiling.stage(f"explain {name}"):
+                    expl = self.branch.explain_batch(batch)
+            else:
+                expl = None
         return [Scored(k, s, e, expl[i] if expl and e is None else None, z)
                 for i, (k, s, e, z) in enumerate(zip(keys, scores, errors, logits))]
 

@@ -83,6 +83,7 @@ def default_store_path() -> Path:
 class ScoreStore:
     def __init__(self, path: str | Path | None = None, timeout: float = 60.0):
         self.path = Path(path).expanduser() if path else default_store_path()
+        check_store_path(self.path)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None, check_same_thread=False)
@@ -191,17 +192,28 @@ class ScoreStore:
                 "a re-run scores only what is missing."
             ) from None
 
+    @contextmanager
+    def reading(self, what: str) -> Iterator[None]:
+        """A read whose SQLite error (a table of another schema, a damaged file) names the store."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise AlignCoreError(f"cannot read {what} from the score store {self.path}: {exc}. It was not written by "
+                                 f"this version of aligncore, or is damaged; choose another with --store or "
+                                 f"{STORE_ENV}.") from None
+
     # ------------------------------------------------------------------ scores
     def known(self, fingerprint: str, hashes: Iterable[str]) -> set[str]:
         """The subset of ``hashes`` that already have a valid score for ``fingerprint`` (anything else is
         scored again)."""
         hs = list(dict.fromkeys(hashes))
         found: set[str] = set()
-        for i in range(0, len(hs), 900):
-            chunk = hs[i : i + 900]
-            q = (f"SELECT sha256 FROM scores WHERE fingerprint = ? AND {VALID_SCORE_SQL} "
-                 f"AND sha256 IN ({','.join('?' * len(chunk))})")
-            found.update(r[0] for r in self.conn.execute(q, [fingerprint, *chunk]))
+        with self.reading("scores"):
+            for i in range(0, len(hs), 900):
+                chunk = hs[i : i + 900]
+                q = (f"SELECT sha256 FROM scores WHERE fingerprint = ? AND {VALID_SCORE_SQL} "
+                     f"AND sha256 IN ({','.join('?' * len(chunk))})")
+                found.update(r[0] for r in self.conn.execute(q, [fingerprint, *chunk]))
         return found
 
     def put_scores(self, fingerprint: str, branch: str, rows: Iterable[tuple]) -> int:
@@ -229,23 +241,25 @@ class ScoreStore:
         score is not a finite number in [0, 1] is left out (so it is scored again), a non-finite logit is None."""
         hs = list(dict.fromkeys(hashes))
         out: dict[str, tuple] = {}
-        logit_col = "logit" if "logit" in self._columns("scores") else "NULL"  # a read-only store from before it
-        for i in range(0, len(hs), 900):
-            chunk = hs[i : i + 900]
-            q = (
-                f"SELECT sha256, score, explanation, error, {logit_col} FROM scores WHERE fingerprint = ? "
-                f"AND sha256 IN ({','.join('?' * len(chunk))})"
-            )
-            for sha, score, expl, err, logit in self.conn.execute(q, [fingerprint, *chunk]):
-                if valid_score(score):
-                    out[sha] = (float(score), expl if isinstance(expl, str) else None,
-                                err if isinstance(err, str) else None, _finite_or_none(logit))
+        with self.reading("scores"):
+            logit_col = "logit" if "logit" in self._columns("scores") else "NULL"  # a read-only store from before it
+            for i in range(0, len(hs), 900):
+                chunk = hs[i : i + 900]
+                q = (
+                    f"SELECT sha256, score, explanation, error, {logit_col} FROM scores WHERE fingerprint = ? "
+                    f"AND sha256 IN ({','.join('?' * len(chunk))})"
+                )
+                for sha, score, expl, err, logit in self.conn.execute(q, [fingerprint, *chunk]):
+                    if valid_score(score):
+                        out[sha] = (float(score), expl if isinstance(expl, str) else None,
+                                    err if isinstance(err, str) else None, _finite_or_none(logit))
         return out
 
     def count(self, fingerprint: str | None = None) -> int:
-        if fingerprint is None:
-            return self.conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
-        return self.conn.execute("SELECT COUNT(*) FROM scores WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
+        with self.reading("scores"):
+            if fingerprint is None:
+                return self.conn.execute("SELECT COUNT(*) FROM scores").fetchone()[0]
+            return self.conn.execute("SELECT COUNT(*) FROM scores WHERE fingerprint = ?", (fingerprint,)).fetchone()[0]
 
     # ------------------------------------------------------------------ runs
     def add_run(self, run_id: str, kind: str, out_dir: str | None, config: dict, summary: dict | None = None) -> None:
@@ -276,6 +290,32 @@ def _finite_or_none(v) -> float | None:
 def _optional(table: str) -> list[tuple]:
     """Columns a store written before they were added may lack."""
     return ADDED_COLUMNS.get(table, [])
+def check_store_path(path: Path) -> None:
+    """A store is a regular file, or a new file in a writable folder: never a device (``/dev/null``,
+    ``/dev/full``), a FIFO or a folder, beside which SQLite would create its journal files."""
+    import stat
+
+    from .files import kind_of
+
+    how = f"Choose a file with --store or {STORE_ENV}."
+    for p in (path, *(Path(f"{path}{suffix}") for suffix in ("-wal", "-shm", "-journal"))):
+        try:
+            st = os.stat(p)
+        except FileNotFoundError:
+            if os.path.islink(p):
+                raise AlignCoreError(f"cannot open the score store {p}: it is a broken symlink. {how}") from None
+            continue
+        except OSError as exc:
+            raise AlignCoreError(f"cannot open the score store {p}: {exc.strerror or exc}. {how}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise AlignCoreError(f"cannot open the score store {p}: not a regular file, it is {kind_of(st.st_mode)}. {how}")
+    if not path.exists():
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:  # created below, like the store's folder
+            parent = parent.parent
+        if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+            raise AlignCoreError(f"cannot open the score store {path}: {parent} is not a writable folder to create it "
+                                 f"in. {how}")
 
 
 def _statements(script: str) -> list[str]:

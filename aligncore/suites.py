@@ -65,8 +65,6 @@ def list_suites() -> list[Path]:
 
 
 def load_suite(name_or_path: str | Path) -> Suite:
-    import yaml
-
     p = Path(name_or_path).expanduser()
     if not p.is_file():
         matches = [s for s in list_suites() if s.stem == str(name_or_path)]
@@ -74,13 +72,15 @@ def load_suite(name_or_path: str | Path) -> Suite:
             known = ", ".join(s.stem for s in list_suites()) or "none found"
             raise ConfigError(f"no benchmark suite {name_or_path!r}: give a YAML path or one of: {known}.")
         p = matches[0]
+    from .parsing import read_structured
+
+    data = read_structured(p, "suite file", fmt="yaml") or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"suite file {p} must hold a mapping of fields, not {type(data).__name__}.")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         suite = Suite(**data)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"suite file {p} cannot be parsed: {exc}") from None
     except (ValidationError, TypeError) as err:
-        msg = format_validation_error(f"suite {p.name}", err) if isinstance(err, ValidationError) else str(err)
+        msg = format_validation_error(f"suite {p.name}", err) if isinstance(err, ValidationError) else f"suite file {p}: {err}"
         raise ConfigError(msg) from None
     suite.source = str(p)
     return suite

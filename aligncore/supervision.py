@@ -24,6 +24,10 @@ from .errors import AlignCoreError
 MANIFEST_NAME = "manifest.csv"
 JOURNAL_NAME = "journal.jsonl"
 PROVENANCE_NAME = "provenance.json"
+#: which build a folder holds (builder, config, sources), written before the first item: a re-run of the
+#: same build resumes, another build into the folder is refused unless ``overwrite``
+BUILD_INFO = "build.json"
+BOOKKEEPING = (MANIFEST_NAME, JOURNAL_NAME, PROVENANCE_NAME, BUILD_INFO, "manifest.tmp", BUILD_INFO + ".tmp")
 
 
 class BuilderConfig(ComponentConfig):
@@ -44,13 +48,17 @@ class WorkItem:
 
 def item_seed(seed: int, key: str) -> int:
     """A per-item seed that does not depend on processing order (so resumed runs match)."""
-    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode()).digest()[:8], "little")
+    # surrogateescape: a key made from a file name that is not UTF-8 hashes to its bytes (valid names unchanged)
+    return int.from_bytes(hashlib.sha256(f"{seed}:{key}".encode("utf-8", "surrogateescape")).digest()[:8], "little")
 
 
 class SupervisionBuilder(Component):
     """Base class. Subclasses implement :meth:`plan` and :meth:`process`."""
 
     config_class: ClassVar[type[BuilderConfig]] = BuilderConfig
+    #: config fields that never change the set's files (left out of the build's identity, so a resumed
+    #: build may set them differently)
+    nonoutput_fields: ClassVar[frozenset[str]] = frozenset()
     config: BuilderConfig
 
     @classmethod
@@ -105,7 +113,7 @@ class SupervisionBuilder(Component):
 
         if self._out_dir is None:
             raise AlignCoreError(f"builder {self.name!r}: write_image is only available while build() runs.")
-        path = f"{rel}.{FORMATS[self.config.format]}"
+        path = f"{safe_relpath(rel)}.{FORMATS[self.config.format]}"
         save_image(img, self._out_dir / path, self.config.format, self.config.jpeg_quality)
         return {"path": path}
 
@@ -120,20 +128,29 @@ class SupervisionBuilder(Component):
         sources: Iterable[str | Path],
         out_dir: str | Path,
         progress: Callable[[int, int], None] | bool = True,
+        overwrite: bool = False,
     ) -> Path:
-        """Build (or finish building) the set in ``out_dir``; returns the manifest path."""
+        """Build (or finish building) the set in ``out_dir``; returns the manifest path.
+
+        ``out_dir`` must not overlap the sources, hold files of the user, or hold a set of another build
+        (builder, config, sources), unless ``overwrite`` (which replaces that set). The same build resumes.
+        """
         out = Path(out_dir)
+        srcs = [Path(s) for s in sources]
+        config = {k: v for k, v in self.config.model_dump(mode="json").items() if k not in self.nonoutput_fields}
+        identity = {"builder": self.name, "config": config, "sources": [str(s.expanduser().resolve()) for s in srcs]}
+        self._check_out(out, srcs, identity, overwrite)
         try:
             out.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise AlignCoreError(f"cannot create the output folder {out}: {exc.strerror or exc}. Choose another --out.") from None
-        srcs = [Path(s) for s in sources]
         items = self.plan(srcs)
         if self.config.limit:
             items = self.limited(items, self.config.limit)
         keys = [it.key for it in items]
         if len(set(keys)) != len(keys):
             raise ValueError(f"builder {self.name!r} planned duplicate item keys")
+        _write_json_atomic(out / BUILD_INFO, identity)  # the folder holds this build from its first item on
         self._out_dir = out
         try:
             done = self._process_missing(items, out, progress)
@@ -154,6 +171,37 @@ class SupervisionBuilder(Component):
         }
         (out / PROVENANCE_NAME).write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
         return manifest
+
+    def _check_out(self, out: Path, srcs: list[Path], identity: dict, overwrite: bool) -> None:
+        from .outputs import check_not_inputs, describe_names, differences, foreign_entries
+
+        # a source may be written LABEL=PATH (the semantic set's real=DIR): the path is what must not overlap
+        paths = [Path(str(s).split("=", 1)[1]) if "=" in str(s) and not s.exists() else s for s in srcs]
+        check_not_inputs(out, paths, "--out", overwrite)
+        if not out.is_dir() or not os.listdir(out):
+            return
+        old = _recorded_build(out)
+        again = "Choose another --out, or pass --overwrite to replace it"
+        if old is None:
+            if (out / JOURNAL_NAME).exists() and not (out / MANIFEST_NAME).exists():
+                return  # a build interrupted before build.json was written: resumed
+            if overwrite:
+                return
+            if (out / MANIFEST_NAME).exists():
+                raise AlignCoreError(f"--out {out} holds a set aligncore did not build (a manifest.csv without "
+                                     f"{BUILD_INFO}). {again}.")
+            raise AlignCoreError(f"--out {out} holds files that are not a set "
+                                 f"({describe_names(foreign_entries(out, BOOKKEEPING))}). Choose another --out, or "
+                                 "pass --overwrite to build the set among them (they are kept).")
+        if isinstance(old.get("config"), dict):  # a provenance.json records every field
+            old["config"] = {k: v for k, v in old["config"].items() if k not in self.nonoutput_fields}
+        diff = differences(old, {k: identity[k] for k in old})
+        if not diff:
+            return
+        if not overwrite:
+            raise AlignCoreError(f"--out {out} holds a set of another build ({old.get('builder')!r}; it differs in: "
+                                 f"{', '.join(diff)}). {again}, or re-run the same build to resume it.")
+        _remove_build(out)
 
     def _process_missing(self, items: list[WorkItem], out: Path, progress) -> dict[str, list[dict]]:
         """Process the items the journal does not hold yet, journalling each batch (fsync) as it finishes."""
@@ -186,18 +234,69 @@ class SupervisionBuilder(Component):
         return done
 
 
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _recorded_build(out: Path) -> dict | None:
+    """The identity of the build ``out`` holds (build.json, or a finished set's provenance.json), or None."""
+    from .parsing import read_structured
+
+    for name, keys in ((BUILD_INFO, ("builder", "config", "sources")), (PROVENANCE_NAME, ("builder", "config"))):
+        if (out / name).exists():
+            info = read_structured(out / name, "build record", fmt="json", error=AlignCoreError)
+            if not isinstance(info, dict):
+                raise AlignCoreError(f"{out / name} is not a build record written by aligncore.")
+            return {k: info.get(k) for k in keys}
+    return None
+
+
+def _remove_build(out: Path) -> None:
+    """Remove the files of the set in ``out`` (those its journal and manifest list, inside ``out``) and its
+    bookkeeping, so another build starts from nothing; anything else in the folder is kept."""
+    rows = [r for rs in read_journal(out / JOURNAL_NAME).values() for r in rs]
+    if (out / MANIFEST_NAME).is_file():
+        with open(out / MANIFEST_NAME, newline="", encoding="utf-8", errors="replace") as f:
+            rows += list(csv.DictReader(f))
+    root = out.resolve()
+    for r in rows:
+        rel = r.get("path") if isinstance(r, dict) else None
+        if isinstance(rel, str) and rel:
+            p = (out / rel).resolve()
+            if p.is_relative_to(root) and p != root and p.is_file():
+                p.unlink()
+    for name in BOOKKEEPING:
+        (out / name).unlink(missing_ok=True)
+
+
 def read_journal(path: Path) -> dict[str, list[dict]]:
     """Finished items; a torn last line (killed mid-write) is ignored and redone."""
+    from .files import FileRefused, open_regular
+    from .parsing import check_size
+
     done: dict[str, list[dict]] = {}
-    if not path.exists():
+    if not os.path.lexists(path):
         return done
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            done[rec["key"]] = rec["rows"]
+    try:
+        with open_regular(path, what="build journal") as f:
+            lines = f.read().decode("utf-8", errors="replace").split("\n")
+    except FileRefused as exc:
+        raise AlignCoreError(f"{exc}. Remove it to rebuild the set.") from None
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, RecursionError):
+            continue  # a torn line (killed mid-write): that item is redone
+        check_size(rec, f"{path} line {i}", AlignCoreError)
+        if not (isinstance(rec, dict) and isinstance(rec.get("key"), str) and isinstance(rec.get("rows"), list)
+                and all(isinstance(r, dict) for r in rec["rows"])):
+            raise AlignCoreError(f"{path} line {i} is not a journal record written by aligncore (key and rows). "
+                                 "Remove the journal to rebuild the set.")
+        done[rec["key"]] = rec["rows"]
     return done
 
 
@@ -213,6 +312,24 @@ def _end_torn_line(path: Path) -> None:
 
 
 CORE_COLUMNS = ["path", "label", "generator", "subset"]
+
+
+def safe_relpath(rel: str) -> str:
+    """``rel`` as a path every manifest can hold: a name part with a control character, a backslash or bytes
+    that are not UTF-8 (a source file's name carried into an output name) has them replaced by ``_`` and a
+    digest of the original appended, so distinct sources keep distinct outputs; other names are unchanged."""
+    import unicodedata
+
+    def bad(ch: str) -> bool:
+        return ch == "\\" or unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp")
+
+    def part(name: str) -> str:
+        if not any(bad(ch) for ch in name):
+            return name
+        digest = hashlib.sha1(name.encode("utf-8", "surrogateescape")).hexdigest()[:8]
+        return "".join("_" if bad(ch) else ch for ch in name) + f"-{digest}"
+
+    return "/".join(part(name) for name in rel.split("/"))
 
 
 def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -234,6 +351,10 @@ def _cell(v: Any) -> Any:
         return f"{v:.6g}"
     if isinstance(v, (dict, list)):
         return json.dumps(v, sort_keys=True)
+    if isinstance(v, str):  # a source's name: bytes that are not UTF-8 and a bare CR would break the manifest
+        from .text import terminal_text
+
+        return terminal_text(v, keep_newlines=True)
     return v
 
 

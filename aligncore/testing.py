@@ -117,6 +117,7 @@ class FakePairBuilder(SupervisionBuilder):
     name = "pairs-example"
     help = "No model: real crop + smoothed copy with seeded noise, per source image (tests, plumbing checks)."
     config_class = FakePairBuilderConfig
+    nonoutput_fields = frozenset({"delay_s"})
     config: FakePairBuilderConfig
 
     def plan(self, sources: Sequence[Path]) -> list[WorkItem]:
@@ -147,7 +148,7 @@ class FakePairBuilder(SupervisionBuilder):
         rng = np.random.default_rng(item_seed(self.config.seed, item.key))
         smooth = np.asarray(real.filter(ImageFilter.GaussianBlur(1.5)), dtype=np.float64)
         fake = Image.fromarray(np.clip(smooth + rng.normal(0, self.config.noise, smooth.shape), 0, 255).astype(np.uint8))
-        stem = hashlib.sha256(item.key.encode()).hexdigest()[:16]
+        stem = hashlib.sha256(item.key.encode("utf-8", "surrogateescape")).hexdigest()[:16]
         rows = []
         for label, im, sub in ((0, real, "real"), (1, fake, "fake")):
             rows.append({**self.write_image(im, f"{sub}/{stem}"), "label": label,

@@ -5,7 +5,8 @@ Preprocessing never resamples: ``crop_size`` windows (default 336, a multiple of
 averaged with ``inference_crops`` > 1, a random window in training; images smaller
 than the window are padded by reflection (``pad_mode``). Pretrained weights come from
 a local file (``weights``) or the Hugging Face cache; nothing is downloaded unless
-``allow_download``. ``preset="tiny"`` builds a 2-block DINOv2-architecture ViT offline.
+``allow_download``. ``preset="tiny"`` builds a 2-block DINOv2-architecture ViT offline;
+``preset="random"`` the configured model with random weights (speed checks, e.g. ViT-L/14 on a GPU).
 Torch, timm and peft are imported only when the model is built (``dinov2_model``).
 Training uses the shared pixel trainer with :class:`DINOv2TrainConfig` (lr 1e-4, and the
 ``from_scratch`` switch: every weight trained from a random start, no LoRA).
@@ -26,21 +27,29 @@ from aligncore.safeio import load_state_dict, save_state_dict
 from aligncore.torchutil import seeded
 from aligncore.train.pixel_config import PixelTrainConfig
 
+#: the timm DINOv2 family (ViT-S/B/L/g with 14-pixel patches, with or without registers): a checkpoint or
+#: config cannot ask for another, larger architecture under this branch's name
+DINOV2_NAMES = r"^vit_(small|base|large|giant2)_patch14_(reg4_)?dinov2(\.[A-Za-z0-9_]+)?$"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # DINOv2's (timm's IMAGENET_DEFAULT_MEAN/STD)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class DINOv2Config(PixelBranchConfig):
-    model: str = Field("vit_large_patch14_dinov2.lvd142m", description="timm DINOv2 model name (e.g. vit_small_patch14_dinov2.lvd142m, "
-                       "vit_base_patch14_dinov2.lvd142m, vit_large_patch14_dinov2.lvd142m).")
+    model: str = Field("vit_large_patch14_dinov2.lvd142m", pattern=DINOV2_NAMES,
+                       description="timm DINOv2 model name (vit_{small,base,large,giant2}_patch14[_reg4]_dinov2, e.g. "
+                       "vit_small_patch14_dinov2.lvd142m, vit_base_patch14_dinov2.lvd142m, vit_large_patch14_dinov2.lvd142m).")
     weights: str | None = Field(None, description="Local pretrained weights (a model.safetensors / .bin file or a folder "
                                 "holding one) for `model`; default: the Hugging Face cache.")
     allow_download: bool = Field(False, description="Download missing pretrained weights from the Hub (never by default: "
                                  "a missing model fails at once instead of hanging).")
-    crop_size: int = Field(336, ge=14, description="Window side at native resolution (a multiple of 14; no resizing).")
-    inference_crops: int = Field(1, ge=1, description="Windows averaged per image when scoring: 1 = centre crop, more = an even grid.")
-    lora_r: int = Field(8, ge=1, description="LoRA rank on the attention projections (qkv, proj).")
-    lora_alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale = alpha / r).")
+    crop_size: int = Field(336, ge=14, le=1022, description="Window side at native resolution (a multiple of 14, at most "
+                           "1022 = 73 patches; no resizing).")
+    inference_crops: int = Field(1, ge=1, le=1024, description="Windows averaged per image when scoring: 1 = centre crop, more = an even grid.")
+    activation_mb: float | None = Field(None, gt=0, description="The largest activation tensor one forward pass may make "
+                                        "when scoring, in MB (windows go through the model in chunks under it). "
+                                        "Default: 16 on CPU, 1024 on CUDA. Scores do not depend on it.")
+    lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank on the attention projections (qkv, proj).")
+    lora_alpha: int = Field(16, ge=1, le=65536, description="LoRA scaling numerator (scale = alpha / r).")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA input in training.")
     from_scratch: bool = Field(False, description="Random initialisation, every weight trained and saved (no pretrained weights; no LoRA).")
 
@@ -61,10 +70,14 @@ class DINOv2Branch(NeuralPixelBranch):
     config_class = DINOv2Config
     architecture_fields = ("crop_size", "crop_align", "model", "preset", "lora_r", "lora_alpha", "from_scratch")
     nonscoring_fields = NeuralPixelBranch.nonscoring_fields | {"allow_download", "lora_dropout"}
-    #: tiny: a 2-block ViT on two 14-pixel patches a side, random weights
-    presets = {"tiny": {"crop_size": 28, "weights": "random"}}
+    #: tiny: a 2-block ViT on two 14-pixel patches a side, random weights; random: the configured model (by
+    #: default ViT-L/14 at 336) with random weights, for speed and memory checks (its scores mean nothing)
+    presets = {"tiny": {"crop_size": 28, "weights": "random"}, "random": {"weights": "random"}}
     train_config_class = DINOv2TrainConfig
     score_libraries = NeuralPixelBranch.score_libraries + ("timm", "peft")
+    #: a ViT's CPU time per image is lowest with ~16 MB activations per forward pass (ViT-S/14 @224: 10 windows;
+    #: measured in benchmarks/perf/peer_baseline.py --only budget), twice a CNN's
+    cpu_activation_mb = 16.0
     config: DINOv2Config
 
     def __init__(self, config=None, **overrides):
@@ -118,7 +131,7 @@ class DINOv2Branch(NeuralPixelBranch):
         c = self.config
         full_weights = c.from_scratch  # a from-scratch checkpoint holds every weight
         weights_file = None
-        if pretrained and not self.tiny and not c.from_scratch:
+        if pretrained and not self.tiny and not c.from_scratch and not self.random_weights:
             weights_file = dm.pretrained_file(c.model, c.weights, c.allow_download)
         # for training, initialisation follows the trainer's seed; otherwise a fixed one, so a tiny /
         # untrained model scores the same in every process

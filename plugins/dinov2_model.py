@@ -77,7 +77,7 @@ def build_backbone(model_name: str, img_size: int, tiny: bool, weights_file: Pat
 
 def add_lora(model: DinoClassifier, r: int, alpha: int, dropout: float) -> DinoClassifier:
     """Inject LoRA into the backbone's attention projections; only LoRA and the head stay trainable."""
-    from peft import LoraConfig, inject_adapter_in_model
+    from peft import inject_adapter_in_model
 
     cfg = lora_config(r, alpha, dropout)
     model.backbone = inject_adapter_in_model(cfg, model.backbone)

@@ -19,8 +19,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 import click
+from pydantic import Field
 
 from aligncore import hookimpl
+from aligncore.audit import Audit, AuditConfig, AuditOutcome
+from aligncore.text import csv_cell
 
 VARIANTS = (("control", "clean_path", "unprocessed (aligned) copies"), ("processed", "path", "post-processed images"))
 
@@ -62,7 +65,8 @@ def assign_folds(rows: list[dict], folds: int, seed: int) -> list[int]:
 
 
 def _link_folder(root: Path, items: list[tuple[str, int]]) -> Path:
-    """A 0_real/1_fake folder of links to ``items`` (so any branch's trainer reads it as a labelled set)."""
+    """A 0_real/1_fake folder of hard links to ``items`` (so any branch's trainer reads it as a labelled set;
+    symlinks would point outside that folder, which a folder scan refuses)."""
     if root.exists():
         shutil.rmtree(root)
     for k, (path, label) in enumerate(items):
@@ -70,8 +74,8 @@ def _link_folder(root: Path, items: list[tuple[str, int]]) -> Path:
         d.mkdir(parents=True, exist_ok=True)
         target = d / f"{k:05d}_{Path(path).name}"
         try:
-            os.symlink(os.path.abspath(path), target)
-        except OSError:  # file systems without symlinks
+            os.link(os.path.abspath(path), target)
+        except OSError:  # another file system, or no hard links
             shutil.copyfile(path, target)
     return root
 
@@ -162,7 +166,8 @@ def leakage_audit(set_path: str | Path, pixel_branch: str, out_dir: str | Path, 
             w = csv.writer(f, lineterminator="\n")
             w.writerow(["path", "label", "fold", "score"])
             for i in range(len(rows)):
-                w.writerow([rows[i][column], labels[i], fold_of[i], f"{scores[i]:.6f}"])
+                # a manifest's path is anyone's name: escaped, never a spreadsheet formula (read_csv_cell reverses it)
+                w.writerow([csv_cell(rows[i][column]), labels[i], fold_of[i], f"{scores[i]:.6f}"])
     status, note = verdict(result["control"]["auc"], result["processed"]["auc"], min_control_auc, chance_margin)
     result["verdict"], result["note"] = status, note
     (out / "leakage.json").write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
@@ -181,6 +186,47 @@ def format_report(res: dict[str, Any]) -> str:
         lines.append(f"{variant + ' (' + what.split()[0] + ')':<28}{m['auc']:>8.3f}{m['ap']:>8.3f}{m['accuracy']:>8.3f}   {folds}")
     lines.append(f"verdict: {res['verdict']} - {res['note']}")
     return "\n".join(lines)
+
+
+class LeakageAuditConfig(AuditConfig):
+    pixel_branch: str = Field(..., description="A trainable pixel-only branch trained and scored in every fold.")
+    branch_options: dict[str, Any] = Field(default_factory=dict, description="Options of the pixel branch (e.g. preset).")
+    train_options: dict[str, Any] = Field(default_factory=dict, description="Training options of the pixel branch.")
+    folds: int = Field(3, ge=2, description="Cross-validation folds (split by item).")
+    seed: int = Field(0, description="Seed of the fold assignment.")
+    min_control_auc: float = Field(0.75, ge=0.0, le=1.0, description="Below this control AUC the audit is inconclusive.")
+    chance_margin: float = Field(0.1, ge=0.0, le=0.5, description="A processed-set AUC within 0.5 +/- this counts as chance.")
+
+
+class LeakageAudit(Audit):
+    """``alignctl audit leakage`` as a registered audit (studies run it by name on a semantic set)."""
+
+    name = "leakage"
+    help = "Cross-validated AUC of a pixel-only detector on a semantic set's unprocessed vs processed images."
+    config_class = LeakageAuditConfig
+    config: LeakageAuditConfig
+
+    def check(self) -> None:
+        """The pixel branch is trainable and accepts the branch and training options."""
+        from aligncore.train import train_config_for, trainable_branch
+
+        cls = trainable_branch(self.config.pixel_branch)
+        cls.make_config(self.config.branch_options)
+        train_config_for(cls, self.config.train_options)
+
+    def run(self, target, out_dir, log=None) -> AuditOutcome:
+        c = self.config
+        res = leakage_audit(target, c.pixel_branch, out_dir, c.branch_options, c.train_options, c.folds, c.seed,
+                            c.min_control_auc, c.chance_margin, log=log)
+        metrics = {"control_auc": res["control"]["auc"], "processed_auc": res["processed"]["auc"],
+                   "control_ap": res["control"]["ap"], "processed_ap": res["processed"]["ap"],
+                   "verdict": res["verdict"], "n": res["n"]}
+        return AuditOutcome(metrics, res)
+
+
+@hookimpl
+def register_audits(register):
+    register(LeakageAudit)
 
 
 @hookimpl

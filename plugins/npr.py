@@ -21,9 +21,9 @@ from aligncore.torchutil import seeded
 
 
 class NPRConfig(PixelBranchConfig):
-    crop_size: int = Field(128, ge=8, description="Side of the square window cut at native resolution (even; no resizing).")
-    inference_crops: int = Field(16, ge=1, description="Windows averaged per image when scoring: 1 = centre crop, more = an even grid.")
-    width: int = Field(16, ge=4, description="Channels of the first stage (later stages use 2× and 4×).")
+    crop_size: int = Field(128, ge=8, le=4096, description="Side of the square window cut at native resolution (even; no resizing).")
+    inference_crops: int = Field(16, ge=1, le=1024, description="Windows averaged per image when scoring: 1 = centre crop, more = an even grid.")
+    width: int = Field(16, ge=4, le=512, description="Channels of the first stage (later stages use 2× and 4×; 512 is about 70M parameters).")
 
 
 class NPRBranch(NeuralPixelBranch):
@@ -33,8 +33,9 @@ class NPRBranch(NeuralPixelBranch):
     help = "Pixel expert: compact CNN on the neighbouring-pixel residual (NPR, CVPR 2024); CPU-trainable."
     config_class = NPRConfig
     architecture_fields = ("crop_size", "crop_align", "width")
-    #: a small model for tests and demos (the sizes apply only where the user set none)
-    presets = {"tiny": {"width": 8, "crop_size": 32, "weights": "random"}}
+    #: a small model for tests and demos (the sizes apply only where the user set none); random: the default
+    #: architecture with random weights, for speed checks (its scores mean nothing)
+    presets = {"tiny": {"width": 8, "crop_size": 32, "weights": "random"}, "random": {"weights": "random"}}
     #: trained on the shared data by benchmarks/build_builtin.py (see the model card beside them)
     builtin_weights = "aligncore.resources:builtin/npr"
     config: NPRConfig

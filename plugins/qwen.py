@@ -29,6 +29,8 @@ DEFAULT_PROMPT = (
     "Answer with one word first, real or fake, then give a short reason."
 )
 META_NAME = "aligncore_qwen.json"
+#: Qwen2.5-VL's largest image: 16384 visual tokens of 28x28 pixels
+MAX_PIXELS = 16384 * 28 * 28
 #: what a checkpoint records (and a reload adopts for the fields left unset)
 RECORDED_FIELDS = ("model", "prompt", "min_pixels", "max_pixels", "preset")
 
@@ -39,16 +41,16 @@ class QwenConfig(BranchConfig):
     allow_download: bool = Field(False, description="Download the base model from the Hub when it is not in the "
                                  "Hugging Face cache (never by default: a missing model fails at once).")
     prompt: str = Field(DEFAULT_PROMPT, description="The fixed question; it must ask for the verdict (real/fake) first.")
-    min_pixels: int = Field(256 * 28 * 28, ge=1, description="Lower bound on image pixels given to the processor "
-                            "(256 visual tokens of 28x28 pixels; tiny: 3136).")
-    max_pixels: int = Field(1024 * 28 * 28, ge=1, description="Upper bound on image pixels given to the processor "
-                            "(1024 visual tokens; tiny: 12544).")
+    min_pixels: int = Field(256 * 28 * 28, ge=1, le=MAX_PIXELS, description="Lower bound on image pixels given to the "
+                            "processor (256 visual tokens of 28x28 pixels; tiny: 3136).")
+    max_pixels: int = Field(1024 * 28 * 28, ge=1, le=MAX_PIXELS, description="Upper bound on image pixels given to the "
+                            "processor (1024 visual tokens; tiny: 12544; at most 16384 tokens, Qwen2.5-VL's own limit).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Weights dtype: auto = bfloat16 on a GPU that supports it, float32 on CPU.")
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="Attention kernel: auto = flash-attention 2 when installed on a GPU, else SDPA.")
-    explain_max_new_tokens: int = Field(48, ge=1, description="Length of a generated rationale (--explain).")
-    batch_size: int = Field(8, ge=1, description="Images per forward pass when scoring.")
+    explain_max_new_tokens: int = Field(48, ge=1, le=4096, description="Length of a generated rationale (--explain).")
+    batch_size: int = Field(8, ge=1, le=65536, description="Images per forward pass when scoring.")
 
     @model_validator(mode="after")
     def _check_pixels(self):
@@ -100,7 +102,11 @@ class QwenBranch(Branch):
         f = ck / META_NAME
         if not f.exists():
             raise ConfigError(f"{ck} is not a qwen checkpoint (no {META_NAME}); train one with `alignctl train qwen`.")
-        meta = json.loads(f.read_text())
+        from aligncore.parsing import read_structured
+
+        meta = read_structured(f, "checkpoint file", fmt="json", max_bytes=1 << 20)
+        if not isinstance(meta, dict):
+            raise ConfigError(f"checkpoint file {f} holds a {type(meta).__name__}, not the mapping `alignctl train qwen` writes.")
         return {k: meta.get(k) for k in RECORDED_FIELDS}
 
     @property
@@ -139,7 +145,7 @@ class QwenBranch(Branch):
                 self._processor = qm.build_tiny_processor(self.config.min_pixels, self.config.max_pixels)
             else:
                 self._processor = qm.load_processor(source, self.config.min_pixels, self.config.max_pixels)
-            self._text = qm.prompt_text(self._processor, self.config.prompt)
+            self._text = qm.prompt_text(self._processor, self.config.prompt, where=source or "the tiny processor")
             self._real_ids, self._fake_ids = qm.verdict_token_ids(self._processor.tokenizer)
         return self._processor
 
@@ -150,12 +156,14 @@ class QwenBranch(Branch):
         ck = Path(self.config.checkpoint) if self.config.checkpoint else None
         if ck is not None and (ck / qm.BASE_DIR / "config.json").exists():
             model = qm.load_pretrained_model(str(ck / qm.BASE_DIR), self.dtype,
-                                             qm.resolve_attention(self.config.attention, self.device, self.dtype))
+                                             qm.resolve_attention(self.config.attention, self.device, self.dtype),
+                                             self.device)
         elif self.tiny:
             model = qm.build_tiny_model(self.processor().tokenizer).to(self.dtype)
         else:
             model = qm.load_pretrained_model(str(self._base_source()), self.dtype,
-                                             qm.resolve_attention(self.config.attention, self.device, self.dtype))
+                                             qm.resolve_attention(self.config.attention, self.device, self.dtype),
+                                             self.device)
         qm.freeze_vision_tower(model)
         return model
 
@@ -169,6 +177,10 @@ class QwenBranch(Branch):
         self._model = model.to(self.device).eval()
 
     # ---------------------------------------------------------------- scoring
+    def input_nbytes(self) -> int:
+        """Up to ``max_pixels`` pixels as float32 patches (each 14x14 patch is taken twice, temporally)."""
+        return self.config.max_pixels * 3 * 2 * 4
+
     def preprocess(self, image):
         from aligncore_plugins.qwen_model import encode_one
 

@@ -213,12 +213,48 @@ def load_processor(source: str, min_pixels: int, max_pixels: int):
     return proc
 
 
-def load_pretrained_model(source: str, dtype: torch.dtype, attention: str):
+def check_model_size(source: str, dtype: torch.dtype, device: str) -> int:
+    """The parameter count the model folder's config.json asks for (built on the meta device: no memory),
+    refused when its weights would not fit in this machine's memory (or, on a GPU, the GPU's)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from aligncore.limits import check_memory, gib
+    from aligncore.parsing import read_structured
+
+    read_structured(Path(source) / "config.json", "model config", fmt="json", max_bytes=1 << 20)  # bounded first
+    try:
+        cfg = AutoConfig.from_pretrained(source)
+        with torch.device("meta"):
+            model = AutoModelForImageTextToText.from_config(cfg)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ModelUnavailableError(source, f"Its config.json does not describe a model transformers can build "
+                                    f"({type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}).",
+                                    local=True) from None
+    n = sum(p.numel() for p in model.parameters())
+    nbytes = n * torch.finfo(dtype).bits // 8
+    gpu = 0
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        gpu = torch.cuda.get_device_properties(torch.device(device)).total_memory
+    if nbytes > gpu:
+        check_memory(nbytes, f"the model in {source} ({n / 1e9:.2f}B parameters in {str(dtype).replace('torch.', '')}"
+                     f"{', more than the GPU has: ' + gib(gpu) if gpu else ''})",
+                     "Use a smaller model, or a machine with more memory.")
+    return n
+
+
+def load_pretrained_model(source: str, dtype: torch.dtype, attention: str, device: str = "cpu"):
     from transformers import AutoModelForImageTextToText
 
+    from aligncore.safeio import check_folder, unsafe_from
+
+    check_folder(source)  # a code-running pickle is refused here, never by transformers' own message
+    check_model_size(source, dtype, device)
     try:
         return AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, attn_implementation=attention)
     except (OSError, ValueError) as exc:
+        unsafe = unsafe_from(exc, source)
+        if unsafe is not None:
+            raise unsafe from None
         if attention == "flash_attention_2":  # a broken flash-attn install: fall back, do not fail
             return AutoModelForImageTextToText.from_pretrained(source, dtype=dtype, attn_implementation="sdpa")
         raise ModelUnavailableError(source, HOW_TO_PROVIDE, cause=exc) from None
@@ -256,9 +292,32 @@ def verdict_token_ids(tokenizer) -> tuple[list[int], list[int]]:
     return real, fake
 
 
-def prompt_text(processor, prompt: str) -> str:
+#: the longest answer a bounded render is tried with (training renders the verdict and a rationale)
+PROBE_ANSWER_CHARS = 4096
+
+
+def prompt_text(processor, prompt: str, where: str = "the processor") -> str:
+    """The fixed question as the chat template renders it. A template aligncore did not write (from a checkpoint
+    or a base model folder: ``where``) is code from elsewhere: it is checked, and rendered in a bounded process
+    together with a long answer (:mod:`aligncore.templates`), before it is used in-process."""
+    from aligncore.templates import check_template, render_bounded, templates_of
+
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
-    return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    templates = list(templates_of(processor))
+    if templates and all(src == TINY_CHAT_TEMPLATE for _, src in templates):
+        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    for name, src in templates:
+        check_template(src, f"{where} ({name})")
+    template = getattr(processor, "chat_template", None)
+    if isinstance(template, dict):
+        template = template.get("default")
+    if template is None:
+        template = getattr(processor.tokenizer, "chat_template", None)
+    if template is None:
+        raise AlignCoreError(f"{where}: the processor has no chat template to render the prompt with.")
+    answer = "fake. " + "x" * PROBE_ANSWER_CHARS
+    probes = [messages + [{"role": "assistant", "content": [{"type": "text", "text": answer}]}]]
+    return render_bounded(template, messages, where, dict(processor.tokenizer.special_tokens_map), probes=probes)
 
 
 def encode_one(processor, text: str, image) -> dict[str, torch.Tensor]:
@@ -312,7 +371,9 @@ def verdict_probabilities(model, batch: dict[str, torch.Tensor], real_ids: list[
 
 
 def generate_rationales(model, processor, batch: dict[str, torch.Tensor], max_new_tokens: int) -> list[str]:
-    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
+    # every setting that bounds the work is given here, so a checkpoint's generation_config.json (num_beams,
+    # max_length...) cannot make one rationale run without end
+    out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, num_return_sequences=1,
                          pad_token_id=processor.tokenizer.pad_token_id)
     new = out[:, batch["input_ids"].shape[1]:]
     return [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]

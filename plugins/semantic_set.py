@@ -41,6 +41,8 @@ def _range(v, lo_bound: float | None = None):
 
 
 class SemanticSetConfig(BuilderConfig):
+    limit: int | None = Field(None, ge=1, description="Use at most this many source images, a seeded sample taken "
+                              "from real and fake in turn (both classes kept).")
     size: int | None = Field(512, ge=16, description="Format alignment: short side resized to SIZE and centre-cropped "
                              "to SIZE x SIZE for both classes (None keeps each image's own size).")
     downsample_scale: tuple[float, float] = Field((0.25, 0.5), description="Range of the downsampling factor.")

@@ -31,8 +31,8 @@ WEIGHTS = "spectrum.safetensors"
 
 
 class SpectrumConfig(PixelBranchConfig):
-    tile: int = Field(64, ge=8, description="FFT window side at native resolution.")
-    max_tiles: int = Field(64, ge=1, description="Windows averaged per image (an even grid; they overlap on small images, and an image smaller than a tile is padded).")
+    tile: int = Field(64, ge=8, le=1024, description="FFT window side at native resolution.")
+    max_tiles: int = Field(64, ge=1, le=1024, description="Windows averaged per image (an even grid; they overlap on small images, and an image smaller than a tile is padded).")
     crop_size: int = Field(64, ge=8, description="Unused by this branch (its window is `tile`); kept for the shared crop settings.")
 
 
@@ -45,7 +45,7 @@ def blur_residual(gray: np.ndarray) -> np.ndarray:
 
 
 def spectrum_features(arr: np.ndarray, tile: int, max_tiles: int, align: int, pad_mode: str = "reflect") -> np.ndarray:
-    gray = arr.astype(np.float32).mean(axis=2) / 255.0
+    gray = arr.mean(axis=2, dtype=np.float32) / 255.0  # as astype(float32).mean, without a float copy of all 3 channels
     res = blur_residual(gray)[..., None]
     h, w = res.shape[:2]
     tiles = np.stack([crop(res, t, l, tile, pad_mode)[..., 0] for t, l in grid_positions(h, w, tile, max_tiles, align)])
@@ -76,6 +76,15 @@ class SpectrumBranch(PixelBranch):
         """uint8 H×W×3 → the mean log-spectrum of the blur residual (the linear model's input)."""
         c = self.config
         return spectrum_features(arr, c.tile, c.max_tiles, c.crop_align, c.pad_mode)
+
+    def input_nbytes(self) -> int:
+        """One image's features: a float32 half-spectrum."""
+        return self.config.tile * (self.config.tile // 2 + 1) * 4
+
+    def work_nbytes(self) -> int:
+        """While one image is preprocessed: its float32 tiles and their complex128 spectra."""
+        c = self.config
+        return c.max_tiles * c.tile * (c.tile * 4 + (c.tile // 2 + 1) * 16)
 
     def preprocess(self, image) -> np.ndarray:
         return self.features(rgb_array(image))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Sequence
@@ -58,6 +57,9 @@ class PixelSetConfig(BuilderConfig):
 
 class PixelSetBuilder(SupervisionBuilder):
     """Shared logic; subclasses implement :meth:`load_model`, :meth:`reconstruct` and the naming."""
+
+    #: how many threads decode, and whether a missing model may be downloaded, never change the set
+    nonoutput_fields = frozenset({"threads", "download"})
 
     config_class: ClassVar[type[PixelSetConfig]] = PixelSetConfig
     config: PixelSetConfig
@@ -142,7 +144,7 @@ class PixelSetBuilder(SupervisionBuilder):
             it.meta["out_stem"] = stem if stems[stem] == 1 else flat(it.key).replace(".", "_")
         if len({it.meta["out_stem"] for it in items}) != len(items):
             for it in items:  # pathological names: make them unique with a digest of the key
-                it.meta["out_stem"] += "-" + hashlib.sha1(it.key.encode()).hexdigest()[:8]
+                it.meta["out_stem"] += "-" + hashlib.sha1(it.key.encode("utf-8", "surrogateescape")).hexdigest()[:8]
         return items
 
     # ---------------------------------------------------------------- model
@@ -344,9 +346,13 @@ class TinyAEBuilder(PixelSetBuilder):
             if self.config.preset == "tiny":
                 self._layout = m.standard_layout(self.config.latent_channels, 16, 3, True, 1)
             else:
-                self._layout = m.layout_from_state_dict(
-                    m.read_state_dict(Path(self.config.encoder_path).expanduser()), None
-                )
+                try:
+                    self._layout = m.layout_from_state_dict(
+                        m.read_state_dict(Path(self.config.encoder_path).expanduser()), None
+                    )
+                except (RuntimeError, ValueError) as exc:
+                    raise ConfigError(f"builder 'tiny-ae': {self.config.encoder_path} is not a TAESD-family encoder "
+                                      f"this module can read: {str(exc).splitlines()[0]}") from None
         return self._layout.stride
 
     def load_model(self):
@@ -513,9 +519,15 @@ def _load_hf_vae(cls, model_id: str, subfolder: str | None, revision: str | None
         prefix = f"{subfolder}/" if subfolder else ""
         folder = resolve_weights(model_id, files=[f"{prefix}config.json", f"{prefix}diffusion_pytorch_model.safetensors"],
                                  allow_download=download, revision=revision, how=how)
+    from aligncore.safeio import check_folder, unsafe_from
+
+    check_folder(Path(folder) / subfolder if subfolder else folder)  # the documented refusal, before diffusers unpickles
     try:
         return cls.from_pretrained(str(folder), subfolder=subfolder)
     except Exception as exc:
+        unsafe = unsafe_from(exc, folder)
+        if unsafe is not None:
+            raise unsafe from None
         raise ModelUnavailableError(str(folder), how, exc, local=True) from None
 
 

@@ -17,6 +17,15 @@ import numpy as np
 
 FIXTURE = Path(__file__).parent / "fixtures" / "scores_before_one_decode.json"
 CONDITIONS = (None, "blur:1.0+crop:0.8")
+#: the pixel branches' scores before their windows went through the model in memory-bounded chunks
+PIXEL_FIXTURE = Path(__file__).parent / "fixtures" / "scores_before_chunking.json"
+#: (name, branch, options): random-weight models; "npr-full" is npr's default architecture (4 of its 16 windows)
+PIXEL_CONFIGS = (
+    ("npr-tiny", "npr", {"preset": "tiny"}),
+    ("npr-full", "npr", {"preset": "tiny", "width": 16, "crop_size": 128, "inference_crops": 4}),
+    ("dinov2-tiny", "dinov2", {"preset": "tiny", "inference_crops": 4}),
+    ("spectrum-tiny", "spectrum", {"preset": "tiny"}),
+)
 
 
 def make_reference_images(root: Path) -> Path:
@@ -72,10 +81,33 @@ def current_scores(root: Path, work: Path) -> dict[str, dict[str, float]]:
     return out
 
 
+def pixel_scores(root: Path, work: Path, **branch_options) -> dict[str, dict[str, float]]:
+    """{config name: {relative path: score}} of :data:`PIXEL_CONFIGS` through today's runner (read from the
+    predictions, which hold the stored values); ``branch_options`` are added to every configuration."""
+    import csv
+
+    from aligncore.config import make_run_config
+    from aligncore.runner import run
+
+    out: dict[str, dict[str, float]] = {}
+    for name, branch, opts in PIXEL_CONFIGS:
+        res = run(make_run_config(branches=branch, data=str(root), out=str(work / f"run-{name}"), device="cpu",
+                                  store=str(work / f"store-{name}.sqlite"), batch_size=4,
+                                  branch_options={branch: {**opts, **branch_options}}), progress=False)
+        with open(res.out_dir / "predictions.csv", newline="") as f:
+            out[name] = {Path(r["path"]).relative_to(root).as_posix(): float(r[f"score_{branch}"]) for r in csv.DictReader(f)}
+    return out
+
+
 if __name__ == "__main__":
+    import sys
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         images = make_reference_images(Path(tmp) / "images")
-        FIXTURE.write_text(json.dumps(current_scores(images, Path(tmp)), indent=1, sort_keys=True) + "\n")
-    print(f"wrote {FIXTURE}")
+        if "--pixel" in sys.argv:  # the pixel branches' fixture
+            PIXEL_FIXTURE.write_text(json.dumps(pixel_scores(images, Path(tmp)), indent=1, sort_keys=True) + "\n")
+            print(f"wrote {PIXEL_FIXTURE}")
+        else:
+            FIXTURE.write_text(json.dumps(current_scores(images, Path(tmp)), indent=1, sort_keys=True) + "\n")
+            print(f"wrote {FIXTURE}")

@@ -204,7 +204,8 @@ def test_every_hook_is_documented_and_used_by_a_builtin():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     pm = get_plugin_manager()
     specs = [n for n, f in inspect.getmembers(hookspecs, inspect.isfunction) if n.startswith("register_")]
-    assert set(specs) == {"register_branches", "register_supervision_builders", "register_fusions", "register_commands"}
+    assert set(specs) == {"register_branches", "register_supervision_builders", "register_fusions", "register_audits",
+                          "register_commands"}
     for name in specs:
         assert (getattr(hookspecs, name).__doc__ or "").strip(), f"{name} has no docstring"
         assert f"`{name}(" in readme, f"{name} is not documented in the README"

@@ -24,18 +24,35 @@ def _preds(d: Path):
         return [(r["path"], r["score_fake"], r["fused_score"], r["verdict"]) for r in csv.DictReader(f)]
 
 
-def _rank_pids(rank: int) -> list[int]:
-    pids = []
+def _descendants(pid: int) -> set[int]:
+    """Every process below ``pid`` (so a test never touches another job's ranks on a shared machine)."""
+    parents: dict[int, int] = {}
     for p in Path("/proc").iterdir():
-        if not p.name.isdigit():
-            continue
+        if p.name.isdigit():
+            try:
+                parents[int(p.name)] = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, todo = set(), [pid]
+    while todo:
+        cur = todo.pop()
+        kids = [c for c, pp in parents.items() if pp == cur and c not in found]
+        found.update(kids)
+        todo.extend(kids)
+    return found
+
+
+def _rank_pids(rank: int, root: int) -> list[int]:
+    pids = []
+    for pid in _descendants(root):
+        p = Path("/proc") / str(pid)
         try:
             env = (p / "environ").read_bytes().split(b"\0")
             cmd = (p / "cmdline").read_bytes()
         except OSError:
             continue
         if f"RANK={rank}".encode() in env and b"aligncore" in cmd and b"accelerate" not in cmd:
-            pids.append(int(p.name))
+            pids.append(pid)
     return pids
 
 
@@ -95,7 +112,7 @@ def test_killing_one_rank_loses_nothing(dataset, tmp_path):
             except sqlite3.Error:
                 continue
             if n >= 3:
-                for pid in _rank_pids(1):
+                for pid in _rank_pids(1, proc.pid):
                     os.kill(pid, signal.SIGKILL)
                     killed = True
     assert killed, "rank 1 never started scoring"

@@ -43,7 +43,7 @@ def test_unknown_preset_names_the_known_ones_and_a_close_match():
     with pytest.raises(ConfigError) as err:
         create_branch("npr", preset="tinny")
     msg = str(err.value)
-    assert "unknown preset 'tinny' (known: tiny)" in msg and "Did you mean 'tiny'?" in msg
+    assert "unknown preset 'tinny' (known: random, tiny)" in msg and "Did you mean 'tiny'?" in msg
 
 
 def test_preset_fills_only_the_fields_left_unset():

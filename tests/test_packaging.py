@@ -1,5 +1,6 @@
-"""The wheel: built by ``pip wheel --no-deps .``, it ships the suites and the accelerate configs (and
-every subpackage, and no fuzzer), and ``alignctl suites`` run from an install of it lists the suites."""
+"""The wheel: built by ``pip wheel --no-deps .``, it ships the suites, the accelerate configs and the study
+recipes (and every subpackage, and no fuzzer), and ``alignctl suites`` / ``study list`` run from an install of it
+list them."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_ships_suites_configs_and_every_subpackage(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = REPO / "aligncore" / "resources"
-    for kind in ("suites", "accelerate"):
+    for kind in ("suites", "accelerate", "studies"):
         files = sorted(p.name for p in (shipped / kind).glob("*.yaml"))
         assert files, kind
         assert {f"aligncore/resources/{kind}/{f}" for f in files} <= names
@@ -73,6 +74,8 @@ def test_alignctl_suites_from_the_installed_wheel(wheel, tmp_path):
     for name in ("in-the-wild", "aigi-now", "cospy", "genimage", "univfd", "shared-smoke"):
         assert f"\n{name} " in "\n" + suites.stdout, suites.stdout
     assert str(target) in suites.stdout
+    studies = alignctl("study", "list", "--paths")
+    assert studies.returncode == 0 and "alignment-matrix" in studies.stdout and str(target) in studies.stdout, studies
     config = alignctl("configs", "cpu_2proc")
     assert config.returncode == 0 and Path(config.stdout.strip()).is_relative_to(target)
     # an extra folder adds suites beside the shipped ones

@@ -54,15 +54,17 @@ def _alignctl(args, *paths, env_extra=None, cwd=None):
 # ---------------------------------------------------------------------- the example distribution
 
 
-def test_installed_plugin_is_listed_with_all_four_hooks(example_site):
+def test_installed_plugin_is_listed_with_all_five_hooks(example_site):
     out = _alignctl(["plugins", "--json"], example_site)
     assert out.returncode == 0, out.stderr
     info = {p["name"]: p for p in json.loads(out.stdout)}
     ex = info["example"]
     assert ex["distribution"] == "aligncore-example" and ex["version"] == "0.3.0" and not ex["builtin"]
     assert ex["source"] == "entry point"
-    assert ex["registers"] == {"branch": ["example"], "builder": ["posterize-pairs"], "fusion": ["median"]}
-    assert ex["hooks"] == ["register_branches", "register_commands", "register_fusions", "register_supervision_builders"]
+    assert ex["registers"] == {"branch": ["example"], "builder": ["posterize-pairs"], "fusion": ["median"],
+                               "audit": ["class-balance"]}
+    assert ex["hooks"] == ["register_audits", "register_branches", "register_commands", "register_fusions",
+                           "register_supervision_builders"]
     assert "example " in _alignctl(["branches"], example_site).stdout
     assert "median " in _alignctl(["fusions"], example_site).stdout
     assert "posterize-pairs " in _alignctl(["builders"], example_site).stdout
@@ -88,7 +90,7 @@ def test_the_example_distribution_passes_its_own_tests(example_site, tmp_path):
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tests)], cwd=tmp_path,
                          capture_output=True, text=True, env=env)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
-    assert "6 passed" in out.stdout
+    assert "7 passed" in out.stdout
 
 
 def test_the_docs_show_the_example_files_verbatim_and_every_hook():
@@ -103,7 +105,7 @@ def test_the_docs_show_the_example_files_verbatim_and_every_hook():
         assert body == (EXAMPLE / rel).read_text(encoding="utf-8"), f"docs/plugins.md is out of date for {rel}"
     specs = [n.name for n in ast.parse((REPO / "aligncore" / "hookspecs.py").read_text()).body
              if isinstance(n, ast.FunctionDef)]
-    assert len(specs) == 4
+    assert len(specs) == 5
     example_init = (EXAMPLE / "aligncore_example" / "__init__.py").read_text()
     for hook in specs:  # every hook is documented and implemented by the tested example
         assert f"### {hook}" in text and f"def {hook}(" in example_init, hook

@@ -243,6 +243,33 @@ def test_editing_a_plugin_branch_source_rescores_every_image(ds, tmp_path):
     assert (edited.reused, edited.scored) == (0, 12) and edited.fingerprint != first.fingerprint
 
 
+def test_fingerprint_follows_a_plugin_packages_imports_transitively(tmp_path, monkeypatch):
+    """The scoring code of a plugin often sits two imports away from its branch class
+    (branch.py -> model.py -> layers.py); editing it must rescore too."""
+    from aligncore.identity import component_modules, source_digest
+
+    pkg = tmp_path / "trust_deep_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "branch.py").write_text(
+        "from aligncore.testing import FakeBranch\nfrom .model import predict\n\n\n"
+        "class DeepBranch(FakeBranch):\n    name = 'deep'\n    help = 'test'\n")
+    (pkg / "model.py").write_text("from trust_deep_pkg.layers import squash\n\n\ndef predict(v):\n    return squash(v)\n")
+    layers = pkg / "layers.py"
+    layers.write_text("def squash(v):\n    return v\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        from trust_deep_pkg.branch import DeepBranch
+
+        assert "trust_deep_pkg.layers" in component_modules(DeepBranch)
+        before = source_digest(DeepBranch)
+        layers.write_text("def squash(v):\n    return min(1.0, 2 * v)\n")
+        assert source_digest(DeepBranch) != before
+    finally:
+        for name in [m for m in sys.modules if m.startswith("trust_deep_pkg")]:
+            del sys.modules[name]
+
+
 def test_fingerprint_covers_library_versions_and_base_weights(tmp_path, monkeypatch):
     import aligncore.identity as identity
 
@@ -316,6 +343,40 @@ def test_calibration_never_exceeds_the_target_even_with_saturated_ties(tmp_path)
     assert float(sat["calib_fpr"]) == 0.0 and "unreachable" in sat["note"]
     md = (run_dir / "ablation" / "ablation.md").read_text()
     assert "calib FPR" in md and "eval FPR" in md and "unreachable" in md
+
+
+def test_a_fusion_whose_own_calibration_overshoots_says_so(tmp_path):
+    """A third-party fusion's calibrate() is not trusted: a row above the target carries a note."""
+    from aligncore import Fusion
+    from aligncore.fusion import FusionOutput, calibration_note
+
+    assert calibration_note(1, 20, 0.05) == "" and "unreachable" in calibration_note(0, 20, 0.05)
+    assert "target missed" in calibration_note(3, 20, 0.05)
+
+    class Sloppy(Fusion):
+        name = "sloppy"
+        help = "test: calibrates to a threshold that calls every image fake"
+
+        def predict(self, scores):
+            s = np.mean([np.asarray(v, dtype=float) for v in scores.values()], axis=0)
+            return FusionOutput(score=s, verdict=s >= self.config.threshold)
+
+        def calibrate(self, scores, labels, target_fpr):
+            self.config.threshold = 0.0
+            return self
+
+    class SloppyPlugin:
+        @hookimpl
+        def register_fusions(self, register):
+            register(Sloppy)
+
+    run_dir = _saturated_run(tmp_path / "run", n=60)
+    with registered_plugin(SloppyPlugin(), "trust-sloppy"):
+        res = alignctl("ablate", run_dir, "--fusions", "sloppy,or", "--target-fpr", "0.05")
+    assert res.exit_code == 0, res.output
+    rows = [r for r in csv.DictReader(open(run_dir / "ablation" / "ablation.csv")) if r["method"] == "fusion:sloppy"]
+    assert rows and all(float(r["calib_fpr"]) == 1.0 and "target missed" in r["note"] for r in rows)
+    assert "target missed" in (run_dir / "ablation" / "ablation.md").read_text()
 
 
 def test_or_thresholds_are_exact_at_the_edges():
@@ -395,6 +456,7 @@ def test_a_degenerate_learned_fit_is_reported_not_shown(tmp_path):
     assert res.exit_code == 0, res.output
     rows = [r for r in csv.DictReader(open(run_dir / "ablation" / "ablation.csv")) if r["method"] == "fusion:learned"]
     assert rows and all("degenerate fit" in r["note"] and r["auc"] == "" and r["accuracy"] == "" for r in rows)
+    assert all(r["calib_fpr"] == "" and r["eval_fpr"] == "" for r in rows)  # no figure from the constant either
     assert not (run_dir / "ablation" / "learned-flat.state.json").exists() and (run_dir / "ablation" / "or-flat.state.json").exists()
     assert "degenerate fit" in res.output
 
@@ -476,6 +538,8 @@ def test_semantic_set_limit_keeps_both_classes():
         [WorkItem(f"real/real/r{i}", Path(f"r{i}")) for i in range(10)]
     kept = b.limited(sorted(items, key=lambda it: it.key), 6)
     assert sum(it.key.startswith("real/") for it in kept) == 3 == sum(it.key.startswith("fake/") for it in kept)
+    help_text = type(b.config).model_fields["limit"].description
+    assert "both classes" in help_text and "sorted order" not in help_text  # `builders -v` says what limit does
 
 
 def test_readme_states_what_the_dpo_figure_was_measured_on():

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli_options import csv_list
+from ..cli_options import csv_list, echo
 
 
 @click.command("ablate")
@@ -25,16 +25,16 @@ def ablate_cmd(runs, fusions, target_fpr, cal_fraction, seed, out, generators) -
 
     res = ablate(runs, csv_list(fusions) or [], target_fpr, cal_fraction, seed, out_dir=out)
     rows = res.rows if generators else [r for r in res.rows if r["scope"] == "dataset"]
-    click.echo(describe(target_fpr, cal_fraction))
+    echo(describe(target_fpr, cal_fraction))
     left = {ds: len(sp["left_out"]) for ds, sp in res.splits.items() if sp.get("left_out")}
     for ds, n in left.items():
-        click.echo(f"{ds}: {n} labelled image(s) some branch did not score are left out of both splits")
-    click.echo(to_text(rows))
+        echo(f"{ds}: {n} labelled image(s) some branch did not score are left out of both splits")
+    click.echo(to_text(rows))  # names already escaped by to_text
     for k in ("csv", "md", "fusions"):
-        click.echo(f"{k}: {res.files[k]}")
+        echo(f"{k}: {res.files[k]}")
     states = [(k[6:], p) for k, p in res.files.items() if k.startswith("state:")]
     for name, p in states:
-        click.echo(f"fitted state ({name}): {p}")
+        echo(f"fitted state ({name}): {p}")
     if states:
-        click.echo("reuse a state with `alignctl run|fuse ... --fusion NAME --fusion-state FILE`, best on other data: "
-                   "on this run its calibration images are left out of the metrics (the file lists them).")
+        echo("reuse a state with `alignctl run|fuse ... --fusion NAME --fusion-state FILE`, best on other data: "
+             "on this run its calibration images are left out of the metrics (the file lists them).")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli_options import Scoring, csv_list, echo_err, scoring_options
+from ..cli_options import Scoring, csv_list, echo, echo_err, scoring_options
 
 
 def _cell(value, delta) -> str:
@@ -28,12 +28,12 @@ def audit_format_cmd(data, reencode, out, scoring: Scoring) -> None:
                        log=None if scoring.quiet else echo_err, out=out)
     for cls, counts in res.census.items():
         total = sum(counts.values()) or 1
-        click.echo(f"{cls:<5} formats: " + ", ".join(f"{k} {v} ({v / total:.0%})" for k, v in counts.items()))
-    click.echo(f"{'detector':<22} {'condition':<12} " + " ".join(f"{k:>14}" for k in AUDIT_METRICS))
+        echo(f"{cls:<5} formats: " + ", ".join(f"{k} {v} ({v / total:.0%})" for k, v in counts.items()))
+    echo(f"{'detector':<22} {'condition':<12} " + " ".join(f"{k:>14}" for k in AUDIT_METRICS))
     for r in res.rows:
         cells = [_cell(r[k], r[f"delta_{k}"]) for k in AUDIT_METRICS]
-        click.echo(f"{r['detector']:<22} {r['condition']:<12} " + " ".join(f"{c:>14}" for c in cells))
-    click.echo("(change against as-is in brackets; a large drop means the detector leaned on the file format)")
-    click.echo("runs: " + ", ".join(f"{c}={rid}" for c, rid in res.runs.items()))
+        echo(f"{r['detector']:<22} {r['condition']:<12} " + " ".join(f"{c:>14}" for c in cells))
+    echo("(change against as-is in brackets; a large drop means the detector leaned on the file format)")
+    echo("runs: " + ", ".join(f"{c}={rid}" for c, rid in res.runs.items()))
     if out:
-        click.echo(f"table written to {out}/audit.json and {out}/audit.csv")
+        echo(f"table written to {out}/audit.json and {out}/audit.csv")

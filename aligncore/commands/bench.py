@@ -6,21 +6,21 @@ import sys
 
 import click
 
-from ..cli_options import Scoring, scoring_options
+from ..cli_options import Scoring, echo, echo_err, scoring_options
 from .run import EXIT_INCOMPLETE, allow_partial_option
 
 
 def _print_outcome(o) -> None:
-    from ..runner import coverage_summary
+    from ..publish import coverage_summary
 
     if o.status == "skipped":
-        click.echo(f"skip {o.name}: {o.detail}")
+        echo(f"skip {o.name}: {o.detail}")
     else:
         m = o.metrics["overall"]
-        click.echo(f"ran  {o.name}: run {o.run_id}, {m['n']} images, acc {m['accuracy']}, AUC {m['auc']}  ({o.detail})")
+        echo(f"ran  {o.name}: run {o.run_id}, {m['n']} images, acc {m['accuracy']}, AUC {m['auc']}  ({o.detail})")
         gap = coverage_summary(o.metrics.get("coverage", {}), o.metrics.get("fused_over"))
         if gap:
-            click.echo(f"     {o.name} is incomplete: {gap}")
+            echo(f"     {o.name} is incomplete: {gap}")
 
 
 @click.command("bench")
@@ -36,23 +36,23 @@ def bench_cmd(suite, root, perturb, metric, allow_partial, scoring: Scoring) -> 
 
     Exit status 3 when a branch failed on some image of some dataset (that dataset gets no leaderboard
     row), unless --allow-partial."""
-    from ..runner import coverage_summary
+    from ..publish import coverage_summary
     from ..leaderboard import leaderboard, render
     from ..store import ScoreStore
     from ..suites import load_suite, resolve_root, run_suite
 
     s = load_suite(suite)
     root_path, origin = resolve_root(s, root)
-    click.echo(f"suite {s.name}: {len(s.datasets)} dataset(s), root {root_path or '-'} ({origin})")
+    echo(f"suite {s.name}: {len(s.datasets)} dataset(s), root {root_path or '-'} ({origin})")
     opts = {**scoring.run_options(), **({"perturb": perturb} if perturb else {}),
             **({"allow_partial": True} if allow_partial else {})}
     outcomes = run_suite(s, root_path, opts, progress=scoring.progress, on_event=_print_outcome)
     if any(o.status == "ran" for o in outcomes):
         with ScoreStore(scoring.store) as st:
             ds, rows = leaderboard(st, s.name, metric, include_random=True)  # this suite's rows, marked random or not
-        click.echo(render(ds, rows, "table", metric, s.name))
+        click.echo(render(ds, rows, "table", metric, s.name))  # names already escaped by render
     incomplete = [o.name for o in outcomes if o.status == "ran" and coverage_summary(o.metrics.get("coverage", {}))]
     if incomplete and not allow_partial:
-        click.echo(f"incomplete: {', '.join(incomplete)} (a branch failed on some images; no leaderboard row for "
-                   "them; --allow-partial accepts them)", err=True)
+        echo_err(f"incomplete: {', '.join(incomplete)} (a branch failed on some images; no leaderboard row for "
+                 "them; --allow-partial accepts them)")
         sys.exit(EXIT_INCOMPLETE)

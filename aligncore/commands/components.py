@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..cli_options import echo_err
+from ..cli_options import echo, echo_err
 
 
 def warn_broken_plugins() -> int:
@@ -35,10 +35,10 @@ def _component_lister(command_name: str, kind: str, title: str) -> click.Command
                 for r in items], indent=2))
             return
         for r in items:
-            click.echo(f"{r.name:<14} {r.help}  ({r.plugin})")
+            echo(f"{r.name:<14} {r.help}  ({r.plugin})")
             if verbose:
                 for n, d, h in r.cls.options_help():
-                    click.echo(f"    {n} = {d}  {h}")
+                    echo(f"    {n} = {d}  {h}")
         warn_broken_plugins()
 
     return command

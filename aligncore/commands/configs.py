@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..cli_options import echo
+
 
 @click.command("configs")
 @click.argument("name", required=False)
@@ -16,8 +18,8 @@ def configs_cmd(name: str | None) -> None:
     from ..resources import accelerate_config, accelerate_configs, describe
 
     if name:
-        click.echo(str(accelerate_config(name)))
+        echo(str(accelerate_config(name)))
         return
     for stem, path in accelerate_configs().items():
-        click.echo(f"{stem:<18} {describe(path)}")
-        click.echo(f"{'':<18} {path}")
+        echo(f"{stem:<18} {describe(path)}")
+        echo(f"{'':<18} {path}")

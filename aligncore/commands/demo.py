@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..cli_options import echo
+
 
 @click.command("demo")
 @click.option("--out", type=click.Path(file_okay=False), default="demo-out", show_default=True, help="Working folder.")
@@ -16,4 +18,4 @@ def demo_cmd(out, images, weights) -> None:
     ablate fusions, print the leaderboard and write the HTML report (a few minutes on a CPU)."""
     from ..demo import run_demo
 
-    run_demo(out, n_images=images, echo=click.echo, weights=weights)
+    run_demo(out, n_images=images, echo=echo, weights=weights)

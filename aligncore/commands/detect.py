@@ -10,12 +10,8 @@ from pathlib import Path
 import click
 
 from ..cli_options import echo_err
+from ..text import terminal_text as _printable  # a file name never drives the terminal
 from .run import EXIT_INCOMPLETE
-
-
-def _printable(text: str) -> str:
-    """A path as one printable line (control characters escaped, so a file name cannot drive the terminal)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def collect_inputs(paths: tuple[str, ...]) -> tuple[list[Path], list[tuple[str, str]]]:

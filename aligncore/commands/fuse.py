@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli_options import parse_kv
+from ..cli_options import echo, parse_kv
 from .run import allow_partial_option, finish_incomplete, fusion_state_option, print_metrics, read_fusion_state
 
 
@@ -22,12 +22,12 @@ def fuse_cmd(run_dir, fusion, fusion_options, fusion_state, store, allow_partial
     Exit status 3 as for `alignctl run` when a branch had failed on some image (unless the run, or this
     command, was given --allow-partial)."""
     from ..rundir import RunDir
-    from ..runner import refuse
+    from ..publish import refuse
 
     out, metrics = refuse(run_dir, fusion, parse_kv(fusion_options, "--fusion-option"), store,
                           read_fusion_state(fusion_state), allow_partial,
                           state_source=f"fusion state {fusion_state}" if fusion_state else None)
     print_metrics(metrics)
-    click.echo(f"fusion {fusion} written to {out}")
+    echo(f"fusion {fusion} written to {out}")
     accepted = allow_partial if allow_partial is not None else bool(RunDir.open(run_dir).config.get("allow_partial"))
     finish_incomplete(metrics, out, accepted)

@@ -33,8 +33,15 @@ def leaderboard_cmd(suite, fmt, metric, sort, ascending, show_all, store, out) -
     if hidden:
         click.echo(f"{hidden} row(s) with random-weight branches hidden (--all shows them).", err=True)
     if out:
-        with open(out, "w", encoding="utf-8") as f:
-            f.write(text)
+        from pathlib import Path
+
+        if Path(out).exists() and st.path.exists() and Path(out).resolve() == st.path.resolve():
+            raise click.ClickException(f"--out {out} is the score store; choose another file for the leaderboard.")
+        try:
+            with open(out, "w", encoding="utf-8") as f:
+                f.write(text)
+        except OSError as exc:
+            raise click.ClickException(f"cannot write the leaderboard to {out}: {exc.strerror or exc}.") from None
         click.echo(f"written to {out}")
     else:
         click.echo(text, nl=False)

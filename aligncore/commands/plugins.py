@@ -6,7 +6,7 @@ import json
 
 import click
 
-from ..cli_options import echo_err
+from ..cli_options import echo, echo_err
 
 
 @click.group("plugins", invoke_without_command=True)
@@ -40,15 +40,15 @@ def plugins_cmd(ctx: click.Context, as_json: bool, show_all: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=2))
     elif not rows:
-        click.echo("No third-party plugins installed (alignctl plugins --all shows the built-ins).")
+        echo("No third-party plugins installed (alignctl plugins --all shows the built-ins).")
     else:
         for r in rows:
             status = "BLOCKED" if r["blocked"] else ("BROKEN" if r["error"] else "ok")
             regs = "; ".join(f"{k}: {', '.join(v)}" for k, v in r["registers"].items()) or "-"
             origin = r["distribution"] or f"(module, {r['source']})"
-            click.echo(f"{r['name']:<14} {origin} {r['version'] or ''}  [{status}]  {regs}")
+            echo(f"{r['name']:<14} {origin} {r['version'] or ''}  [{status}]  {regs}")
             if r["error"]:
-                click.echo(f"    error: {r['error']}")
+                echo(f"    error: {r['error']}")
     if broken:
         echo_err(f"error: {len(broken)} plugin(s) failed to load: {', '.join(broken)}. Fix or uninstall them, "
                  "or block them with ALIGNCORE_DISABLE_PLUGINS=" + ",".join(broken) + ".")
@@ -69,5 +69,5 @@ def plugins_new_cmd(name: str, out: str | None) -> None:
 
     root, files = write_plugin_skeleton(name, out)
     for f in files:
-        click.echo(f"  {f.relative_to(root.parent) if root.parent != root else f}")
-    click.echo(f"wrote {root}: `pip install -e {root}` then `pytest {root}` (its tests use aligncore.testing)")
+        echo(f"  {f.relative_to(root.parent) if root.parent != root else f}")
+    echo(f"wrote {root}: `pip install -e {root}` then `pytest {root}` (its tests use aligncore.testing)")

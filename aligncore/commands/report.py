@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ..cli_options import csv_list
+from ..cli_options import csv_list, echo
 
 
 @click.command("report")
@@ -26,4 +26,4 @@ def report_cmd(run_dir, out, fusions, target_fpr) -> None:
         click.echo(f"{run_dir}/ablation/ exists: the report shows it as it is and ignores --fusions/--target-fpr "
                    "(run `alignctl ablate` to change it).", err=True)
     path = write_report(run_dir, out, tuple(csv_list(fusions) or ()), target_fpr)
-    click.echo(f"report written to {path}")
+    echo(f"report written to {path}")

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
 import click
 
-from ..cli_options import Scoring, echo_err, parse_kv, scoring_options
+from ..cli_options import Scoring, echo, echo_err, parse_kv, scoring_options
+from ..text import terminal_text
 
 
 #: exit status of a run (or re-fusion) in which some branch failed on some image, or nothing was scored
@@ -24,16 +24,16 @@ def print_metrics(metrics: dict) -> None:
 
     fitted = (metrics.get("fusion") or {}).get("fitted_on")
     if fitted:
-        click.echo(f"fusion state fitted on {fitted['images']} image(s)"
-                   + (f" of run {fitted['run_id']}" if fitted.get("run_id") else "")
-                   + f"; {fitted['left_out_here']} of them are in this run and left out of its metrics")
+        echo(f"fusion state fitted on {fitted['images']} image(s)"
+             + (f" of run {fitted['run_id']}" if fitted.get("run_id") else "")
+             + f"; {fitted['left_out_here']} of them are in this run and left out of its metrics")
     over = metrics.get("fused_over")
     if over:
         line = f"fused metrics over the {over['images']} of {over['of']} images every branch scored"
         if over.get("left_out_fitted"):
             line += f", less {over['left_out_fitted']} image(s) the fusion state was fitted on (left out)"
-        click.echo(line)
-    click.echo(
+        echo(line)
+    echo(
         f"images {o['n']} (real {o['n_real']}, fake {o['n_fake']})  acc {f(o['accuracy'])}  "
         f"real {f(o['real_accuracy'])}  fake {f(o['fake_accuracy'])}  bacc {f(o['balanced_accuracy'])}  "
         f"AP {f(o['ap'])}  AUC {f(o['auc'])}  EER {f(o.get('eer'))}  TPR@5%FPR {f(o['tpr_at_5fpr'])}"
@@ -42,23 +42,23 @@ def print_metrics(metrics: dict) -> None:
     for k, why in (o.get("undefined") or {}).items():
         by_reason.setdefault(why, []).append(k)
     for why, keys in by_reason.items():
-        click.echo(f"  undefined ({why}): {', '.join(keys)}")
+        echo(f"  undefined ({why}): {', '.join(keys)}")
 
 
 def finish_incomplete(metrics: dict, out_dir, allow_partial: bool) -> None:
     """Exit 3 with one line naming each failed branch and its counts when a branch failed on some image
     (exit 0 with --allow-partial, as long as something was scored); nothing when every branch scored every image."""
-    from ..runner import coverage_summary
+    from ..publish import coverage_summary, scored_any
 
     summary = coverage_summary(metrics.get("coverage", {}), metrics.get("fused_over"))
     if not summary:
         return
-    scored_any = any(c["scored"] for c in metrics.get("coverage", {}).values())
-    if allow_partial and scored_any:
-        click.echo(f"partial run accepted (--allow-partial): {summary}", err=True)
+    any_scored = scored_any(metrics.get("coverage", {}))
+    if allow_partial and any_scored:
+        echo_err(f"partial run accepted (--allow-partial): {summary}")
         return
-    hint = "; --allow-partial accepts it" if scored_any else ""
-    click.echo(f"incomplete run: {summary} (outputs written to {out_dir}{hint})", err=True)
+    hint = "; --allow-partial accepts it" if any_scored else ""
+    echo_err(f"incomplete run: {summary} (outputs written to {out_dir}{hint})")
     sys.exit(EXIT_INCOMPLETE)
 
 
@@ -67,9 +67,15 @@ def read_fusion_state(path: str | None) -> dict | None:
     older bare state is accepted too). Its content is validated when the fusion takes it."""
     if not path:
         return None
-    from ..config import read_config_file
+    from ..parsing import read_structured
 
-    return read_config_file(path)  # a mapping, or a ConfigError naming the file
+    obj = read_structured(path, "fusion state file", fmt="json")
+    if not isinstance(obj, dict):
+        from ..errors import ConfigError
+
+        raise ConfigError(f"fusion state file {path} must hold a JSON object (as alignctl ablate writes it), "
+                          f"not {type(obj).__name__}.")
+    return obj
 
 
 def allow_partial_option(f):
@@ -99,16 +105,17 @@ def _strip_option(argv: list[str], name: str) -> list[str]:
     return out
 
 
-def _relaunch(num_processes: int, scoring: Scoring, config_file: str | None, data: str | None, out: str | None) -> None:
-    """Re-run this very command under ``accelerate launch`` on ``num_processes`` ranks."""
-    from ..config import make_run_config
+def _relaunch(num_processes: int, scoring: Scoring, cfg) -> None:
+    """Re-run this very command under ``accelerate launch`` on ``num_processes`` ranks (``cfg``: the run's
+    config, already validated here, so a bad value fails before any process starts)."""
     from ..distributed import launch
-    from ..runner import make_run_id
+    from ..runner import make_run_id, plan
 
     argv = _strip_option(sys.argv[1:], "--num-processes")
-    if not out:  # every rank must write to the same folder
-        cfg = make_run_config(config_file, branches=scoring.branches, data=data or "-")
-        argv += ["--out", os.path.join("runs", make_run_id(cfg))]
+    if not cfg.out:  # every rank must write to the same folder
+        cfg = cfg.model_copy(update={"out": os.path.join("runs", make_run_id(cfg))})
+        argv += ["--out", cfg.out]
+    plan(cfg)  # names, data and the output folder are checked before any process starts
     rc = launch(argv, num_processes, scoring.device)
     if rc != 0:
         raise click.ClickException(f"distributed run failed (exit code {rc}); re-run the same command to resume.")
@@ -118,14 +125,13 @@ def _print_result(result) -> None:
     for name, st in result.branches.items():
         cov = result.coverage.get(name)
         of = f" (has {cov['scored']} of {cov['total']} images)" if cov else ""
-        click.echo(f"branch {name}: scored {st.scored}, reused from store {st.reused}, failed {st.failed}{of}  "
-                   f"[{st.fingerprint}]")
+        echo(f"branch {name}: scored {st.scored}, reused from store {st.reused}, failed {st.failed}{of}  [{st.fingerprint}]")
     if result.skipped:
-        click.echo(f"skipped {len(result.skipped)} file(s):")
-        for path, why in result.skipped:
-            click.echo(f"  {path}: {why}")
+        echo(f"skipped {len(result.skipped)} file(s):")
+        for path, why in result.skipped:  # one line each, whatever the name holds
+            echo(f"  {terminal_text(path)}: {terminal_text(why)}")
     print_metrics(result.metrics)
-    click.echo(f"run {result.run_id} written to {result.out_dir}")
+    echo(f"run {result.run_id} written to {result.out_dir}")
 
 
 @click.command("run")
@@ -148,33 +154,45 @@ def _print_result(result) -> None:
 @fusion_state_option
 @allow_partial_option
 @click.option("--num-processes", type=int, default=1, show_default=True,
-              help="Shard scoring across N processes (GPUs, or CPU ranks) with accelerate launch.")
+              help="Shard scoring across N processes (GPUs, or CPU ranks; at most one per GPU or core) with accelerate launch.")
+@click.option("--overwrite", is_flag=True, default=None,
+              help="Write into an --out folder that holds other files, the data, or a run of another configuration.")
+@click.option("--profile", is_flag=True, help="Measure each stage (wall and CPU time, loader workers included) and count "
+              "files read, images decoded, windows, forward batches and store writes: printed and written to RUN/profile.json.")
 def run_cmd(scoring: Scoring, data, data_options, allow_download, config_file, workers, out, explain,
-            allow_outside_paths, suite, perturb, fusion_state, allow_partial, num_processes) -> None:
+            allow_outside_paths, suite, perturb, fusion_state, allow_partial, num_processes, overwrite, profile) -> None:
     """Score a dataset with one or more branches, fuse, and write predictions and metrics.
 
     Exit status 3 when a branch failed on some image (every output is still written; the metrics
     cover only the images every branch scored), or when no image could be scored; --allow-partial
     makes the first case exit 0."""
     from ..config import make_run_config
+    from ..limits import check_ranks
     from ..runner import run
 
-    if num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        _relaunch(num_processes, scoring, config_file, data, out)
-        return
     cfg = make_run_config(
         config_file, **scoring.run_options(), data=data, workers=workers, out=out, explain=explain,
         allow_outside_paths=allow_outside_paths, suite=suite, perturb=perturb,
         fusion_state=read_fusion_state(fusion_state), data_options=parse_kv(data_options, "--data-option") or None,
-        allow_download=allow_download, allow_partial=allow_partial)
+        allow_download=allow_download, allow_partial=allow_partial, overwrite=overwrite)
     if fusion_state:
-        from ..runner import check_fusion_state
+        from ..planning import check_fusion_state
 
         check_fusion_state(cfg, where=f"fusion state {fusion_state}")
-    result = run(cfg, progress=scoring.progress, log=None if scoring.quiet else echo_err)
+    if num_processes != 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        check_ranks(num_processes, cfg.device)
+        _relaunch(num_processes, scoring, cfg)
+        return
+    result = run(cfg, progress=scoring.progress, log=None if scoring.quiet else echo_err, profile=profile)
     if not result.is_main:  # a non-zero rank of a distributed run: rank 0 reports
         return
     _print_result(result)
+    if result.profile is not None:
+        from ..profiling import format_report
+        from ..rundir import PROFILE
+
+        echo(format_report(result.profile))
+        echo(f"profile written to {result.out_dir / PROFILE}")
     if config_file:
         _compare_with_recorded(config_file, result)
     finish_incomplete(result.metrics, result.out_dir, cfg.allow_partial)

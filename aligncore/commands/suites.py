@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from ..cli_options import echo
+
 
 @click.command("suites")
 @click.option("--paths", is_flag=True, help="Also print the file each suite is read from.")
@@ -17,6 +19,6 @@ def suites_cmd(paths: bool) -> None:
 
     for p in list_suites():
         s = load_suite(p)
-        click.echo(f"{s.name:<14} {s.title}" + (f"  ({p})" if paths else ""))
+        echo(f"{s.name:<14} {s.title}" + (f"  ({p})" if paths else ""))
         for d in s.datasets:
-            click.echo(f"    {d.name:<24} {d.path}")
+            echo(f"    {d.name:<24} {d.path}")

@@ -9,7 +9,7 @@ import os
 
 import click
 
-from ..cli_options import echo_err, parse_kv
+from ..cli_options import echo, echo_err, parse_kv
 
 
 def command_line() -> str:
@@ -28,16 +28,16 @@ def command_line() -> str:
 
 def _print_options(branch_class) -> None:
     tcls = branch_class.train_config_class
-    click.echo(f"Training options of {branch_class.name} ({branch_class.trainer_class.__name__}, "
-               f"{tcls.__name__}); pass them as -o KEY=VALUE or in --config FILE:")
+    echo(f"Training options of {branch_class.name} ({branch_class.trainer_class.__name__}, "
+         f"{tcls.__name__}); pass them as -o KEY=VALUE or in --config FILE:")
     for name, default, help_text in tcls.options_help():
-        click.echo(f"    {name} = {default}  {help_text}")
-    click.echo(f"Branch options of {branch_class.name}; pass them as -b KEY=VALUE:")
+        echo(f"    {name} = {default}  {help_text}")
+    echo(f"Branch options of {branch_class.name}; pass them as -b KEY=VALUE:")
     for name, default, help_text in branch_class.options_help():
-        click.echo(f"    {name} = {default}  {help_text}")
+        echo(f"    {name} = {default}  {help_text}")
     for preset, values in sorted(branch_class.presets.items()):
         shown = ", ".join(f"{k}={v!r}" for k, v in values.items()) or "no changes"
-        click.echo(f"Preset {preset!r} (--preset {preset}): {shown}")
+        echo(f"Preset {preset!r} (--preset {preset}): {shown}")
 
 
 @click.command("train")
@@ -88,4 +88,4 @@ def train_cmd(branch, train_set, out, config_file, preset, device, options, bran
     if main:  # under accelerate launch, rank 0 reports
         from ..train.base import format_summary
 
-        click.echo(f"trained {branch}: {format_summary(result.summary)}; checkpoint written to {result.checkpoint}")
+        echo(f"trained {branch}: {format_summary(result.summary)}; checkpoint written to {result.checkpoint}")

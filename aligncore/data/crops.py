@@ -6,8 +6,8 @@ pixel experts never resample: they cut windows out of the image as it is, and pa
 (``align``, default 8 pixels) so a crop keeps the phase of JPEG blocks and of a
 decoder's 8-pixel upsampling pattern; the same grid is used for training and scoring.
 
-Everything here works on ``uint8`` arrays of shape (H, W, 3) and knows nothing about
-any particular branch.
+Everything here works on ``uint8`` arrays of shape (H, W, 3) (:func:`cut_windows` also on
+RGB PIL images) and knows nothing about any particular branch.
 """
 
 from __future__ import annotations
@@ -38,6 +38,34 @@ def crop(arr: np.ndarray, top: int, left: int, size: int, pad_mode: PadMode = "r
     """The ``size``×``size`` window at (top, left), padding first when the image is smaller."""
     arr = pad_to(arr, size, pad_mode)
     return np.ascontiguousarray(arr[top : top + size, left : left + size])
+
+
+def cut_windows(image, positions: list[tuple[int, int]], size: int, pad_mode: PadMode = "reflect",
+                channels_first: bool = False) -> np.ndarray:
+    """The ``size``×``size`` windows at ``positions`` of an RGB PIL image or uint8 (H, W, 3) array, as one
+    uint8 array (K, S, S, 3), or (K, 3, S, S) with ``channels_first``.
+
+    From an array each window is copied once, into the result. From a PIL image only the windows are
+    copied (PIL cuts each and hands it to numpy: a few window-sized copies, 3x faster than copying a
+    1-2 MP image whole first), unless the image is smaller than a window and must be padded.
+    """
+    shape = (len(positions), 3, size, size) if channels_first else (len(positions), size, size, 3)
+    out = np.empty(shape, dtype=np.uint8)
+    if not isinstance(image, np.ndarray):
+        w, h = image.size
+        if h >= size and w >= size and image.mode == "RGB":
+            for i, (t, l) in enumerate(positions):
+                win = np.asarray(image.crop((l, t, l + size, t + size)))
+                out[i] = win.transpose(2, 0, 1) if channels_first else win
+            return out
+        from .images import rgb_array
+
+        image = rgb_array(image)
+    arr = pad_to(image, size, pad_mode)
+    for i, (t, l) in enumerate(positions):
+        win = arr[t : t + size, l : l + size]
+        out[i] = win.transpose(2, 0, 1) if channels_first else win
+    return out
 
 
 def _span(length: int, size: int, align: int) -> int:

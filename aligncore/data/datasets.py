@@ -13,11 +13,18 @@
 - Tables (:mod:`aligncore.data.tables`): ``.parquet``/``.arrow`` files, ``datasets.save_to_disk``
   folders and Hub datasets (``hf:OWNER/NAME[:SPLIT]``), one image per row; their records carry a
   :class:`~aligncore.data.sources.TableRow` that reads the image's bytes when asked.
+
+The folder boundary is the same for scans and manifests: a path (or a file symlink) that leads
+outside the data folder needs ``allow_outside`` (``--allow-outside-paths``). Symlinked folders are
+not followed. Entries that are not regular files (FIFOs, devices, sockets, symlink loops, broken
+symlinks) are kept as records, so the run lists each in ``skipped.csv`` with its reason instead of
+dropping it silently; their bytes are never read.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from dataclasses import dataclass, field
@@ -35,6 +42,8 @@ FAKE_NAMES = {"1_fake", "fake", "fakes", "ai"}
 MANIFEST_NAME = "manifest.csv"  # what a folder that is a supervision builder's output holds
 PATH_COLUMNS = ("path", "file", "filepath", "image")
 CORE_COLUMNS = ("label", "generator", "subset")
+#: a manifest may hold at most this many bytes (about ten million rows)
+MAX_MANIFEST_BYTES = 1 << 30
 LABEL_WORDS = {"0": 0, "real": 0, "0_real": 0, "nature": 0, "false": 0, "1": 1, "fake": 1, "1_fake": 1, "ai": 1, "true": 1}
 
 
@@ -76,8 +85,11 @@ class Dataset:
 def hash_records(records: Sequence[Record]) -> tuple[list[str | None], list[tuple[str, str]]]:
     """The sha256 of every record's image bytes (None where they cannot be read) and (path, reason) of those.
 
-    Table rows are hashed in record order, so a table is streamed once.
+    Table rows are hashed in record order, so a table is streamed once. Type and size are checked before a
+    byte is read: a FIFO, a device, a symlink loop or a file above the image size limit is never read (nor
+    hashed) and gets its reason instead.
     """
+    from ..files import FileRefused
     from .sources import record_sha256
 
     hashes: list[str | None] = []
@@ -85,6 +97,10 @@ def hash_records(records: Sequence[Record]) -> tuple[list[str | None], list[tupl
     for r in records:
         try:
             hashes.append(record_sha256(r))
+        except FileRefused as exc:
+            hashes.append(None)
+            hint = " (ALIGNCORE_MAX_FILE_BYTES)" if "above the limit" in exc.reason else ""
+            unreadable.append((r.path, exc.reason + hint))
         except OSError as exc:
             hashes.append(None)
             why = exc.strerror or exc
@@ -145,20 +161,60 @@ def load_dataset(source: str | Path, allow_outside: bool = False, options: dict[
         return Dataset(str(src.resolve()), layout, recs)
     if (src / MANIFEST_NAME).is_file():
         return Dataset(str(src.resolve()), "builder-manifest", _read_csv_manifest(src / MANIFEST_NAME, allow_outside))
-    recs, layout = _read_folder(src.resolve())
+    recs, layout = _read_folder(src.resolve(), allow_outside)
     if not recs:
         raise DataError(f"{src}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))}).")
     return Dataset(str(src.resolve()), layout, recs)
 
 
-def _iter_files(root: Path) -> Iterable[Path]:
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts):
-            yield p
+def _scan(root: Path, allow_outside: bool) -> list[Path]:
+    """Every non-hidden entry below ``root`` that is not a folder (symlinked folders are not followed), sorted.
+
+    A file symlink whose target lies outside ``root`` is an error unless ``allow_outside``: the same rule
+    as a manifest row that names a path outside the manifest's folder.
+    """
+    found: list[Path] = []
+    outside: list[str] = []
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue  # an unreadable folder: nothing in it can be listed
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            p = Path(e.path)
+            try:
+                is_link = e.is_symlink()
+                if not is_link and e.is_dir(follow_symlinks=False):
+                    stack.append(p)
+                    continue
+                if is_link and e.is_dir(follow_symlinks=True):
+                    continue  # a symlinked folder: not followed (no loops, no second copy of the data)
+            except OSError:
+                pass  # a symlink loop or an entry that vanished: a record, skipped later with its reason
+            if is_link and not allow_outside:
+                try:
+                    target = p.resolve(strict=True)
+                except (OSError, RuntimeError):
+                    target = None  # loop or broken: never read, so it cannot leak anything
+                if target is not None and not target.is_relative_to(root):
+                    outside.append(f"{p} -> {target}")
+                    continue
+            found.append(p)
+    if outside:
+        more = f" and {len(outside) - 5} more" if len(outside) > 5 else ""
+        raise DataError(
+            f"{root}: {len(outside)} symlink(s) point outside the data folder: {'; '.join(outside[:5])}{more}. "
+            "Remove them, or pass allow_outside=True (--allow-outside-paths) to read files outside the folder."
+        )
+    return sorted(found)
 
 
-def _read_folder(root: Path) -> tuple[list[Record], str]:
-    files = list(_iter_files(root))
+def _read_folder(root: Path, allow_outside: bool = False) -> tuple[list[Record], str]:
+    files = _scan(root, allow_outside)
     # any file whose path contains a label folder is labelled by the innermost one
     labelled: list[Record] = []
     unlabelled: list[Path] = []
@@ -196,7 +252,10 @@ def _resolve(base: Path, raw: str, where: str, allow_outside: bool) -> str:
     if not raw or not str(raw).strip():
         raise DataError(f"{where}: empty path.")
     p = Path(str(raw).strip()).expanduser()
-    full = (p if p.is_absolute() else base / p).resolve()
+    try:
+        full = (p if p.is_absolute() else base / p).resolve()
+    except RuntimeError:  # a symlink loop: kept as named (inside or not by its own path), skipped when read
+        full = Path(os.path.abspath(p if p.is_absolute() else base / p))
     if not allow_outside and not full.is_relative_to(base.resolve()):
         raise DataError(
             f"{where}: path {raw!r} points outside the manifest's folder {base}; "
@@ -215,7 +274,7 @@ def _rows_to_records(rows: Iterable[tuple[str, dict]], base: Path, allow_outside
             raise DataError(f"{where}: no 'path' (or 'file') column.")
         raw = row[key]
         path = _resolve(base, raw, where, allow_outside)
-        if not os.path.isfile(path):
+        if not os.path.lexists(path):  # a FIFO, device or loop exists: it is skipped with its reason when read
             missing.append(f"{where} ({str(raw).strip()!r})")
         if path in seen:
             raise DataError(f"{where}: duplicate path {raw!r} (first at {seen[path]}).")
@@ -245,10 +304,19 @@ def _text(value) -> str:
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
 
 
+def _open_manifest(path: Path):
+    from ..files import FileRefused, open_regular
+
+    try:
+        return open_regular(path, MAX_MANIFEST_BYTES, "manifest")
+    except FileRefused as exc:
+        raise DataError(str(exc) + ".") from None
+
+
 def _read_csv_manifest(path: Path, allow_outside: bool) -> list[Record]:
     delim = "\t" if path.suffix.lower() == ".tsv" else ","
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
+        with io.TextIOWrapper(_open_manifest(path), newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f, delimiter=delim)
             if not reader.fieldnames:
                 raise DataError(f"{path}: empty manifest (no header).")
@@ -259,16 +327,25 @@ def _read_csv_manifest(path: Path, allow_outside: bool) -> list[Record]:
 
 
 def _read_jsonl_manifest(path: Path, allow_outside: bool) -> list[Record]:
+    from ..parsing import check_size
+
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path.name} line {i}: not valid JSON ({exc.msg}).") from None
-            if not isinstance(obj, dict):
-                raise DataError(f"{path.name} line {i}: expected a JSON object.")
-            rows.append((f"{path.name} line {i}", obj))
+    try:
+        with io.TextIOWrapper(_open_manifest(path), encoding="utf-8") as f:
+            lines = list(f)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not a readable JSONL manifest (not UTF-8: {exc.reason}).") from None
+    for i, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path.name} line {i}: not valid JSON ({exc.msg}).") from None
+        except RecursionError:
+            raise DataError(f"{path.name} line {i}: nested too deeply.") from None
+        check_size(obj, f"{path.name} line {i}", DataError, max_nodes=10_000, max_depth=16)
+        if not isinstance(obj, dict):
+            raise DataError(f"{path.name} line {i}: expected a JSON object.")
+        rows.append((f"{path.name} line {i}", obj))
     return _rows_to_records(rows, path.parent, allow_outside)

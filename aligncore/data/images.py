@@ -91,19 +91,19 @@ def load_image(source: str | Path | bytes | Image.Image, max_pixels: int | None 
     deadline = DECODE_TIMEOUT_S if timeout_s is None else timeout_s
     name = "<image>" if isinstance(source, (bytes, Image.Image)) else str(source)
     if isinstance(source, Image.Image):
-        return to_rgb(source)
-    try:
-        if isinstance(source, bytes):
-            data = source
-        else:
-            with open(source, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size > MAX_FILE_BYTES:
-                    raise ImageLoadError(name, f"refused: file is {size} bytes, above the limit of {MAX_FILE_BYTES} "
-                                               "(ALIGNCORE_MAX_FILE_BYTES)")
+        return _checked_pil(source, limit, deadline)
+    if isinstance(source, bytes):
+        data = source
+    else:
+        from ..files import FileRefused, open_regular
+
+        try:  # type and size before a byte is read: a FIFO, a device or a 16 GB sparse file is never read
+            with open_regular(source, MAX_FILE_BYTES, limit_hint="ALIGNCORE_MAX_FILE_BYTES") as f:
                 data = f.read(MAX_FILE_BYTES + 1)
-    except OSError as exc:
-        raise ImageLoadError(name, f"cannot read file ({exc.strerror or exc})") from None
+        except FileRefused as exc:
+            raise ImageLoadError(name, exc.reason) from None
+        except OSError as exc:
+            raise ImageLoadError(name, f"cannot read file ({exc.strerror or exc})") from None
     if not data:
         raise ImageLoadError(name, "empty file (0 bytes)")
     if len(data) > MAX_FILE_BYTES:
@@ -148,6 +148,26 @@ def load_image(source: str | Path | bytes | Image.Image, max_pixels: int | None 
         if "truncated" in reason.lower():
             reason = f"truncated or incomplete file ({reason})"
         raise ImageLoadError(name, f"corrupt image: {type(exc).__name__}: {reason}") from None
+
+
+def _checked_pil(img: Image.Image, limit: int, deadline: float) -> Image.Image:
+    """A PIL image given by a caller (perhaps opened lazily, not decoded yet): the same pixel limit and
+    deadline as a file, before its pixels are decoded."""
+    name = "<image>"
+    w, h = img.size
+    if w <= 0 or h <= 0 or w * h > limit:
+        raise ImageLoadError(name, f"refused: {w}x{h} = {w * h} pixels is empty or exceeds the limit of {limit}")
+    try:
+        with warnings.catch_warnings(), decode_deadline(deadline):
+            warnings.simplefilter("ignore")
+            img.load()
+            return to_rgb(img)
+    except _DecodeTimeout:
+        raise ImageLoadError(name, f"refused: decoding took longer than {deadline:g} s (ALIGNCORE_DECODE_TIMEOUT_S)") from None
+    except MemoryError:
+        raise ImageLoadError(name, "refused: not enough memory to decode") from None
+    except Exception as exc:
+        raise ImageLoadError(name, f"corrupt image: {type(exc).__name__}: {exc}") from None
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

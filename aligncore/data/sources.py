@@ -18,7 +18,6 @@ the table is never held in memory.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -105,22 +104,16 @@ def _checked(data: bytes, src: ImageSource) -> bytes:
 
 
 def read_file_bytes(path: str) -> bytes:
-    """A regular file's bytes, refused above the loader's size limit before reading."""
+    """A regular file's bytes, refused above the loader's size limit before reading (a FIFO or a device is
+    refused unread, see :func:`aligncore.files.open_regular`)."""
+    from ..files import FileRefused, open_regular
     from .images import MAX_FILE_BYTES
 
     try:
-        with open(path, "rb") as f:
-            st = os.fstat(f.fileno())
-            import stat
-
-            if not stat.S_ISREG(st.st_mode):
-                raise SourceReadError(f"{path}: not a regular file")
-            if st.st_size > MAX_FILE_BYTES:
-                raise SourceReadError(f"{path}: refused: file is {st.st_size} bytes, above the limit of "
-                                      f"{MAX_FILE_BYTES} (ALIGNCORE_MAX_FILE_BYTES)")
+        with open_regular(path, MAX_FILE_BYTES, limit_hint="ALIGNCORE_MAX_FILE_BYTES") as f:
             return f.read(MAX_FILE_BYTES + 1)
-    except SourceReadError:
-        raise
+    except FileRefused as exc:
+        raise SourceReadError(f"{path}: {exc.reason}") from None
     except OSError as exc:
         raise SourceReadError(f"{path}: cannot read file ({exc.strerror or exc})") from None
 
@@ -139,8 +132,9 @@ def record_sha256(record: Any) -> str:
     src = getattr(record, "source", None)
     if src is None:
         from ..hashing import sha256_file
+        from .images import MAX_FILE_BYTES
 
-        return sha256_file(record.path)
+        return sha256_file(record.path, MAX_FILE_BYTES)  # a file above the limit is refused, never hashed
     return hashlib.sha256(src.read_bytes()).hexdigest()
 
 

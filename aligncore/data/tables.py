@@ -30,6 +30,7 @@ from pydantic import Field, ValidationError, field_validator
 
 from ..component import ComponentConfig, format_validation_error
 from ..errors import ConfigError, DataError
+from ..parsing import read_structured
 from .sources import SourceReadError, TableRow
 
 TABLE_SUFFIXES = (".parquet", ".arrow")
@@ -243,7 +244,9 @@ def _saved_dataset(folder: Path, options: TableOptions) -> TableSet:
     """A ``datasets`` ``save_to_disk`` folder (one split), or a DatasetDict folder (choose a split)."""
     if (folder / "dataset_dict.json").is_file():
         try:
-            splits = list(json.loads((folder / "dataset_dict.json").read_text())["splits"])
+            splits = list(read_structured(folder / "dataset_dict.json", "datasets split list", "json", DataError)["splits"])
+        except DataError:
+            raise
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{folder / 'dataset_dict.json'} cannot be read ({exc}).") from None
         split = options.split
@@ -257,8 +260,10 @@ def _saved_dataset(folder: Path, options: TableOptions) -> TableSet:
         ts.root, ts.name = str(folder), f"{folder.name}:{split}"
         return ts
     try:
-        state = json.loads((folder / "state.json").read_text())
+        state = read_structured(folder / "state.json", "datasets state", "json", DataError)
         files = [folder / d["filename"] for d in state["_data_files"]]
+    except DataError:
+        raise
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise DataError(f"{folder / 'state.json'} is not a datasets save_to_disk state ({exc}).") from None
     for f in files:
@@ -268,8 +273,8 @@ def _saved_dataset(folder: Path, options: TableOptions) -> TableSet:
     info = folder / "dataset_info.json"
     if info.is_file():
         try:
-            features = json.loads(info.read_text()).get("features")
-        except (OSError, ValueError):
+            features = read_structured(info, "datasets info", "json", DataError).get("features")
+        except (OSError, ValueError, AttributeError, DataError):
             features = None
     return TableSet(str(folder), folder.name, files, folder, "saved-dataset", features)
 

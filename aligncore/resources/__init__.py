@@ -1,5 +1,5 @@
-"""Files that ship inside the package: benchmark suites (``suites/*.yaml``) and accelerate
-launch configs (``accelerate/*.yaml``).
+"""Files that ship inside the package: benchmark suites (``suites/*.yaml``), accelerate
+launch configs (``accelerate/*.yaml``) and study recipes (``studies/*.yaml``).
 
 They are found through ``importlib.resources``, so a source checkout, an editable install
 and an installed wheel read the same files; nothing depends on where the source tree lies.
@@ -15,7 +15,7 @@ from ..errors import AlignCoreError, ConfigError
 
 
 def resource_dir(kind: str) -> Path:
-    """The folder of shipped ``kind`` files (``"suites"`` or ``"accelerate"``)."""
+    """The folder of shipped ``kind`` files (``"suites"``, ``"accelerate"`` or ``"studies"``)."""
     folder = resources.files(__name__) / kind
     if not isinstance(folder, Path):  # e.g. a zip import: accelerate and YAML readers need real files
         raise AlignCoreError(f"aligncore's packaged {kind} files are not on the file system ({folder}); "

@@ -9,8 +9,9 @@ gradient checkpointing; ``max_length`` unset so image tokens are never cut).
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from ..errors import ConfigError
 from .base import TrainConfig
 
 
@@ -42,7 +43,17 @@ class DPOTrainConfig(TrainConfig):
     save_total_limit: int | None = Field(2, ge=1, description="Keep at most this many trainer checkpoints.")
     logging_steps: int = Field(10, ge=1, description="Log the loss every N steps.")
     seed: int = Field(0, description="Seed for data order and LoRA initialisation.")
-    dataloader_num_workers: int = Field(0, ge=0, description="Worker processes decoding images.")
+    dataloader_num_workers: int = Field(0, ge=0, description="Worker processes decoding images (at most one per CPU core).")
+
+    @field_validator("dataloader_num_workers")
+    @classmethod
+    def _workers(cls, v):
+        from ..limits import check_workers
+
+        try:
+            return check_workers(v, "dataloader_num_workers")
+        except ConfigError as exc:
+            raise ValueError(str(exc).rstrip(".")) from None
     deepspeed: str | None = Field(None, description="DeepSpeed JSON config (with `accelerate launch`), or None.")
     resume: bool = Field(True, description="Resume from the last trainer checkpoint in OUT/trainer when there is one.")
     report_to: list[str] = Field(default_factory=list, description="Experiment trackers (e.g. ['tensorboard']).")

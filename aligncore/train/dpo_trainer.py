@@ -190,6 +190,10 @@ class DPOTrainer(Trainer):
                                 peft_config=lora, callbacks=self._callbacks())
         self._quiet_logs(trainer)
         last = get_last_checkpoint(args.output_dir) if cfg.resume and Path(args.output_dir).is_dir() else None
+        if last:
+            from ..safeio import check_folder
+
+            check_folder(last)  # the trainer unpickles optimizer, scheduler and RNG states on its own
         result = trainer.train(resume_from_checkpoint=last)
         self.model = trainer.model
         info = {

@@ -36,11 +36,11 @@ class PixelTrainConfig(TrainConfig):
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps before the cosine decay.")
     scheduler: Literal["cosine", "constant"] = Field("cosine", description="Learning-rate schedule after warm-up.")
-    batch_size: int = Field(16, ge=2, description="Images per optimizer step (a pair counts two); must be even for paired batches.")
+    batch_size: int = Field(16, ge=2, le=65536, description="Images per optimizer step (a pair counts two); must be even for paired batches.")
     grad_accum_steps: int = Field(1, ge=1, description="Micro-batches accumulated per optimizer step (batch_size is split across them).")
     max_grad_norm: float | None = Field(1.0, description="Gradient clipping norm (None: no clipping).")
     # ---- data
-    crop_size: int | None = Field(None, ge=8, description="Training window side (default: the branch's crop_size); random "
+    crop_size: int | None = Field(None, ge=8, le=4096, description="Training window side (default: the branch's crop_size); random "
                                   "position, native resolution. Recorded in the checkpoint, so scoring uses it too.")
     val_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="Share of pairs / source photos held out for validation (a pair is never split).")
     paired: Literal["auto", "yes", "no"] = Field(
@@ -63,7 +63,7 @@ class PixelTrainConfig(TrainConfig):
         0, ge=0, description="Also save the resumable training state every N optimizer steps (0: at epoch ends only)."
     )
     resume: bool = Field(True, description="Resume from OUT/state when it exists (a killed run continues where it stopped).")
-    eval_batch_size: int = Field(16, ge=1, description="Images per forward pass during validation.")
+    eval_batch_size: int = Field(16, ge=1, le=65536, description="Images per forward pass during validation.")
 
     def planned_epochs(self) -> int:
         """The epoch limit in force: ``epochs`` when set, else 3, or (with a time or step budget) none."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -38,20 +39,30 @@ def load_training_set(source, allow_outside: bool = False) -> list[TrainRecord]:
     ds = load_dataset(source, allow_outside=allow_outside)  # a builder's output folder is read through its manifest
     require_files(ds.records, "training")
     out = []
+    root = Path(ds.root) if Path(ds.root).is_dir() else Path(ds.root).parent
     for r in ds.records:
         if r.label is None:
             continue
         pair = (r.extra.get("pair_id") or "").strip() or None
-        src_id = (r.extra.get("source") or "").strip() or None
-        out.append(TrainRecord(r.path, int(r.label), pair or src_id or r.path, pair, r.generator))
+        # the split is drawn from a hash of the group, so the group must not depend on where the set lies:
+        # the source photo's digest before its (absolute) path, a file's path relative to the set
+        src_id = (r.extra.get("source_sha256") or r.extra.get("source") or "").strip() or None
+        out.append(TrainRecord(r.path, int(r.label), pair or src_id or _relative(r.path, root), pair, r.generator))
     labels = {r.label for r in out}
     if labels != {0, 1}:
         raise DataError(f"{source}: a training set needs real (0) and fake (1) images; found labels {sorted(labels)}.")
     return out
 
 
+def _relative(path: str, root: Path) -> str:
+    try:
+        return Path(path).relative_to(root).as_posix()
+    except ValueError:  # a manifest row outside the set's folder
+        return path
+
+
 def _group_rank(group: str, seed: int) -> str:
-    return hashlib.sha256(f"{seed}:{group}".encode()).hexdigest()
+    return hashlib.sha256(f"{seed}:{group}".encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def split_by_group(records: list[TrainRecord], val_fraction: float, seed: int) -> tuple[list[TrainRecord], list[TrainRecord]]:

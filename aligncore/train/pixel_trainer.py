@@ -71,6 +71,17 @@ class PixelTrainer(Trainer):
         if missing:
             raise AlignCoreError(f"branch {branch_class.name!r} cannot use the pixel trainer: it lacks {', '.join(missing)}.")
         self.branch = self.new_branch()
+        self._check_memory()
+
+    def _check_memory(self) -> None:
+        """A training step holds batch_size windows (uint8 and float32), a validation step eval_batch_size."""
+        from ..limits import check_memory
+
+        s, cfg = self.branch.config.crop_size, self.config
+        per = s * s * 3 * (1 + 4)
+        for field, n in (("batch_size", cfg.batch_size // cfg.grad_accum_steps), ("eval_batch_size", cfg.eval_batch_size)):
+            check_memory(per * n, f"training {self.branch.name!r}: {field} {n} of {s}x{s} windows",
+                         f"Lower {field} (or crop_size, or raise grad_accum_steps).")
 
     # ------------------------------------------------------------------ public
     def train(self, train_set, out_dir) -> TrainResult:
@@ -255,7 +266,6 @@ class PixelTrainer(Trainer):
         return x, y
 
     def _step(self, model, opt, loss_fn, slots, cache, epoch: int, step: int) -> float:
-        import torch
 
         acc, cfg = self.acc, self.config
         x, y = self.make_batch(slots, cache, epoch, step)
@@ -379,7 +389,13 @@ class PixelTrainer(Trainer):
         torch.set_rng_state(rng["torch"])
         if rng["cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(rng["cuda"])
-        return json.loads((state_dir / "trainer_state.json").read_text())
+        from ..parsing import read_structured
+
+        state = read_structured(state_dir / "trainer_state.json", "trainer state", fmt="json")
+        if not isinstance(state, dict):
+            raise AlignCoreError(f"trainer state {state_dir / 'trainer_state.json'} is not a mapping; remove "
+                                 f"{state_dir} to train from the start.")
+        return state
 
 
 def epoch_line(row: dict, epochs: int) -> str:

@@ -161,14 +161,16 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true", help="tiny architectures (any device): checks the script")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--seconds", type=float, default=8.0, help="timing window per configuration")
-    ap.add_argument("--dinov2-batches", default="16,32,64,128")
-    ap.add_argument("--qwen-batches", default="1,4,8,16")
+    ap.add_argument("--dinov2-batches", default=None, help="default 16,32,64,128 (smoke: 2,4)")
+    ap.add_argument("--qwen-batches", default=None, help="default 1,4,8,16 (smoke: 1,2)")
     ap.add_argument("--qwen-side", type=int, default=448, help="image side for the VLM (448 → 256 visual tokens)")
     ap.add_argument("--peak-tflops", type=float, help="the card's dense bf16 peak, if not in the built-in table")
     ap.add_argument("--out", default="benchmarks/results/gpu_check")
     args = ap.parse_args()
 
     dev = args.device
+    args.dinov2_batches = args.dinov2_batches or ("2,4" if args.smoke else "16,32,64,128")
+    args.qwen_batches = args.qwen_batches or ("1,2" if args.smoke else "1,4,8,16")
     name = torch.cuda.get_device_name(0) if dev.startswith("cuda") else platform.processor() or "cpu"
     peak = args.peak_tflops * 1e12 if args.peak_tflops else next((v for k, v in PEAKS.items() if k in name), None)
     if dev.startswith("cuda"):

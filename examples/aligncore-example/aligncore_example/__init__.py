@@ -1,4 +1,4 @@
-"""An example aligncore plugin: one implementation of each of the four hooks.
+"""An example aligncore plugin: one implementation of each of the five hooks.
 
 aligncore calls each hook once with a callback: ``register(cls)`` for components, the click
 group for commands. The classes live in their own modules; the command imports its heavy
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from aligncore import hookimpl
 
+from .audit import ClassBalanceAudit
 from .branch import ColourfulnessBranch
 from .builder import PosterizePairs
 from .command import add_commands
@@ -30,6 +31,11 @@ def register_fusions(register):
 @hookimpl
 def register_supervision_builders(register):
     register(PosterizePairs)
+
+
+@hookimpl
+def register_audits(register):
+    register(ClassBalanceAudit)
 
 
 @hookimpl

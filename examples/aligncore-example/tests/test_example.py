@@ -7,11 +7,13 @@ from click.testing import CliRunner
 
 from aligncore import RunConfig, create_branch, create_builder, create_fusion, list_components, run
 from aligncore.data import load_dataset, load_image
+from aligncore.registry import create_audit
 from aligncore.testing import check_branch_contract, make_image_folder
 
 
 def test_every_hook_registered_its_component():
-    for kind, name in (("branch", "example"), ("fusion", "median"), ("builder", "posterize-pairs")):
+    for kind, name in (("branch", "example"), ("fusion", "median"), ("builder", "posterize-pairs"),
+                       ("audit", "class-balance")):
         assert [r.plugin for r in list_components(kind, name)] == ["example"], kind
 
 
@@ -33,6 +35,13 @@ def test_the_builder_writes_pairs_that_train_a_branch(tmp_path):
     recs = load_dataset(manifest).records
     assert len(recs) == 8 and sorted(r.label for r in recs) == [0] * 4 + [1] * 4
     assert {r.extra["pair_id"] for r in recs if r.label == 0} == {r.extra["pair_id"] for r in recs if r.label == 1}
+
+
+def test_the_audit_counts_classes_and_fails_an_unequal_set(tmp_path):
+    even = create_audit("class-balance").run(make_image_folder(tmp_path / "even", 4, 4), tmp_path / "a")
+    assert even.metrics == {"n_real": 4, "n_fake": 4, "ratio": 1.0, "verdict": "pass"}
+    skewed = create_audit("class-balance", max_ratio=2).run(make_image_folder(tmp_path / "skew", 1, 6), tmp_path / "b")
+    assert skewed.metrics["verdict"] == "imbalanced" and skewed.details == {"per_generator": {"genA": 6}}
 
 
 def test_a_run_fuses_with_the_plugin_fusion(tmp_path):
