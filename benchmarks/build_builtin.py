@@ -89,7 +89,15 @@ def copy_weights(src: Path, dest: Path, files: tuple[str, ...]) -> list[str]:
     return names
 
 
-def build(shared: Path, work: Path, out: Path, seed: int, jobs: int, results: Path | None, progress: bool) -> dict:
+def build(*args, **kwargs) -> dict:
+    """:func:`build_files` with built-in weights out of use (they are what it writes)."""
+    from aligncore.builtin import not_used
+
+    with not_used():
+        return build_files(*args, **kwargs)
+
+
+def build_files(shared: Path, work: Path, out: Path, seed: int, jobs: int, results: Path | None, progress: bool) -> dict:
     import torch
 
     from aligncore.builtin import DETECTOR_FILE, write_sums
@@ -177,6 +185,14 @@ def _logo_rows(results: Path | None) -> list[str]:
     return rows
 
 
+def _weakest(results: Path | None) -> str:
+    if results is None or not results.is_file():
+        return "the weakest folds are listed in the results file"
+    folds = json.loads(results.read_text())["experts"][SHIPPED_EXPERT]["summary"]["asis"]["by_gen_fold"]
+    worst = sorted(folds.items(), key=lambda kv: kv[1]["auc"])[:3]
+    return "the weakest held-out generator folds (as is AUC) are " + ", ".join(f"{k} {v['auc']:.3f}" for k, v in worst)
+
+
 def model_card(digest: str, detector: dict, items: list, results: Path | None) -> str:
     n_fake = sum(it.label for it in items)
     n_gen = len({it.generator for it in items if it.label})
@@ -199,11 +215,12 @@ def model_card(digest: str, detector: dict, items: list, results: Path | None) -
         "| `spectrum/` | `spectrum` | blur-residual log-spectrum + logistic regression | `--branches spectrum` |",
         "| `npr/` | `npr` | NPR CNN (width 16), trained from scratch for "
         f"{NPR_TRAIN['max_steps']} steps × {NPR_TRAIN['batch_size']} crops of {NPR_TRAIN['crop_size']} px | `--branches npr` |",
-        "| `detector.json` | — | the default ensemble: branches, fusion, threshold at 5 % FPR | `alignctl detect`, `Detector()` |",
+        "| `detector.json` | — | the default ensemble: branches, fusion, threshold at 5 % FPR (aerecon score "
+        f"{detector['fusion']['options']['thresholds']['aerecon']:.3f}, shown as P(fake) 0.5) | `alignctl detect`, `Detector()` |",
         "",
         "## Data",
         "",
-        f"The project's shared test images: {n_fake} AI-generated images from {n_gen} generators (very uneven: "
+        f"The project's shared test images: {n_fake} AI-generated images from {n_gen} generator folders (very uneven: "
         f"flux.1-dev and sdxl ~120 each, many newer models one image) and {len(items) - n_fake} real photographs "
         "(COCO, ImageNet, BSD/CBSD68, Set5/Set14/Urban100/Sun-Hays, Dresden, PolyU). Pixels only: the centre "
         "≤512 window of each file as decoded, no metadata. Research-use images; they are not shipped.",
@@ -225,8 +242,7 @@ def model_card(digest: str, detector: dict, items: list, results: Path | None) -
         "",
         f"- {n_fake} fakes from {n_gen} generator folders, 42 % of them from two families (flux, sdxl): the folds of "
         "rare generators are small and their AUCs noisy; generators newer than those in the data are untested.",
-        "- Latent-diffusion images reconstruct well through a FLUX.2-family autoencoder; GAN and pixel-space "
-        "generators (gigagan, unknown-gan) are the weakest folds.",
+        "- Latent-diffusion images reconstruct well through a FLUX.2-family autoencoder; " + _weakest(results) + ".",
         "- Photo collections differ in camera and compression; the hardest real fold (scenes-cameras: Dresden, "
         "PolyU, Sun-Hays) is well below the mean. Re-encoding (resize + JPEG) costs several AUC points.",
         "- The shipped detector reads the image as `alignctl detect` decodes it (EXIF orientation applied); the "

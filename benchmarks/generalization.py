@@ -475,7 +475,10 @@ def render(res: dict) -> str:
         f"Command: `{run['command']}` — wall time {run['wall_minutes']:.1f} min on {run['cpus']} shared CPU cores "
         f"({run['jobs']} feature workers, 1 thread each; other jobs were running), Python {run['python']}. "
         f"Data: SHARED/data ({run['n_fakes']} fakes, {run['n_reals']} real photos{', quick subset' if run['quick'] else ''}); "
-        f"seed {run['seed']}.",
+        f"seed {run['seed']}."
+        + (f" Features computed in this run: {run['feature_stats']['features']} ({run['feature_stats']['images']} images, "
+           f"{run['feature_stats']['seconds']:.0f} s); the rest came from WORK's cache of earlier runs with the same code."
+           if run.get("feature_stats") else ""),
         "",
         "Protocol (`benchmarks/logo_folds.py`, `benchmarks/logo_features.py`): one fold per generator family with ≥ 10 "
         "fakes plus a pooled `rare` fold, crossed with 4 real folds (whole photo collections held out) = "

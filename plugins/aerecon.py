@@ -93,7 +93,7 @@ class AereconBranch(Branch):
     @classmethod
     def uses_builtin(cls, values) -> bool:
         # autoencoder files of the caller's own mean the training-free branch (or their own head) on them
-        return super().uses_builtin(values) and not values.get("encoder_path") and not values.get("decoder_path")
+        return not values.get("encoder_path") and not values.get("decoder_path") and super().uses_builtin(values)
 
     # ------------------------------------------------------------------ checkpoint and identity
     @property
