@@ -128,7 +128,8 @@ def build_files(shared: Path, work: Path, out: Path, seed: int, jobs: int, resul
     for part in ("encoder", "decoder"):
         sd = read_state_dict(shared / "weights" / f"taef2_{part}.pth")
         save_state_dict({k: sd[k].contiguous() for k in sorted(sd)}, ae_dir / f"{part}.safetensors",
-                        metadata={"source": "madebyollin/taesd taef2_" + part + ".pth", "license": "MIT"})
+                        # one key: safetensors writes metadata in no fixed order, and the bytes must not vary
+                        metadata={"source": f"madebyollin/taesd taef2_{part}.pth, MIT licence (see MODEL_CARD.md)"})
     write_sums(ae_dir, ["branch.json", "head.safetensors", "encoder.safetensors", "decoder.safetensors"])
     log(f"aerecon head: {head['n_features']} features, threshold logit {head['threshold_logit_5fpr']:.4f}")
 
@@ -314,9 +315,14 @@ def main(argv=None) -> None:
     res = build(shared, work, target, args.seed, args.jobs, Path(args.results), not args.no_progress)
     res["minutes"] = round((time.monotonic() - t0) / 60, 2)
     if args.check:
+        from aligncore.hashing import sha256_file
+
         shipped = set_digest(out) if out.is_dir() else None
         res["shipped_digest"] = shipped
         res["identical"] = shipped == res["digest"]
+        res["differing_files"] = sorted(
+            p.relative_to(target).as_posix() for p in target.rglob("*") if p.is_file() and p.name != CARD
+            and not ((out / p.relative_to(target)).is_file() and sha256_file(out / p.relative_to(target)) == sha256_file(p)))
         shutil.rmtree(target.parent)
     print(json.dumps(res, indent=1))
     if args.check and not res["identical"]:
