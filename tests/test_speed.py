@@ -274,3 +274,17 @@ def test_gpu_check_smoke_runs_anywhere(tmp_path):
         assert line in pipeline, pipeline
     assert "| dinov2 vit_small_patch14_dinov2@98 | 2 |" in (tmp_path / "gpu_check-smoke.md").read_text()
     assert not (repo / "aligncore_plugins").exists()  # an installed checkout is not touched
+
+
+def test_random_preset_needs_no_pretrained_weights(monkeypatch):
+    """The speed presets (`--preset random`: the configured architecture, random weights) build and fingerprint
+    offline: the fingerprint names no pretrained backbone, as none is read (peer_baseline.py scores ViT-S this way)."""
+    import aligncore_plugins.dinov2_model as dm
+
+    def refuse(*a, **k):
+        raise AssertionError("a random-weight branch looked up pretrained weights")
+
+    monkeypatch.setattr(dm, "pretrained_file", refuse)
+    br = create_branch("dinov2", preset="random", model="vit_small_patch14_dinov2.lvd142m", crop_size=224, device="cpu")
+    assert br.random_weights and br.base_weights_identity() == "" and br.weights_provenance() == "random"
+    assert br.fingerprint() != create_branch("dinov2", preset="random", device="cpu").fingerprint()
