@@ -109,7 +109,7 @@ class DINOv2Branch(NeuralPixelBranch):
         from . import dinov2_model as dm
 
         c = self.config
-        if self.tiny or c.from_scratch:
+        if self.tiny or c.from_scratch or self.random_weights:  # the same test as build_model: no backbone is read
             return ""
         return weights_identity(dm.pretrained_file(c.model, c.weights, c.allow_download))
 

@@ -11,6 +11,7 @@ exercise every conversion the loader does. Regenerate only on purpose:
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,59 @@ PIXEL_CONFIGS = (
     ("dinov2-tiny", "dinov2", {"preset": "tiny", "inference_crops": 4}),
     ("spectrum-tiny", "spectrum", {"preset": "tiny"}),
 )
+
+
+def windows_when_frozen(h: int, w: int, size: int, n: int, align: int = 8) -> list[tuple[int, int]]:
+    """The window positions :data:`PIXEL_FIXTURE` was frozen with (the grid of the time, its positions repeated
+    in order to fill ``n``). Later, scoring chose ``n`` windows that count every distinct window equally
+    (``aligncore.pixel.window_positions``): an image whose windows changed has a different score on purpose,
+    so the frozen scores hold only for the images whose windows (as a multiset) did not change."""
+    from aligncore.data.crops import _span, center_position
+
+    if n <= 1:
+        return [center_position(h, w, size, align)] * max(1, n)
+    th, tw = _span(h, size, align), _span(w, size, align)
+    step = max(1, align)
+    rows = min(n, max(1, round(math.sqrt(n * h / max(1, w)))))
+    cols = max(1, n // rows)
+    rows, cols = min(rows, th // step + 1), min(cols, tw // step + 1)
+
+    def spread(span: int, k: int) -> list[int]:
+        if k == 1:
+            off = span // 2
+            return [off - off % step]
+        return [v - v % step for v in (round(i * span / (k - 1)) for i in range(k))]
+
+    pos = [(t, l) for t in spread(th, rows) for l in spread(tw, cols)]
+    return [pos[i % len(pos)] for i in range(n)]
+
+
+def unchunked_scores(root: Path) -> dict[str, dict[str, float]]:
+    """{config name: {relative path: score}} of the neural :data:`PIXEL_CONFIGS` the plain way, with today's
+    windows: each image decoded on its own (``load_image``), its windows cut with ``crop`` at the branch's
+    positions, every window of the image in one forward pass of the branch's model, mean logit, sigmoid."""
+    import torch
+
+    from aligncore.data import load_dataset, load_image
+    from aligncore.data.crops import crop
+    from aligncore.registry import create_branch
+
+    out: dict[str, dict[str, float]] = {}
+    records = load_dataset(root).records
+    for name, branch, opts in PIXEL_CONFIGS:
+        br = create_branch(branch, device="cpu", **opts).ensure_loaded()
+        if not hasattr(br, "logits"):
+            continue  # no model (spectrum): only the frozen scores apply
+        br.model.eval()
+        c, scores = br.config, {}
+        for r in records:
+            arr = np.asarray(load_image(r.path))
+            wins = np.stack([crop(arr, t, l, c.crop_size, c.pad_mode) for t, l in br.window_positions(*arr.shape[:2])])
+            with torch.inference_mode():
+                z = br.logits(torch.from_numpy(wins).permute(0, 3, 1, 2).contiguous()).float().mean()
+            scores[Path(r.path).relative_to(root).as_posix()] = 1.0 / (1.0 + math.exp(-float(z)))
+        out[name] = scores
+    return out
 
 
 def make_reference_images(root: Path) -> Path:

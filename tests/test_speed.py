@@ -25,7 +25,8 @@ from aligncore.errors import AlignCoreError
 from aligncore.registry import create_branch
 from aligncore.runner import run
 
-from decode_reference import PIXEL_CONFIGS, PIXEL_FIXTURE, make_reference_images, pixel_scores
+from decode_reference import (PIXEL_CONFIGS, PIXEL_FIXTURE, make_reference_images, pixel_scores, unchunked_scores,
+                              windows_when_frozen)
 
 #: scores are compared to a float32 sigmoid frozen before chunking; a float64 sigmoid of the same logit
 #: differs by < 3e-8, while the closest scores of two different images here differ by 2.5e-8..1e-4
@@ -40,13 +41,28 @@ def _max_diff(got: dict, want: dict) -> float:
 @pytest.mark.parametrize("budget", [None, 0.01])
 def test_pixel_scores_equal_the_unchunked_path(tmp_path, budget):
     """npr (tiny and its default architecture), dinov2 and spectrum score every image as the path that put every
-    window of a batch through one forward pass did (frozen before chunking), at the default activation budget
-    and at a budget that forces one window per forward pass."""
+    window of a batch through one forward pass did, at the default activation budget and at a budget that forces
+    one window per forward pass: (1) the frozen scores of that path, for every image whose windows are still the
+    ones it was frozen with (scoring later chose distinct windows on purpose, which changes the others' scores);
+    (2) every image, against the plain computation with today's windows (one image, all its windows in one pass)."""
     want = json.loads(PIXEL_FIXTURE.read_text())
     assert set(want) == {name for name, _, _ in PIXEL_CONFIGS}
     images = make_reference_images(tmp_path / "images")
     got = pixel_scores(images, tmp_path, **({} if budget is None else {"activation_mb": budget}))
-    assert _max_diff(got, want) <= TOL
+
+    same_windows = {}
+    for name, branch, opts in PIXEL_CONFIGS:
+        br = create_branch(branch, device="cpu", **opts)
+        c = br.config
+        sizes = {p: load_image(images / p).size for p in want[name]}
+        same_windows[name] = {p: want[name][p] for p, (w, h) in sizes.items()
+                              if Counter(br.window_positions(h, w)) == Counter(windows_when_frozen(h, w, c.crop_size, c.inference_crops, c.crop_align))}
+    assert sum(map(len, same_windows.values())) >= 30  # of 44: the frozen check still covers most images
+    assert _max_diff({k: {p: got[k][p] for p in v} for k, v in same_windows.items()}, same_windows) <= TOL
+
+    plain = unchunked_scores(images)
+    assert set(plain) == {"npr-tiny", "npr-full", "dinov2-tiny"}
+    assert _max_diff({k: got[k] for k in plain}, plain) <= TOL
 
 
 def _largest_activation(branch, batch) -> tuple[int, list[float]]:
@@ -258,3 +274,17 @@ def test_gpu_check_smoke_runs_anywhere(tmp_path):
         assert line in pipeline, pipeline
     assert "| dinov2 vit_small_patch14_dinov2@98 | 2 |" in (tmp_path / "gpu_check-smoke.md").read_text()
     assert not (repo / "aligncore_plugins").exists()  # an installed checkout is not touched
+
+
+def test_random_preset_needs_no_pretrained_weights(monkeypatch):
+    """The speed presets (`--preset random`: the configured architecture, random weights) build and fingerprint
+    offline: the fingerprint names no pretrained backbone, as none is read (peer_baseline.py scores ViT-S this way)."""
+    import aligncore_plugins.dinov2_model as dm
+
+    def refuse(*a, **k):
+        raise AssertionError("a random-weight branch looked up pretrained weights")
+
+    monkeypatch.setattr(dm, "pretrained_file", refuse)
+    br = create_branch("dinov2", preset="random", model="vit_small_patch14_dinov2.lvd142m", crop_size=224, device="cpu")
+    assert br.random_weights and br.base_weights_identity() == "" and br.weights_provenance() == "random"
+    assert br.fingerprint() != create_branch("dinov2", preset="random", device="cpu").fingerprint()

@@ -106,7 +106,11 @@ class TableCell:
         if nums:
             mean = sum(nums) / len(nums)
             std = math.sqrt(sum((x - mean) ** 2 for x in nums) / (len(nums) - 1)) if len(nums) > 1 else None
-            return {"mean": mean, "std": std, "n": len(nums), "values": nums, "missing": self.missing}
+            # results of the cell whose metric is undefined (e.g. a degenerate learned fusion in one seed): the mean
+            # is over fewer results than the others', which the cell must say
+            undefined = len(self.values) - len(nums) - len(words)
+            return {"mean": mean, "std": std, "n": len(nums), "values": nums, "missing": self.missing,
+                    "n_undefined": undefined}
         if words:
             uniq = sorted(set(words))
             return {"value": uniq[0] if len(uniq) == 1 else "/".join(uniq), "n": len(words), "values": words,
@@ -116,7 +120,9 @@ class TableCell:
     def text(self) -> str:
         s = self.summary()
         if "mean" in s:
-            return f"{s['mean']:.4f}" + (f" ± {s['std']:.4f}" if s["std"] is not None else "")
+            text = f"{s['mean']:.4f}" + (f" ± {s['std']:.4f}" if s["std"] is not None else "")
+            short = [f"{k} {what}" for k, what in ((s["n_undefined"], UNDEFINED), (s["missing"], "not computed")) if k]
+            return text + (f" ({s['n']} of {s['n'] + s['n_undefined'] + s['missing']}; {', '.join(short)})" if short else "")
         if "value" in s:
             return str(s["value"])
         return UNDEFINED if s.get("undefined") else MISSING
