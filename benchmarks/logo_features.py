@@ -18,7 +18,6 @@ tiny autoencoder: the pixel-set fakes, for training only).
 
 from __future__ import annotations
 
-import io
 import os
 import time
 from pathlib import Path

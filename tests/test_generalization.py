@@ -6,7 +6,6 @@ Fold rules are checked on a synthetic manifest (always) and on the shared one (s
 from __future__ import annotations
 
 import csv
-import io
 import json
 import sys
 from pathlib import Path
