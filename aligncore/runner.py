@@ -22,7 +22,7 @@ from .data.loader import UNREADABLE, load_images
 from .distributed import gather_reports, merge_shards, open_shard, sum_reports
 from .planning import ResolvedRun, ScoringJob, check_fusion_state, plan, plan_job
 from .publish import coverage_summary, fuse, refuse, resolved_config, scored_any, write_run
-from .rundir import SHARDS, ScoreTable, make_run_id
+from .rundir import SHARDS, RunDir, ScoreTable, make_run_id
 from .scoring import BranchScorer, Scored
 from .store import ScoreStore
 
