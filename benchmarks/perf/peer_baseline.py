@@ -256,9 +256,10 @@ def two_branch(data: Path, work: Path, args, pair: tuple[str, str]) -> float:
         return create_branch(name, preset="tiny", device="cpu").ensure_loaded()
 
     a, b = make(pair[0]), make(pair[1])
-    fns = {"both": lambda: aligncore_scores(a, data, work, "both", 16, args.workers, extra=(b,)),
-           pair[0]: lambda: aligncore_scores(a, data, work, "a", 16, args.workers),
-           pair[1]: lambda: aligncore_scores(b, data, work, "b", 16, args.workers)}
+    both = "+".join(pair)  # run folders named after their branches: a folder of another pair is never reused
+    fns = {"both": lambda: aligncore_scores(a, data, work, both, 16, args.workers, extra=(b,)),
+           pair[0]: lambda: aligncore_scores(a, data, work, pair[0], 16, args.workers),
+           pair[1]: lambda: aligncore_scores(b, data, work, pair[1], 16, args.workers)}
     for fn in fns.values():
         fn()
     got = best_of(fns, args.repeats)
