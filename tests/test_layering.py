@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ast
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,18 @@ def test_the_import_checker_sees_every_form(tmp_path):
                  "from aligncore import cli\n")
     assert [v.split(":")[1] for v in import_violations(p, "aligncore_plugins")] == ["1", "2", "4"]
     assert [v.split(":")[1] for v in import_violations(p, "aligncore.cli")] == ["6"]  # cli_options is not cli
+
+
+def test_no_undefined_or_unused_names():
+    """Merges of parallel work lose imports (a name used by one side, its import removed by the other): pyflakes'
+    rules as ruff implements them catch an undefined name before it fails at run time on some rarely taken path."""
+    import shutil
+    import subprocess
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(ruff).exists():
+        pytest.skip("ruff is not installed (it comes with the test extra: pip install -e '.[test]')")
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([ruff, "check", "--no-cache", "--select", "F821,F822,F823,F401,F811", "--output-format",
+                           "concise", "aligncore", "plugins"], cwd=root, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
