@@ -75,10 +75,27 @@ def open_regular(path: str | os.PathLike, max_bytes: int | None = None, what: st
         raise
 
 
+def read_capped(f: BinaryIO, max_bytes: int) -> bytes:
+    """The rest of an open file, at most ``max_bytes + 1`` bytes (one more than the limit, so the caller sees
+    a file that grew past it since its size was checked).
+
+    Sized by ``fstat``: ``f.read(max_bytes + 1)`` would allocate the whole limit (512 MB for images) on every
+    call and fault in fresh pages for each file's bytes; a file that grew is read on, up to the limit.
+    """
+    try:
+        size = os.fstat(f.fileno()).st_size - f.tell()
+    except (OSError, AttributeError, ValueError):  # not a file with a descriptor: read up to the limit
+        return f.read(max_bytes + 1)
+    data = f.read(max(0, min(size, max_bytes)) + 1)
+    if len(data) > size and len(data) <= max_bytes:  # grew since fstat: the rest, still capped
+        data += f.read(max_bytes + 1 - len(data))
+    return data
+
+
 def read_bytes(path: str | os.PathLike, max_bytes: int, what: str = "", limit_hint: str = "") -> bytes:
     """The bytes of a regular file of at most ``max_bytes`` (a file that grows while read is refused too)."""
     with open_regular(path, max_bytes, what, limit_hint) as f:
-        data = f.read(max_bytes + 1)
+        data = read_capped(f, max_bytes)
     if len(data) > max_bytes:
         raise FileRefused(path, f"refused: file holds more than {max_bytes} bytes", what)
     return data

@@ -56,6 +56,8 @@ def _escape_char(ch: str) -> str:
 def escape_text(value: object) -> str:
     """``value`` as text with every control, format, separator and surrogate code point (and ``\\``) escaped."""
     s = "" if value is None else str(value)
+    if s.isascii() and s.isprintable() and "\\" not in s:  # the usual name, without a per-character scan
+        return s  # (the ASCII characters that are not printable are exactly the escaped controls, Cc)
     if not any(_needs_escape(ch) for ch in s):
         return s
     return "".join(_escape_char(ch) if _needs_escape(ch) else ch for ch in s)
@@ -134,6 +136,7 @@ def literal_text():
 
 #: bytes left as they are in :func:`encode_path` (never a formula start, never a CSV special character)
 _PATH_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/._~")
+_PATH_SAFE_BYTES = bytes(sorted(_PATH_SAFE))
 
 
 def encode_path(path: str) -> str:
@@ -142,6 +145,8 @@ def encode_path(path: str) -> str:
     import os
 
     data = os.fsencode(path)
+    if not data.translate(None, _PATH_SAFE_BYTES):  # every byte safe: the path as it is
+        return data.decode("ascii")
     return "".join(chr(b) if b in _PATH_SAFE else f"%{b:02X}" for b in data)
 
 

@@ -72,6 +72,29 @@ def test_fifos_devices_and_symlink_loops_are_listed_with_a_reason(ds, tmp_path):
     assert len(load_dataset(manifest).records) == 2
 
 
+def test_reads_are_sized_by_the_file_and_still_capped_when_it_grows(tmp_path):
+    """read_capped reads a file's size, not the whole limit, and a file that grew since its size was checked is
+    read on up to the limit (one byte over: the caller refuses it), as f.read(limit + 1) did."""
+    from aligncore.data.images import ImageLoadError, load_image
+    from aligncore.files import open_regular, read_bytes, read_capped
+
+    p = tmp_path / "f.bin"
+    p.write_bytes(b"x" * 1000)
+    assert read_bytes(p, 1000) == b"x" * 1000
+    with open_regular(p, 1000) as f:
+        with open(p, "ab") as grow:  # grows after open_regular checked its size
+            grow.write(b"y" * 500)
+        assert read_capped(f, 2000) == b"x" * 1000 + b"y" * 500
+    with open_regular(p, 1500) as f:
+        with open(p, "ab") as grow:
+            grow.write(b"z" * 100)
+        assert len(read_capped(f, 1500)) == 1501  # past the limit: one byte more, so it is refused
+    if os.path.exists("/proc/self/status"):  # a regular file whose size says 0: read on, not taken as empty
+        assert b"Pid:" in read_bytes("/proc/self/status", 1 << 20)
+    with pytest.raises(ImageLoadError, match="not a recognised image"):
+        load_image(p)  # read whole (1600 bytes), then refused as what it is
+
+
 # ---------------------------------------------------------------------- unsafe pickles, every path
 
 

@@ -80,6 +80,26 @@ def test_escaping_is_reversible_for_every_code_point():
     assert not encode_path("-x").startswith("-") and encode_path("/d/a b.png") == "/d/a%20b.png"
 
 
+
+def test_the_fast_paths_of_escaping_agree_with_the_character_scan():
+    """escape_text and encode_path return a plain name without scanning it character by character; on every
+    ASCII character, alone and inside a name, they give what the per-character rules give."""
+    import unicodedata
+
+    def scan_escape(s):
+        return "".join(f"\\x{ord(c):02x}" if unicodedata.category(c) == "Cc" else "\\\\" if c == "\\" else c for c in s)
+
+    def scan_encode(s):
+        safe = set(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789/._~")
+        return "".join(chr(b) if b in safe else f"%{b:02X}" for b in os.fsencode(s))
+
+    for c in map(chr, range(128)):
+        for s in (c, f"/data/1_fake/a{c}b.png"):
+            assert escape_text(s) == scan_escape(s), repr(s)
+            assert encode_path(s) == scan_encode(s), repr(s)
+    assert escape_text("/data/0_real/img 001.png") == "/data/0_real/img 001.png"
+    assert encode_path("/data/0_real/img_001.png") == "/data/0_real/img_001.png"
+
 def _cells(path: Path) -> list[list[str]]:
     raw = path.read_bytes()
     text = raw.decode("utf-8")  # strict: every output is valid UTF-8

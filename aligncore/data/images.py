@@ -95,11 +95,11 @@ def load_image(source: str | Path | bytes | Image.Image, max_pixels: int | None 
     if isinstance(source, bytes):
         data = source
     else:
-        from ..files import FileRefused, open_regular
+        from ..files import FileRefused, open_regular, read_capped
 
         try:  # type and size before a byte is read: a FIFO, a device or a 16 GB sparse file is never read
             with open_regular(source, MAX_FILE_BYTES, limit_hint="ALIGNCORE_MAX_FILE_BYTES") as f:
-                data = f.read(MAX_FILE_BYTES + 1)
+                data = read_capped(f, MAX_FILE_BYTES)
         except FileRefused as exc:
             raise ImageLoadError(name, exc.reason) from None
         except OSError as exc:

@@ -106,12 +106,12 @@ def _checked(data: bytes, src: ImageSource) -> bytes:
 def read_file_bytes(path: str) -> bytes:
     """A regular file's bytes, refused above the loader's size limit before reading (a FIFO or a device is
     refused unread, see :func:`aligncore.files.open_regular`)."""
-    from ..files import FileRefused, open_regular
+    from ..files import FileRefused, open_regular, read_capped
     from .images import MAX_FILE_BYTES
 
     try:
         with open_regular(path, MAX_FILE_BYTES, limit_hint="ALIGNCORE_MAX_FILE_BYTES") as f:
-            return f.read(MAX_FILE_BYTES + 1)
+            return read_capped(f, MAX_FILE_BYTES)
     except FileRefused as exc:
         raise SourceReadError(f"{path}: {exc.reason}") from None
     except OSError as exc:

@@ -17,8 +17,9 @@ alternating the two sides) and the least CPU time is kept. Reported:
    of 128 at batch 16, random weights: ``--preset random``), ``dinov2`` ViT-S/14 at crop 224
    (timm's ``vit_small_patch14_dinov2`` built offline with random weights, ``--preset random``)
    and the tiny presets;
-2. ``npr`` CPU time per image by batch size through ``aligncore.run``, at the default activation
-   budget and with the budget lifted (every window of a batch in one forward pass, as before);
+2. ``npr`` CPU time per image by batch size through ``aligncore.run`` at the default activation budget:
+   ``--sweep-repeats`` runs of every batch size, interleaved, median and spread (with ``--lifted`` also one
+   run each with the budget lifted: every window of a batch in one forward pass, as before);
 3. a two-branch run against the sum of the two one-branch runs (tiny presets);
 4. with ``--budget-sweep``: CPU time per image of the bare forward pass by activation budget.
 
@@ -211,25 +212,41 @@ def _fmt(v: list[float]) -> str:
 
 
 def batch_sweep(data: Path, work: Path, args) -> None:
+    """npr's CPU time per image by batch size through ``aligncore.run``: the batch sizes run interleaved (each
+    repeat runs every batch size once, in an order rotated per repeat, so a change in the machine's load falls
+    on all of them), ``--sweep-repeats`` times; the verdict compares medians, the spread is printed beside them."""
     from aligncore.data import load_dataset
 
     n = len(load_dataset(data).records)
+    reps = args.sweep_repeats
     print(f"\nnpr (default architecture) through aligncore.run: CPU ms per image by batch size ({n} images, "
-          f"workers {args.workers})", flush=True)
-    rows = {}
-    for budget, label in ((None, "default activation budget"), (1e6, "budget lifted (all windows at once)")):
-        br = npr_branch(True, **({"activation_mb": budget} if budget else {}))
-        per = {}
+          f"workers {args.workers}; median of {reps} interleaved runs, min-max in brackets)", flush=True)
+    br = npr_branch(True)
+    d = br.config.batch_size
+    runs: dict[int, list[float]] = {bs: [] for bs in args.batches}
+    aligncore_scores(br, data, work, "bs-warm", d, args.workers)  # warm-up
+    for r in range(reps):
+        order = args.batches[r % len(args.batches):] + args.batches[: r % len(args.batches)]
+        for bs in order:
+            cpu = measure(lambda bs=bs: aligncore_scores(br, data, work, f"bs{bs}", bs, args.workers))[0]
+            runs[bs].append(1e3 * cpu / n)
+    med = {bs: float(np.median(v)) for bs, v in runs.items()}
+    low = {bs: min(v) for bs, v in runs.items()}
+    best = min(med, key=med.get)
+    for bs in args.batches:
+        mark = " <- default" if bs == d else " <- best" if bs == best else ""
+        print(f"  batch {bs:>3}: {med[bs]:6.1f} ms  [{low[bs]:.1f}-{max(runs[bs]):.1f}]  runs {_fmt(runs[bs])}{mark}",
+              flush=True)
+    if d in med:
+        print(f"  default (batch {d}) / best (batch {best}): median {med[d] / med[best]:4.2f}, "
+              f"min {low[d] / min(low.values()):4.2f}  [{br.windows_per_forward()} windows per forward pass]", flush=True)
+    if args.lifted:  # the unchunked path, for comparison (one run per batch size: it is slow)
+        lifted = npr_branch(True, activation_mb=1e6)
+        cells = []
         for bs in args.batches:
-            fn = lambda bs=bs: aligncore_scores(br, data, work, f"bs{bs}", bs, args.workers)
-            cpu = min(measure(fn)[0] for _ in range(args.repeats))
-            per[bs] = 1e3 * cpu / n
-        rows[label] = per
-        best = min(per.values())
-        cells = "  ".join(f"bs {bs}: {ms:6.1f}" for bs, ms in per.items())
-        d = br.config.batch_size
-        print(f"  {label:<38} {cells}   default (bs {d}) / best = {per[d] / best:4.2f}"
-              + (f"  [{br.windows_per_forward()} windows per forward pass]" if budget is None else ""), flush=True)
+            cpu = measure(lambda bs=bs: aligncore_scores(lifted, data, work, f"lift{bs}", bs, args.workers))[0]
+            cells.append(f"bs {bs}: {1e3 * cpu / n:6.1f}")
+        print(f"  budget lifted (all windows of a batch at once; one run each): {'  '.join(cells)}", flush=True)
 
 
 def two_branch(data: Path, work: Path, args, pair: tuple[str, str]) -> float:
@@ -239,9 +256,10 @@ def two_branch(data: Path, work: Path, args, pair: tuple[str, str]) -> float:
         return create_branch(name, preset="tiny", device="cpu").ensure_loaded()
 
     a, b = make(pair[0]), make(pair[1])
-    fns = {"both": lambda: aligncore_scores(a, data, work, "both", 16, args.workers, extra=(b,)),
-           pair[0]: lambda: aligncore_scores(a, data, work, "a", 16, args.workers),
-           pair[1]: lambda: aligncore_scores(b, data, work, "b", 16, args.workers)}
+    both = "+".join(pair)  # run folders named after their branches: a folder of another pair is never reused
+    fns = {"both": lambda: aligncore_scores(a, data, work, both, 16, args.workers, extra=(b,)),
+           pair[0]: lambda: aligncore_scores(a, data, work, pair[0], 16, args.workers),
+           pair[1]: lambda: aligncore_scores(b, data, work, pair[1], 16, args.workers)}
     for fn in fns.values():
         fn()
     got = best_of(fns, args.repeats)
@@ -283,6 +301,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of both sides")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--batches", type=lambda s: [int(x) for x in s.split(",")], default=[1, 2, 4, 8, 16, 32])
+    ap.add_argument("--sweep-repeats", type=int, default=5, help="interleaved runs per batch size in the npr sweep")
+    ap.add_argument("--lifted", action="store_true", help="the npr sweep also runs once per batch size with the "
+                    "activation budget lifted (every window of a batch in one pass: slow)")
     ap.add_argument("--budget-sweep", action="store_true", help="also time the bare forward pass by activation budget")
     ap.add_argument("--budgets", type=lambda s: [float(x) for x in s.split(",")], default=[0.25, 0.5, 1, 2, 4, 8, 16, 64, 256])
     ap.add_argument("--only", default="", help="comma-separated subset of: models,tiny,batch,two,budget (budget: the "
@@ -291,6 +312,7 @@ def main() -> None:
     args = ap.parse_args()
     if args.quick:
         args.n, args.n_tiny, args.repeats, args.batches, args.budgets = 8, 16, 1, [2, 16], [1, 64]
+        args.sweep_repeats = 2
     import torch
 
     torch.set_num_threads(args.threads)
