@@ -26,7 +26,13 @@ class Prediction:
 
 
 class Detector:
-    """``Detector(branches=["qwen", "dinov2"], fusion="or", preset="tiny").predict(paths_or_images)``.
+    """``Detector().predict(paths_or_images)``: the built-in detector; or choose the parts,
+    ``Detector(branches=["qwen", "dinov2"], fusion="or", preset="tiny")``.
+
+    With no ``branches`` the detector is the built-in ensemble described by the package's data
+    (:func:`aligncore.builtin.default_ensemble`, what ``alignctl detect`` uses): its branches with their
+    built-in weights, its fusion with the fitted state and the threshold calibrated during the build.
+    ``branch_options`` and ``device`` still apply; ``fusion`` / ``fusion_options`` replace the built-in fusion.
 
     ``branch_options`` maps a branch name to config overrides (e.g. ``{"npr": {"checkpoint": "ckpt/"}}``).
     Scores go through the runner's scoring path (:mod:`aligncore.scoring`): a branch that fails on an
@@ -36,11 +42,25 @@ class Detector:
     of the batch is scored as usual.
     """
 
-    def __init__(self, branches: Sequence[str] | str = ("fake",), fusion: str = "or", preset: str | None = None,
+    def __init__(self, branches: Sequence[str] | str | None = None, fusion: str | None = None, preset: str | None = None,
                  device: str = "auto", branch_options: dict[str, dict[str, Any]] | None = None,
                  fusion_options: dict[str, Any] | None = None, fusion_state: dict[str, Any] | None = None):
         from .scoring import create_branches
 
+        self.description: dict[str, Any] | None = None
+        if branches is None:
+            from .builtin import default_ensemble
+
+            self.description = desc = default_ensemble()
+            given = branch_options or {}
+            branch_options = {b: {**(o or {}), **given.get(b, {})} for b, o in desc["branches"].items()}
+            branch_options.update({b: o for b, o in given.items() if b not in branch_options})
+            branches = list(desc["branches"])
+            if fusion is None:
+                fusion = desc["fusion"]["name"]
+                fusion_options = {**(desc["fusion"].get("options") or {}), **(fusion_options or {})}
+                fusion_state = fusion_state or desc["fusion"].get("state")
+        fusion = fusion or "or"
         if isinstance(branches, str):
             branches = [b.strip() for b in branches.split(",") if b.strip()]
         self.branches = create_branches(branches, device, preset, options=branch_options)

@@ -92,6 +92,9 @@ class Branch(Component):
     #: the training method (an aligncore.train.Trainer subclass) and its options; None = not trainable
     trainer_class: ClassVar[Any] = None
     train_config_class: ClassVar[Any] = None
+    #: trained weights shipped as package data, ``"PACKAGE:FOLDER"`` (checkpoint files + SHA256SUMS; see
+    #: :mod:`aligncore.builtin`): used when neither ``checkpoint`` nor ``preset`` is set; None = none
+    builtin_weights: ClassVar[str | None] = None
 
     config: BranchConfig
 
@@ -146,6 +149,9 @@ class Branch(Component):
             data = {**{k: v for k, v in saved.items() if k in fields}, **data}
         elif data.get("checkpoint"):
             data = cls._adopt_checkpoint(data)
+        elif cls.uses_builtin(data):
+            # the built-in weights' recorded architecture fills unset fields, as a checkpoint's would
+            data = {**cls.builtin_record(), **data}
         return cls.validate_config(data)
 
     @classmethod
@@ -247,15 +253,74 @@ class Branch(Component):
     def weights_digest(self) -> str:
         """Digest of the weights that decide scores. Default: the checkpoint directory's content
         (its records, such as a model card, left out)."""
-        if not self.config.checkpoint:
+        folder = self.config.checkpoint or self.builtin_folder()
+        if not folder:
             return ""
+        from .builtin import SUMS_FILE
         from .pretrained import RECORD_FILES
 
-        return hash_directory(self.config.checkpoint, exclude_top=RECORD_FILES)
+        return hash_directory(folder, exclude_top=RECORD_FILES + (SUMS_FILE,))
 
     def checkpoint_folder(self) -> Path | None:
         """The folder that holds the checkpoint's weights (what ``save_pretrained`` copies); None without one."""
         return Path(self.config.checkpoint).expanduser() if self.config.checkpoint else None
+
+    @classmethod
+    def uses_builtin(cls, values: dict[str, Any]) -> bool:
+        """Whether config ``values`` select the built-in weights: the branch has some, neither ``checkpoint``
+        nor ``preset`` is set, and no value differs from what they were trained with (such a config describes
+        another model: it has no trained weights, see :meth:`builtin_conflicts`). A branch whose other options
+        name weights of their own narrows this."""
+        from .builtin import in_use
+
+        if not (cls.builtin_weights and not values.get("checkpoint") and values.get("preset") is None and in_use()):
+            return False
+        return not cls.builtin_conflicts(values)
+
+    @classmethod
+    def builtin_record(cls) -> dict[str, Any]:
+        """The config values the built-in weights were trained with (their checkpoint record), checked files."""
+        from .builtin import builtin_folder
+
+        fields = cls.config_class.model_fields
+        return {k: v for k, v in cls.checkpoint_record(builtin_folder(cls.builtin_weights)).items()
+                if v is not None and k in fields}
+
+    @classmethod
+    def builtin_conflicts(cls, values: dict[str, Any]) -> list[str]:
+        """``field=value (built-in: field=other)`` for every given value that the built-in weights cannot serve."""
+        if not cls.builtin_weights:
+            return []
+        recorded = cls.builtin_record()
+        given = {k: v for k, v in values.items() if k in recorded}
+        if not given:
+            return []
+        typed = cls.config_class.model_construct(**given)  # no validation: compare the values as given
+        return [f"{k}={getattr(typed, k)!r} (built-in: {k}={recorded[k]!r})"
+                for k in sorted(given) if getattr(typed, k) != recorded[k]]
+
+    def builtin_hint(self) -> str:
+        """Why the built-in weights are not used although no checkpoint or preset is set ("" otherwise)."""
+        from .builtin import in_use
+
+        if not self.builtin_weights or self.config.checkpoint or self.config.preset is not None or not in_use():
+            return ""
+        conflicts = self.builtin_conflicts(dict(self.config))
+        return (f" Its built-in weights were trained with other options ({'; '.join(conflicts)}): leave those "
+                "unset to score with them.") if conflicts else ""
+
+    @property
+    def uses_builtin_weights(self) -> bool:
+        """True when the branch scores with its built-in weights (see :meth:`uses_builtin`)."""
+        return self.uses_builtin(dict(self.config))
+
+    def builtin_folder(self) -> Path | None:
+        """The checked folder of the built-in weights in use, or None (see :mod:`aligncore.builtin`)."""
+        if not self.uses_builtin_weights:
+            return None
+        from .builtin import builtin_folder
+
+        return builtin_folder(self.builtin_weights)
 
     def scoring_identity(self) -> dict:
         """Resolved settings that change scores but are not config values (e.g. the precision 'auto' picks)."""
@@ -273,6 +338,8 @@ class Branch(Component):
             return f"checkpoint:{self.weights_digest()[:16]}"
         if self.random_weights:
             return "random"
+        if self.uses_builtin_weights:
+            return f"builtin@{self.weights_digest()[:16]}"
         return self.pretrained_provenance()
 
     def pretrained_provenance(self) -> str:

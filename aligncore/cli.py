@@ -109,6 +109,7 @@ CORE_COMMANDS: tuple[tuple[str, str], ...] = (
     ("configs", "configs_cmd"),
     ("push", "push_cmd"),
     ("study", "study_group"),
+    ("detect", "detect_cmd"),
 )
 
 

@@ -102,7 +102,8 @@ class PixelBranch(Branch):
 
     @property
     def checkpoint_dir(self) -> Path | None:
-        return resolve_checkpoint(self.config.checkpoint) if self.config.checkpoint else None
+        """The folder of the weights to load: the checkpoint's, else the built-in weights' (None: neither)."""
+        return resolve_checkpoint(self.config.checkpoint) if self.config.checkpoint else self.builtin_folder()
 
     def checkpoint_folder(self) -> Path | None:
         return self.checkpoint_dir
@@ -115,9 +116,9 @@ class PixelBranch(Branch):
         (out_dir / BRANCH_FILE).write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
 
     def weights_digest(self) -> str:
-        if not self.config.checkpoint:
-            return ""
         folder = self.checkpoint_dir
+        if folder is None:
+            return ""
         return digest_files(folder, [f for f in self.weight_files if (folder / f).exists()])
 
     def input_nbytes(self) -> int:
@@ -181,12 +182,12 @@ class NeuralPixelBranch(PixelBranch):
     def untrained(self) -> str | None:
         """A neural pixel branch scores with trained weights (``checkpoint``) or, for tests and demos, a preset
         that asks for random weights; anything else would be a random model presented as a detector."""
-        if self.config.checkpoint or self.preset_flag(self.config.preset, "weights") == "random":
+        if self.config.checkpoint or self.uses_builtin_weights or self.preset_flag(self.config.preset, "weights") == "random":
             return None
         randoms = sorted(p for p in self.presets if self.preset_flag(p, "weights") == "random")
         hint = f", or use the random-weight preset for tests (--preset {randoms[0]})" if randoms else ""
         return (f"branch {self.name!r} has no trained weights to score with: train it (`alignctl train {self.name} "
-                f"--set SET --out DIR`) and score with --checkpoint DIR{hint}.")
+                f"--set SET --out DIR`) and score with --checkpoint DIR{hint}.{self.builtin_hint()}")
 
     def preprocess(self, image):
         import torch
@@ -295,12 +296,13 @@ class NeuralPixelBranch(PixelBranch):
         from .errors import AlignCoreError
 
         self.build_model()
-        if self.config.checkpoint:
+        folder = self.checkpoint_dir  # a checkpoint, or the built-in weights
+        if folder is not None:
             try:
-                self.load_weights(self.checkpoint_dir)
+                self.load_weights(folder)
             except (RuntimeError, KeyError, ValueError, TypeError) as exc:  # tensors that do not fit the model
                 first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-                raise AlignCoreError(f"checkpoint {self.checkpoint_dir}: its weights do not fit branch {self.name!r} "
+                raise AlignCoreError(f"checkpoint {folder}: its weights do not fit branch {self.name!r} "
                                      f"as recorded in {BRANCH_FILE} ({first}).") from None
         self.model.to(self.device).eval()
         self._window_bytes = None

@@ -37,6 +37,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "qwen",
     "semantic_set",
     "leakage",
+    "aerecon",
 )
 
 

@@ -1,9 +1,10 @@
 """Built-in plugin: the ``npr`` pixel expert (a compact CNN on the neighbouring-pixel residual).
 
-Trainable from scratch on a CPU in minutes, so it is the offline default pixel expert;
-there are no pretrained weights: score with ``--checkpoint DIR`` from ``alignctl train
-npr`` (or ``--preset tiny`` for a small random-weight model in tests). Torch is imported
-only when the model is built (``npr_model``).
+Trainable from scratch on a CPU in minutes, so it is the offline default pixel expert.
+Without ``checkpoint`` or ``preset`` it scores with its built-in weights (``builtin_weights``,
+trained on the shared data by ``benchmarks/build_builtin.py``); ``--checkpoint DIR`` from
+``alignctl train npr`` uses your own, ``--preset tiny`` a small random-weight model (tests).
+Torch is imported only when the model is built (``npr_model``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class NPRBranch(NeuralPixelBranch):
     #: a small model for tests and demos (the sizes apply only where the user set none); random: the default
     #: architecture with random weights, for speed checks (its scores mean nothing)
     presets = {"tiny": {"width": 8, "crop_size": 32, "weights": "random"}, "random": {"weights": "random"}}
+    #: trained on the shared data by benchmarks/build_builtin.py (see the model card beside them)
+    builtin_weights = "aligncore.resources:builtin/npr"
     config: NPRConfig
     #: ``alignctl demo``: the pixel expert, tiny, trained for seconds on the demo's pixel set
     demo_options = {"role": "pixel", "options": {"preset": "tiny"},

@@ -6,7 +6,8 @@ log-magnitude of each window's 2-D FFT, averaged over windows (rfft half-plane:
 tile × (tile/2+1) numbers). A decoder's periodic up-sampling leaves peaks there.
 Classifier: standardisation + logistic regression, fitted in seconds by ``alignctl train
 spectrum`` (:mod:`aligncore.train.linear_trainer`); saved as safetensors (no pickle) and
-scored with numpy.
+scored with numpy. Without ``checkpoint`` or ``preset`` it scores with its built-in fit
+(``builtin_weights``, produced by ``benchmarks/build_builtin.py``).
 """
 
 from __future__ import annotations
@@ -61,6 +62,8 @@ class SpectrumBranch(PixelBranch):
     architecture_fields = ("tile", "max_tiles", "crop_align", "pad_mode")
     weight_files = ("branch.json", WEIGHTS)
     presets = {"tiny": {"weights": "random"}}
+    #: fitted on the shared data by benchmarks/build_builtin.py (see the model card beside them)
+    builtin_weights = "aligncore.resources:builtin/spectrum"
     trainer_class = LinearTrainer
     train_config_class = LinearTrainConfig
     config: SpectrumConfig
@@ -91,13 +94,13 @@ class SpectrumBranch(PixelBranch):
         self.params = dict(params)
 
     def untrained(self) -> str | None:
-        if self.config.checkpoint or self.random_weights:
+        if self.config.checkpoint or self.uses_builtin_weights or self.random_weights:
             return None
         return ("spectrum must be fitted first: `alignctl train spectrum --set SET --out DIR`, then score with "
-                "--checkpoint DIR (or --preset tiny for a random linear model).")
+                "--checkpoint DIR (or --preset tiny for a random linear model)." + self.builtin_hint())
 
     def load(self) -> None:
-        if self.config.checkpoint:
+        if self.checkpoint_dir is not None:  # a checkpoint, or the built-in weights
             self.params = load_numpy_arrays(self.checkpoint_dir / WEIGHTS)
         elif self.random_weights:
             # a random linear model (tests, demos); seeded so every process scores alike

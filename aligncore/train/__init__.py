@@ -68,20 +68,25 @@ def train_branch_class(branch_class: type, train_set: Any, out: str | Path, *,
                        log: Callable[[str], None] | None = None, command: str | None = None,
                        allow_outside_paths: bool = False) -> TrainResult:
     """:func:`train_branch` for a branch class (e.g. one not registered under a name). ``out`` may not be the
-    training set's folder, lie inside it or hold it (the checkpoint would be written among the images)."""
-    tcfg = train_config_for(branch_class, train_options)
-    bcfg = branch_class.make_config(branch_options)
-    if isinstance(train_set, (str, Path)):
-        from ..outputs import check_not_inputs
+    training set's folder, lie inside it or hold it (the checkpoint would be written among the images).
 
-        check_not_inputs(out, [train_set], "--out", overwrite=None)
-    kwargs: dict[str, Any] = {"progress": progress, "on_step": on_step, "log": log}
-    if allow_outside_paths:
-        kwargs["allow_outside_paths"] = True  # a third-party trainer written before the option need not take it
-    trainer = branch_class.trainer_class(branch_class, bcfg, tcfg, **kwargs)
-    result = trainer.train(train_set, out)
-    if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch, rank 0 keeps the record
-        write_training_record(Path(out), branch_class, train_set, bcfg, tcfg, result, command)
+    Training never starts from a branch's built-in weights (:func:`aligncore.builtin.not_used`)."""
+    from ..builtin import not_used
+
+    with not_used():
+        tcfg = train_config_for(branch_class, train_options)
+        bcfg = branch_class.make_config(branch_options)
+        if isinstance(train_set, (str, Path)):
+            from ..outputs import check_not_inputs
+
+            check_not_inputs(out, [train_set], "--out", overwrite=None)
+        kwargs: dict[str, Any] = {"progress": progress, "on_step": on_step, "log": log}
+        if allow_outside_paths:
+            kwargs["allow_outside_paths"] = True  # a third-party trainer written before the option need not take it
+        trainer = branch_class.trainer_class(branch_class, bcfg, tcfg, **kwargs)
+        result = trainer.train(train_set, out)
+        if int(os.environ.get("RANK", "0")) == 0:  # under accelerate launch, rank 0 keeps the record
+            write_training_record(Path(out), branch_class, train_set, bcfg, tcfg, result, command)
     return result
 
 
