@@ -139,6 +139,16 @@ def real_folds(items: Sequence[Item]) -> dict[str, tuple[str, ...]]:
     return {k: v for k, v in out.items() if v}
 
 
+def _only(folds: dict, names, what: str) -> dict:
+    """``folds`` restricted to ``names`` (all when None); an unknown name is an error listing the known ones."""
+    if names is None:
+        return folds
+    unknown = set(names) - set(folds)
+    if unknown:
+        raise ValueError(f"unknown {what} fold(s) {sorted(unknown)}; known: {', '.join(folds)}")
+    return {k: v for k, v in folds.items() if k in set(names)}
+
+
 def build_cells(items: Sequence[Item], gen_folds: dict[str, tuple[str, ...]] | None = None,
                 gen_only: Iterable[str] | None = None, real_only: Iterable[str] | None = None) -> list[Cell]:
     """Every (generator fold, real fold) cell with its train and test indices (rules in the module doc).
@@ -148,18 +158,8 @@ def build_cells(items: Sequence[Item], gen_folds: dict[str, tuple[str, ...]] | N
     """
     gfolds = dict(gen_folds) if gen_folds is not None else generator_folds(items)
     rfolds = real_folds(items)
-    if gen_only is not None:
-        wanted = set(gen_only)
-        unknown = wanted - set(gfolds)
-        if unknown:
-            raise ValueError(f"unknown generator fold(s) {sorted(unknown)}; known: {', '.join(gfolds)}")
-        gfolds = {k: v for k, v in gfolds.items() if k in wanted}
-    if real_only is not None:
-        wanted = set(real_only)
-        unknown = wanted - set(rfolds)
-        if unknown:
-            raise ValueError(f"unknown real fold(s) {sorted(unknown)}; known: {', '.join(rfolds)}")
-        rfolds = {k: v for k, v in rfolds.items() if k in wanted}
+    gfolds = _only(gfolds, gen_only, "generator")
+    rfolds = _only(rfolds, real_only, "real")
     present = {it.family for it in items if it.label}
     gfolds = {k: v for k, v in gfolds.items() if present & set(v)}  # a subset may lack a fold's images
     cells = []

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -16,6 +15,7 @@ from aligncore.cli import build_cli
 from aligncore.errors import AlignCoreError, ConfigError
 from aligncore.limits import memory_budget, usable_cpus
 from aligncore.testing import make_image_folder
+from procs import children
 
 ALIGNCTL = [sys.executable, "-m", "aligncore"]
 
@@ -27,18 +27,6 @@ def alignctl(*args: str):
 @pytest.fixture
 def ds(tmp_path):
     return make_image_folder(tmp_path / "ds", n_real=3, n_fake=3)
-
-
-def _children(pid: int) -> list[int]:
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(p.name))
-            except (OSError, ValueError, IndexError):
-                continue
-    return out
 
 
 @pytest.mark.parametrize("args, needle", [
@@ -53,7 +41,7 @@ def test_workers_and_ranks_beyond_the_machine_exit_at_once(ds, tmp_path, args, n
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     spawned = 0
     while proc.poll() is None and time.time() - t0 < 60:
-        spawned = max(spawned, len(_children(proc.pid)))
+        spawned = max(spawned, len(children(proc.pid)))
         time.sleep(0.05)
     assert proc.poll() is not None, "still running after 60 s"
     err = proc.stderr.read()

@@ -22,6 +22,7 @@ from aligncore.errors import AlignCoreError
 from aligncore.rundir import RunDir
 from aligncore.testing import make_image_folder
 from logit_branch import LogitPlugin
+from procs import children
 
 ALIGNCTL = [sys.executable, "-m", "aligncore"]
 
@@ -258,20 +259,8 @@ def test_sigkill_at_random_moments_never_leaves_a_folder_mixing_two_runs(tmp_pat
 # ---------------------------------------------------------------------- children die with the parent
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for p in Path("/proc").iterdir():
-        if p.name.isdigit():
-            try:
-                if int((p / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                    out.append(int(p.name))
-            except (OSError, ValueError, IndexError):
-                continue
-    return out
-
-
 def _tree(pid: int) -> list[int]:
-    return [d for c in _children(pid) for d in (c, *_tree(c))]
+    return [d for c in children(pid) for d in (c, *_tree(c))]
 
 
 def _alive(pid: int) -> bool:
